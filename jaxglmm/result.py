@@ -1,0 +1,218 @@
+"""The fitted result: an immutable record with pandas accessors, prediction and simulation."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .ops import gather_levels
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted mixed model.  Nothing here mutates; accessors return pandas objects.
+
+    Attributes
+    ----------
+    fixef, fixef_se: Series of fixed effects and their standard errors.
+    vcov: DataFrame, covariance of the fixed effects.
+    varcorr: DataFrame in lme4's ``as.data.frame(VarCorr(fit))`` layout (group, var1, var2,
+        vcov, sd_or_cor).
+    sigma: residual SD of a gaussian model, else None.
+    family_params: the family's own parameters (negbinomial ``shape``, cumulative
+        ``thresholds``...).
+    ranef: dict group -> DataFrame indexed by level: conditional modes and ``<term>_sd``
+        conditional SDs.
+    loglik: maximized log-likelihood (REML criterion -REMLcrit/2 for REML).
+    """
+
+    model: Any
+    method: str
+    fixef: pd.Series
+    fixef_se: pd.Series
+    vcov: pd.DataFrame
+    varcorr: pd.DataFrame
+    sigma: float | None
+    family_params: dict
+    loglik: float
+    df: int
+    ranef: dict
+    converged: bool
+    singular: bool
+    messages: tuple
+    seconds: float
+    theta: np.ndarray
+    n_iter: int
+    b: tuple = field(repr=False, default=())
+    options: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ information criteria
+    @property
+    def nobs(self) -> int:
+        return self.model.design.nobs
+
+    @property
+    def aic(self) -> float:
+        return -2.0 * self.loglik + 2.0 * self.df
+
+    @property
+    def bic(self) -> float:
+        return -2.0 * self.loglik + math.log(self.nobs) * self.df
+
+    @property
+    def family(self) -> str:
+        return self.model.family.name
+
+    @property
+    def link(self) -> str:
+        return self.model.family.link.name
+
+    def summary(self):
+        from .summary import Summary
+        return Summary.from_fit(self)
+
+    def __repr__(self) -> str:
+        return str(self.summary())
+
+    # ------------------------------------------------------------------ export
+    def to_dict(self) -> dict:
+        """The ``fit.json`` record of INTERFACE.md."""
+        vc = []
+        for r in self.varcorr.itertuples(index=False):
+            vc.append({"group": r.group, "var1": _label(r.var1), "var2": _label(r.var2),
+                       "sd_or_cor": _num(r.sd_or_cor)})
+        fp = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v))
+              for k, v in self.family_params.items()}
+        return {
+            "formula": self.model.formula, "family": self.family, "link": self.link,
+            "method": self.method, "nobs": self.nobs,
+            "fixef": {k: _num(v) for k, v in self.fixef.items()},
+            "fixef_se": {k: _num(v) for k, v in self.fixef_se.items()},
+            "varcorr": vc, "sigma": None if self.sigma is None else float(self.sigma),
+            "family_params": fp, "loglik": _num(self.loglik), "aic": _num(self.aic),
+            "bic": _num(self.bic), "converged": bool(self.converged),
+            "messages": list(self.messages), "seconds": float(self.seconds),
+        }
+
+    def ranef_long(self) -> pd.DataFrame:
+        """ranef as rows: group, level, term, estimate, condsd (the CLI's ranef.csv)."""
+        rows = []
+        for group, frame in self.ranef.items():
+            terms = [c for c in frame.columns if not c.endswith("_sd")]
+            for level, r in frame.iterrows():
+                for t in terms:
+                    rows.append((group, level, t, r[t], r[f"{t}_sd"]))
+        return pd.DataFrame(rows, columns=["group", "level", "term", "estimate", "condsd"])
+
+    # ------------------------------------------------------------------ prediction
+    def linear_predictor(self, newdata: pd.DataFrame | None = None, re_form=None,
+                         allow_new_levels: bool = True) -> np.ndarray:
+        """eta = offset + X beta (+ Z b unless ``re_form`` is ``"~0"``/``NA``)."""
+        include_re = not _is_no_re(re_form)
+        design = self.model.design
+        beta = self.fixef.to_numpy()
+        if newdata is None:
+            X, offset = design.X, design.offset
+            per_term = [(t.group_index, t.Z) for t in design.terms]
+        else:
+            nd = design.new_data(newdata, allow_new_levels=allow_new_levels)
+            X, offset = nd.X, nd.offset
+            per_term = [(t.group_index, t.Z) for t in nd.terms]
+        eta = np.asarray(offset, float) + np.asarray(X, float) @ beta
+        if include_re:
+            for (idx, Z), b in zip(per_term, self._term_effects()):
+                eta = eta + np.sum(np.asarray(Z) * np.asarray(gather_levels(jnp.asarray(b), jnp.asarray(idx))), axis=1)
+        return eta
+
+    def predict(self, newdata: pd.DataFrame | None = None, re_form=None, type: str = "response",
+                allow_new_levels: bool = True) -> pd.Series:
+        """Predictions as lme4's ``predict.merMod``.
+
+        ``re_form=None`` includes all random effects (levels unseen in training get zero);
+        ``re_form="~0"`` (or ``NA``) gives population-level predictions.  ``type`` is
+        ``"link"`` or ``"response"``.
+        """
+        eta = self.linear_predictor(newdata, re_form, allow_new_levels)
+        if type == "link":
+            out = eta
+        elif type == "response":
+            fam = self.model.family
+            mean = fam.mean or fam.link.linkinv
+            out = np.asarray(mean(jnp.asarray(eta), self._natural_family_params()))
+        else:
+            raise ValueError(f"type must be 'link' or 'response', got {type!r}")
+        index = newdata.index if newdata is not None else None
+        return pd.Series(out, index=index, name="predicted")
+
+    def simulate(self, n: int = 1, seed: int | None = None, re_form="~0") -> pd.DataFrame:
+        """Simulate responses from the fitted model, as lme4's ``simulate.merMod``.
+
+        By default (``re_form="~0"``, lme4's ``re.form = NA``) new random effects are drawn
+        from their fitted distribution; ``re_form=None`` conditions on the fitted modes.
+        """
+        fam = self.model.family
+        if fam.simulate is None:
+            raise NotImplementedError(f"family {fam.name!r} has no simulator")
+        key = jax.random.PRNGKey(0 if seed is None else seed)
+        design = self.model.design
+        eta_fixed = self.linear_predictor(re_form="~0")
+        fp = self._natural_family_params()
+        trials = jnp.asarray(design.trials if design.trials is not None else np.ones(design.nobs))
+        cols = {}
+        for k in range(n):
+            key, k_re, k_y = jax.random.split(key, 3)
+            if _is_no_re(re_form):
+                eta = eta_fixed + self._draw_re_predictor(k_re)
+            else:
+                eta = self.linear_predictor(re_form=None)
+            cols[f"sim_{k + 1}"] = np.asarray(fam.simulate(k_y, jnp.asarray(eta), trials, fp))
+        return pd.DataFrame(cols)
+
+    # ------------------------------------------------------------------ internals
+    def _natural_family_params(self) -> dict:
+        fp = {k: jnp.asarray(v) for k, v in self.family_params.items()}
+        if self.sigma is not None:
+            fp["sigma"] = jnp.asarray(self.sigma)
+        return fp
+
+    def _term_effects(self) -> list[np.ndarray]:
+        """Per design term, its (levels, q) block of conditional modes."""
+        return [np.asarray(b) for b in self.b]
+
+    def _draw_re_predictor(self, key) -> np.ndarray:
+        from .varcorr import term_covariances
+        design = self.model.design
+        covs = term_covariances(self.model.structure, self.theta,
+                                1.0 if self.sigma is None else self.sigma)
+        eta = np.zeros(design.nobs)
+        for t in design.terms:
+            key, sub = jax.random.split(key)
+            C = covs[t.label]
+            L = np.linalg.cholesky(C + 1e-12 * np.eye(t.q))
+            b = np.asarray(jax.random.normal(sub, (t.n_levels, t.q))) @ L.T
+            eta += np.sum(t.Z * b[t.group_index], axis=1)
+        return eta
+
+
+def _is_no_re(re_form) -> bool:
+    if re_form is None:
+        return False
+    if isinstance(re_form, float) and math.isnan(re_form):
+        return True
+    if isinstance(re_form, str) and re_form.replace(" ", "") in ("~0", "NA", "~1-1", "0"):
+        return True
+    raise ValueError(f"re_form must be None (all random effects) or '~0' (none), got {re_form!r}")
+
+
+def _label(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+
+
+def _num(v):
+    v = float(v)
+    return None if not math.isfinite(v) else v

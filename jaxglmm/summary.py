@@ -1,0 +1,138 @@
+"""``fit.summary()``: a data object, and its lme4-style rendering."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from jax.scipy.stats import norm
+
+METHOD_TITLES = {
+    "reml": "Linear mixed model fit by REML",
+    "ml": "Linear mixed model fit by maximum likelihood",
+    "laplace": "Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)",
+    "agq": "Generalized linear mixed model fit by maximum likelihood (Adaptive Gauss-Hermite Quadrature, nAGQ = {n})",
+}
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The pieces of lme4's printed summary, as data.  ``str(summary)`` renders them."""
+
+    title: str
+    formula: str
+    family: str
+    link: str
+    response_note: str | None
+    criteria: pd.Series
+    random: pd.DataFrame
+    nobs: int
+    groups: pd.Series
+    coefficients: pd.DataFrame
+    family_params: dict
+    messages: tuple
+
+    @classmethod
+    def from_fit(cls, fit) -> "Summary":
+        design = fit.model.design
+        title = METHOD_TITLES.get(fit.method, f"Mixed model fit by {fit.method}")
+        title = title.format(n=fit.options.get("agq_points", ""))
+        if fit.method == "laplace" and fit.family == "gaussian":
+            title = METHOD_TITLES["ml"]
+        if fit.method == "reml":
+            crit = pd.Series({"REML criterion": -2 * fit.loglik})
+        else:
+            crit = pd.Series({"AIC": fit.aic, "BIC": fit.bic, "logLik": fit.loglik,
+                              "deviance": -2 * fit.loglik, "df.resid": fit.nobs - fit.df})
+        vc = fit.varcorr
+        est = fit.fixef
+        se = fit.fixef_se
+        z = est / se
+        coef = pd.DataFrame({"Estimate": est, "Std. Error": se})
+        if fit.family == "gaussian":
+            coef["t value"] = z
+        else:
+            coef["z value"] = z
+            coef["Pr(>|z|)"] = 2 * np.asarray(norm.sf(np.abs(z.to_numpy())))
+        groups = pd.Series({t.label: t.n_levels for t in design.terms})
+        note = None
+        if design.response_levels is not None and fit.family == "bernoulli":
+            note = (f"response '{design.response_name}': modelling P({design.response_levels[1]!r})"
+                    f" against {design.response_levels[0]!r}")
+        return cls(title, fit.model.formula, fit.family, fit.link, note, crit, vc, fit.nobs,
+                   groups, coef, dict(fit.family_params), tuple(fit.messages))
+
+    def __str__(self) -> str:
+        out = [self.title]
+        if self.family != "gaussian" or self.link != "identity":
+            out.append(f" Family: {self.family}  ( {self.link} )")
+        out.append(f"Formula: {self.formula}")
+        if self.response_note:
+            out.append(self.response_note)
+        out.append("")
+        out.append(_table(self.criteria.to_frame().T, index=False))
+        out.append("")
+        out.append("Random effects:")
+        out.append(_render_random(self.random))
+        grp = ", ".join(f"{k}, {v}" for k, v in self.groups.items())
+        out.append(f"Number of obs: {self.nobs}, groups:  {grp}")
+        if self.family_params:
+            out.append("")
+            out.append("Family parameters:")
+            for k, v in self.family_params.items():
+                vals = np.atleast_1d(np.asarray(v, float))
+                out.append(f"  {k}: " + " ".join(f"{x:.4g}" for x in vals))
+        out.append("")
+        out.append("Fixed effects:")
+        out.append(_table(self.coefficients))
+        if self.messages:
+            out.append("")
+            out.extend(self.messages)
+        return "\n".join(out)
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(str(self))
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    v = float(v)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+        return f"{v:.3e}"
+    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(1, 6 - len(str(int(abs(v)))))}f}".rstrip("0").rstrip(".")
+
+
+def _table(df: pd.DataFrame, index: bool = True) -> str:
+    cols = list(df.columns)
+    rows = [[str(i) if index else "" for i in df.index]] if index else []
+    body = [[_fmt(v) for v in df[c]] for c in cols]
+    header = ([""] if index else []) + [str(c) for c in cols]
+    columns = (rows + body)
+    widths = [max(len(h), *(len(x) for x in col)) if len(col) else len(h)
+              for h, col in zip(header, columns)]
+    lines = [" ".join(h.rjust(w) if k else h.ljust(w) for k, (h, w) in enumerate(zip(header, widths)))]
+    for r in range(len(df)):
+        cells = [col[r] for col in columns]
+        lines.append(" ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)
+
+
+def _render_random(vc: pd.DataFrame) -> str:
+    lines = [f" {'Groups':<10} {'Name':<16} {'Variance':>10} {'Std.Dev.':>10}  Corr"]
+    for group, block in vc.groupby("group", sort=False):
+        sds = block[block.var2.isna()]
+        cors = block[block.var2.notna()]
+        names = list(sds.var1)
+        for k, r in enumerate(sds.itertuples(index=False)):
+            name = r.var1 if r.var1 is not None else ""
+            corr = []
+            for j in range(k):
+                hit = cors[(cors.var1 == names[j]) & (cors.var2 == r.var1)]
+                corr.append(f"{hit.sd_or_cor.iloc[0]:5.2f}" if len(hit) else "")
+            g = group if k == 0 else ""
+            lines.append(f" {g:<10} {name:<16} {r.vcov:>10.4g} {r.sd_or_cor:>10.4g}  {' '.join(corr)}")
+    return "\n".join(lines)
