@@ -221,7 +221,7 @@ def fit_glmm(structure: rs.ReStructure, family: Family, a: ProblemArrays, phi0: 
     return dict(theta=theta, beta=beta, family_params=phi, u=u,
                 b=rs.random_effects(structure, lams, u), b_cov=bcov,
                 vcov=fixef_vcov(opt.hessian, model.layout), deviance=opt.value,
-                loglik=-0.5 * opt.value, grad=opt.grad, hessian=opt.hessian,
+                loglik=-0.5 * opt.value, x=opt.x, grad=opt.grad, hessian=opt.hessian,
                 n_iter=opt.n_iter, status=opt.status, objective0=opt.value0)
 
 

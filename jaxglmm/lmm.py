@@ -83,5 +83,5 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
     bcov = [s2 * jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
     return dict(theta=opt.x, beta=parts.beta, sigma=parts.sigma, u=parts.u, b=b, b_cov=bcov,
                 vcov=parts.vcov, deviance=parts.deviance, loglik=-0.5 * parts.deviance,
-                grad=opt.grad, hessian=opt.hessian, n_iter=opt.n_iter, status=opt.status,
+                x=opt.x, grad=opt.grad, hessian=opt.hessian, n_iter=opt.n_iter, status=opt.status,
                 family_params=jnp.zeros(0), objective0=opt.value0)

@@ -7,7 +7,7 @@ dataset of the same shape does not recompile (``fit_many`` vmaps the same functi
 from __future__ import annotations
 
 import time
-from functools import partial
+from functools import lru_cache, partial
 from typing import Sequence
 
 import jax
@@ -53,6 +53,13 @@ def _glmm_many(arrays, phi0, structure, family, n_agq):
     return jax.vmap(lambda a, p: fit_glmm(structure, family, a, p, n_agq=n_agq))(arrays, phi0)
 
 
+@lru_cache(maxsize=None)
+def _named_family(name: str, link: str | None) -> Family:
+    # One Family object per (name, link): the compiled fits take the family as a static
+    # argument, and a fresh object (new closures) would force a recompile per model.
+    return get_family(name, link)
+
+
 def _build_design(formula, data, family, categorical, levels, weights) -> Design:
     from .design import build_design
     return build_design(formula, data, family, categorical=categorical, levels=levels,
@@ -87,7 +94,8 @@ class Model:
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         self.formula = formula
-        self.family = get_family(family, link)
+        self.family = (_named_family(family, link) if isinstance(family, str)
+                       else get_family(family, link))
         self.design = _build_design(formula, data, self.family, tuple(categorical), levels, weights)
         self.family.validate(self.design.y, self.design.trials)
         self.structure, self.arrays = problem_from_design(self.design)
@@ -203,7 +211,15 @@ class Model:
                          loglik=float(raw["loglik"]), df=n_params, ranef=ranef,
                          converged=verdict.converged, singular=verdict.singular,
                          messages=messages, seconds=seconds, theta=theta,
-                         n_iter=int(raw["n_iter"]), b=tuple(b_terms), options=dict(options))
+                         n_iter=int(raw["n_iter"]), b=tuple(b_terms), options=dict(options),
+                         optinfo=self._optinfo(raw))
+
+    @staticmethod
+    def _optinfo(raw) -> dict:
+        keys = ("x", "grad", "hessian", "n_iter", "status", "objective0", "deviance")
+        info = {k: np.asarray(raw[k]) for k in keys if k in raw}
+        info["objective"] = info.pop("deviance")
+        return info
 
     def _ranef(self, raw):
         """Per design term (levels, q) modes, and per group a DataFrame with conditional SDs."""

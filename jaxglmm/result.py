@@ -29,6 +29,9 @@ class FitResult:
     ranef: dict group -> DataFrame indexed by level: conditional modes and ``<term>_sd``
         conditional SDs.
     loglik: maximized log-likelihood (REML criterion -REMLcrit/2 for REML).
+    optinfo: the optimizer's record (as MixedModels.jl's OptSummary): ``x`` (final outer
+        parameters), ``objective`` and ``objective0`` (deviance scale, final and initial),
+        ``grad`` and ``hessian`` at the optimum, ``n_iter``, ``status``.
     """
 
     model: Any
@@ -50,6 +53,7 @@ class FitResult:
     n_iter: int
     b: tuple = field(repr=False, default=())
     options: dict = field(default_factory=dict)
+    optinfo: dict = field(repr=False, default_factory=dict)
 
     # ------------------------------------------------------------------ information criteria
     @property
