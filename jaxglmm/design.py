@@ -116,7 +116,8 @@ class Design:
     def n_fixef(self) -> int:
         return int(self.X.shape[1])
 
-    def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True) -> "NewData":
+    def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True,
+                 random_effects: bool = True) -> "NewData":
         """Rebuild X, the offset and every term's (group index, Z) for new data.
 
         See :meth:`DesignSpec.new_data`.
@@ -124,7 +125,8 @@ class Design:
         if self.spec is None:
             raise ValueError("this Design was not made by build_design, so it cannot be "
                              "rebuilt for new data")
-        return self.spec.new_data(data, allow_new_levels=allow_new_levels)
+        return self.spec.new_data(data, allow_new_levels=allow_new_levels,
+                                  random_effects=random_effects)
 
 
 # ----------------------------------------------------------------------------- new data
@@ -154,7 +156,8 @@ class NewData:
     X: float64 (n, p), columns ``fixef_names``.
     fixef_names: as in the training design.
     offset: float64 (n,).
-    terms: one :class:`NewTerm` per training term, same order.
+    terms: one :class:`NewTerm` per training term, same order (empty when built with
+        ``random_effects=False``).
     trials: float64 (n,) for a binomial model when the trials columns are in the data, else
         None.
     """
@@ -203,7 +206,8 @@ class DesignSpec:
     def fixef_names(self) -> tuple[str, ...]:
         return tuple(self.fixed.names[i] for i in self.keep)
 
-    def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True) -> NewData:
+    def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True,
+                 random_effects: bool = True) -> NewData:
         """Rebuild the model arrays for ``data``.
 
         Parameters
@@ -213,6 +217,9 @@ class DesignSpec:
         allow_new_levels:
             When False, a grouping level not seen in training is an error; when True it gets
             group index -1.
+        random_effects:
+            When False (population-level predictions, lme4's ``re.form = NA``) the random
+            terms are skipped, so their columns need not be in ``data``; ``terms`` is empty.
 
         Raises
         ------
@@ -221,9 +228,10 @@ class DesignSpec:
             was not in the training data (named in the message).
         """
         data = _as_frame(data)
+        random = self.terms if random_effects else ()
         needed = list(self.fixed.columns) + [n for o in self.offsets for n in o.names]
-        needed += [c for t in self.terms for c in t.matrix.columns]
-        _require_columns(needed + [c for t in self.terms for c in t.factor.columns], data,
+        needed += [c for t in random for c in t.matrix.columns]
+        _require_columns(needed + [c for t in random for c in t.factor.columns], data,
                          self.parsed.formula)
         frame = data.reset_index(drop=True)
         for col in dict.fromkeys(needed):
@@ -231,7 +239,7 @@ class DesignSpec:
                 raise ValueError(f"column {col!r} of the new data has missing values")
         X = self.fixed.evaluate(frame)[:, list(self.keep)]
         terms = tuple(NewTerm(t.label, t.factor.index(frame, allow_new_levels),
-                              t.matrix.evaluate(frame)) for t in self.terms)
+                              t.matrix.evaluate(frame)) for t in random)
         return NewData(X, self.fixef_names, _offset(self.offsets, frame), terms,
                        self._trials(frame))
 

@@ -380,6 +380,9 @@ def test_new_data_rebuilds_x_and_z(df):
         d.new_data(new.assign(f=["s", "p"]))
     with pytest.raises(FormulaError, match="unknown column 'n'"):
         d.new_data(new.drop(columns="n"))
+    population = d.new_data(new.drop(columns="g"), random_effects=False)
+    assert population.terms == ()
+    np.testing.assert_allclose(population.X, nd.X)
 
 
 def test_new_data_keeps_dropped_columns_out_and_poly_basis(df):
