@@ -57,12 +57,12 @@ def _parts(structure, cp, theta, n, p, reml, sum_log_w, full: bool):
     sigma2 = r2 / dof
     # [u; beta] solves L_aug' x = (y row of L), by back substitution through both blocks.
     Laug = L22[:-1, :-1]
-    x2 = jax.scipy.linalg.solve_triangular(Laug, L22[-1, :-1], lower=True, trans="T")
+    x2 = rs.linalg.solve_upper_t(Laug, L22[-1, :-1, None])[:, 0]
     cy = ch.C[:, :, -1]
     x1 = rs.linalg.solve_upper_t(ch.L11, (cy - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1], x2))[..., None])[..., 0]
     beta = x2[p2:]
     u = jnp.concatenate([x1.reshape(-1), x2[:p2]])
-    LXinv = jax.scipy.linalg.solve_triangular(LX, jnp.eye(p), lower=True)
+    LXinv = rs.linalg.solve_lower(LX, jnp.eye(p))
     vcov = sigma2 * LXinv.T @ LXinv
     return LmmParts(dev, beta, jnp.sqrt(sigma2), u, vcov, ch)
 

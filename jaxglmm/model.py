@@ -43,12 +43,14 @@ def _glmm_compiled(arrays, phi0, structure, family, n_agq):
     return fit_glmm(structure, family, arrays, phi0, n_agq=n_agq)
 
 
-@partial(jax.jit, static_argnames=("structure", "reml"), compiler_options=COMPILER_OPTIONS)
+# The batched fits keep XLA's default optimizations: fusing the vmapped elementwise work
+# matters there (sleepstudy bootstrap, 200 refits: 0.9 s vs 3.3 s at level 0).
+@partial(jax.jit, static_argnames=("structure", "reml"))
 def _lmm_many(arrays, theta0, structure, reml):
     return jax.vmap(lambda a: fit_lmm(structure, a, reml, theta0))(arrays)
 
 
-@partial(jax.jit, static_argnames=("structure", "family", "n_agq"), compiler_options=COMPILER_OPTIONS)
+@partial(jax.jit, static_argnames=("structure", "family", "n_agq"))
 def _glmm_many(arrays, phi0, structure, family, n_agq):
     return jax.vmap(lambda a, p: fit_glmm(structure, family, a, p, n_agq=n_agq))(arrays, phi0)
 

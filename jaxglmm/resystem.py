@@ -288,7 +288,7 @@ def factor(a11, a21, a22) -> BlockedCholesky:
         return BlockedCholesky(L11, jnp.zeros(a11.shape[:2] + (0,)), a22)
     C = linalg.solve_lower(L11, jnp.transpose(a21, (1, 2, 0)))
     S = a22 - jnp.einsum("gqm,gqk->mk", C, C)
-    return BlockedCholesky(L11, C, jnp.linalg.cholesky(S))
+    return BlockedCholesky(L11, C, linalg.chol(S))
 
 
 def logdet_z(chol: BlockedCholesky, p2: int) -> jnp.ndarray:
@@ -311,8 +311,8 @@ def solve(chol: BlockedCholesky, r1, r2):
 
 
 def _tri(L, b, trans):
-    from jax.scipy.linalg import solve_triangular
-    return solve_triangular(L, b, lower=True, trans="T" if trans else "N")
+    solve = linalg.solve_upper_t if trans else linalg.solve_lower
+    return solve(L, b[..., None])[..., 0]
 
 
 def conditional_covariances(chol: BlockedCholesky, structure: ReStructure) -> list[jnp.ndarray]:
