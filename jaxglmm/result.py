@@ -124,7 +124,8 @@ class FitResult:
             X, offset = design.X, design.offset
             per_term = [(t.group_index, t.Z) for t in design.terms]
         else:
-            nd = design.new_data(newdata, allow_new_levels=allow_new_levels)
+            nd = design.new_data(newdata, allow_new_levels=allow_new_levels,
+                                 random_effects=include_re)
             X, offset = nd.X, nd.offset
             per_term = [(t.group_index, t.Z) for t in nd.terms]
         eta = np.asarray(offset, float) + np.asarray(X, float) @ beta
