@@ -45,6 +45,9 @@ class RandomTerm:
         int32 array (n,), index into ``levels`` for each observation.
     Z:
         float64 array (n, q), the term's model columns.
+    channel:
+        The linear predictor the term feeds (0 unless the model has several, as the
+        categorical family has one per non-reference category).
     """
 
     group: str
@@ -54,6 +57,7 @@ class RandomTerm:
     levels: tuple[str, ...]
     group_index: np.ndarray
     Z: np.ndarray
+    channel: int = 0
 
     @property
     def q(self) -> int:

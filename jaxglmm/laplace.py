@@ -65,9 +65,10 @@ class GlmmModel:
 
     # -- pieces ---------------------------------------------------------------------------
     def eta(self, u, theta, beta):
+        """Linear predictor: (n,), or (n, C) for a model with C linear predictors."""
         a = self.a
         lams = rs.lambdas(self.s, theta)
-        return a.offset + a.X @ beta + rs.re_linear_predictor(self.s, lams, u, a.index, a.Z)
+        return fixed_predictor(self.s, a, beta) + rs.re_linear_predictor(self.s, lams, u, a.index, a.Z)
 
     def h(self, u, theta, beta, phi):
         fp = self.family.natural_params(phi)
@@ -83,10 +84,37 @@ class GlmmModel:
         w = -d2
         return jnp.maximum(w, 0.0) if fisher else w
 
-    def system(self, W, theta):
+    def system(self, u, theta, beta, phi, fisher: bool) -> rs.BlockedCholesky:
+        """Blocked Cholesky of ``-d^2 h / du du' = Lambda'Z'WZ Lambda + I`` at ``u``."""
+        if self.s.n_channels > 1:
+            return self._system_hvp(u, theta, beta, phi)
+        W = self.weights(u, theta, beta, phi, fisher)
         lams = rs.lambdas(self.s, theta)
         cp = rs.cross_products(self.s, self.a.index, self.a.Z, W)
         return rs.factor(*rs.scaled_system(self.s, lams, cp))
+
+    def _system_hvp(self, u, theta, beta, phi) -> rs.BlockedCholesky:
+        """The same blocks from Hessian-vector products, for likelihoods whose Hessian in the
+        linear predictors is not diagonal (several linear predictors per observation).
+
+        Levels of the first factor never share an observation, so one product with a
+        direction that is 1 in column k of *every* level's block gives column k of all the
+        diagonal blocks at once ("colouring"): q1 products for the block-diagonal part, plus
+        one per dense column.
+        """
+        f0 = self.s.factors[0]
+        G1, q1, p2 = f0.n_levels, f0.q, self.s.p2
+        n1 = G1 * q1
+        D = np.zeros((q1 + p2, n1 + p2))
+        for k in range(q1):
+            D[k, k:n1:q1] = 1.0
+        D[q1 + np.arange(p2), n1 + np.arange(p2)] = 1.0
+        grad = jax.grad(lambda v: self.h(v, theta, beta, phi))
+        A = -jax.vmap(lambda d: jax.jvp(grad, (u,), (d,))[1])(jnp.asarray(D))   # (q1+p2, n_u)
+        a11 = jnp.transpose(A[:q1, :n1].reshape(q1, G1, q1), (1, 2, 0))
+        a21 = A[q1:, :n1].reshape(p2, G1, q1)
+        a22 = A[q1:, n1:]
+        return rs.factor(a11, a21, a22)
 
     def solve(self, ch, g):
         f0 = self.s.factors[0]
@@ -106,7 +134,7 @@ class GlmmModel:
 
         def body(c):
             u, f, it, _ = c
-            ch = self.system(self.weights(u, theta, beta, phi, fisher=True), theta)
+            ch = self.system(u, theta, beta, phi, fisher=True)
             d = self.solve(ch, gfun(u))
             d = jnp.where(jnp.all(jnp.isfinite(d)), d, 0.0)
 
@@ -132,7 +160,7 @@ class GlmmModel:
         """The mode, with exact first derivatives in (theta, beta, phi) by implicit differentiation."""
         sg = jax.lax.stop_gradient
         us = sg(self.mode(sg(theta), sg(beta), sg(phi)))
-        ch = sg(self.system(self.weights(us, sg(theta), sg(beta), sg(phi), fisher=False), sg(theta)))
+        ch = sg(self.system(us, sg(theta), sg(beta), sg(phi), fisher=False))
         g = jax.grad(self.h)(us, theta, beta, phi)
         return us + self.solve(ch, g)
 
@@ -140,7 +168,7 @@ class GlmmModel:
     def laplace_deviance(self, x):
         theta, beta, phi = self.layout.unpack(x)
         u = self.implicit_mode(theta, beta, phi)
-        ch = self.system(self.weights(u, theta, beta, phi, fisher=False), theta)
+        ch = self.system(u, theta, beta, phi, fisher=False)
         ll = self.h(u, theta, beta, phi) - 0.5 * rs.logdet_z(ch, self.s.p2)
         return -2.0 * ll, jax.lax.stop_gradient(u)
 
@@ -171,25 +199,38 @@ class GlmmModel:
     def conditional_cov(self, x, u):
         """Per-level conditional covariances of b at the mode ``u`` (lme4's condVar)."""
         theta, beta, phi = self.layout.unpack(x)
-        ch = self.system(self.weights(u, theta, beta, phi, fisher=True), theta)
+        ch = self.system(u, theta, beta, phi, fisher=True)
         lams = rs.lambdas(self.s, theta)
         ucov = rs.conditional_covariances(ch, self.s)
         return [jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
 
 
-def glm_start(family: Family, a: ProblemArrays, phi0, n_iter: int = 50):
+def fixed_predictor(structure: rs.ReStructure, a: ProblemArrays, beta):
+    """offset + X beta: (n,), or (n, C) where each coefficient feeds its own channel."""
+    if structure.n_channels == 1:
+        return a.offset + a.X @ beta
+    onehot = np.eye(structure.n_channels)[np.array(structure.fixef_channels)]   # (p, C)
+    return a.offset[:, None] + (a.X * beta) @ onehot
+
+
+def glm_start(structure: rs.ReStructure, family: Family, a: ProblemArrays, phi0, n_iter: int = 50):
     """Fixed effects of the GLM without random effects (damped Newton), as a starting point."""
     fp = family.natural_params(phi0)
     p = a.X.shape[1]
 
     def total(beta):
-        return jnp.sum(a.weights * family.loglik(a.y, a.offset + a.X @ beta, a.trials, fp))
+        eta = fixed_predictor(structure, a, beta)
+        return jnp.sum(a.weights * family.loglik(a.y, eta, a.trials, fp))
 
     def body(_, beta):
-        eta = a.offset + a.X @ beta
-        d1, d2 = _obs_derivs(family, a, eta, fp)
-        H = a.X.T @ (jnp.maximum(-d2, 1e-10)[:, None] * a.X) + 1e-8 * jnp.eye(p)
-        d = jnp.linalg.solve(H, a.X.T @ d1)
+        if structure.n_channels == 1:
+            d1, d2 = _obs_derivs(family, a, a.offset + a.X @ beta, fp)
+            H = a.X.T @ (jnp.maximum(-d2, 1e-10)[:, None] * a.X) + 1e-8 * jnp.eye(p)
+            g = a.X.T @ d1
+        else:
+            H = -jax.hessian(total)(beta) + 1e-8 * jnp.eye(p)
+            g = jax.grad(total)(beta)
+        d = jnp.linalg.solve(H, g)
         f = total(beta)
 
         def hcond(s):
@@ -207,7 +248,7 @@ def fit_glmm(structure: rs.ReStructure, family: Family, a: ProblemArrays, phi0: 
              n_agq: int = 1, maxiter: int = 500) -> dict:
     """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable."""
     model = GlmmModel(structure, family, a, phi0.shape[0])
-    beta0 = glm_start(family, a, phi0)
+    beta0 = glm_start(structure, family, a, phi0)
     x0 = jnp.concatenate([jnp.asarray(structure.theta_init()), beta0, phi0])
     if n_agq > 1:
         objective = lambda x: model.agq_deviance(x, n_agq)

@@ -7,6 +7,7 @@ dataset of the same shape does not recompile (``fit_many`` vmaps the same functi
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import lru_cache, partial
 from typing import Sequence
 
@@ -19,7 +20,9 @@ from . import resystem as rs
 from .convergence import judge
 from .design import Design
 from .families import Family, get_family
-from .laplace import fit_glmm
+from . import channels
+from . import families_categorical  # noqa: F401  (registers the family)
+from .laplace import fit_glmm, fixed_predictor
 from .lmm import fit_lmm
 from .problem import ProblemArrays, problem_from_design
 from .result import FitResult
@@ -98,9 +101,16 @@ class Model:
         self.formula = formula
         self.family = (_named_family(family, link) if isinstance(family, str)
                        else get_family(family, link))
-        self.design = _build_design(formula, data, self.family, tuple(categorical), levels, weights)
-        self.family.validate(self.design.y, self.design.trials)
-        self.structure, self.arrays = problem_from_design(self.design)
+        design = _build_design(formula, data, self.family, tuple(categorical), levels, weights)
+        self.family.validate(design.y, design.trials)
+        self.n_channels = channels.n_channels(self.family, design)
+        fixef_channels = ()
+        if self.n_channels > 1:
+            design, fixef_channels = channels.expand_design(design, design.response_levels[1:])
+        self.design = design
+        structure, self.arrays = problem_from_design(design)
+        self.structure = replace(structure, n_channels=self.n_channels,
+                                 fixef_channels=fixef_channels)
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:
@@ -120,7 +130,7 @@ class Model:
         """
         a, s, fam = self.arrays, self.structure, self.family
         lams = rs.lambdas(s, params["theta"])
-        eta = a.offset + a.X @ params["beta"] + rs.re_linear_predictor(s, lams, params["u"], a.index, a.Z)
+        eta = fixed_predictor(s, a, params["beta"]) + rs.re_linear_predictor(s, lams, params["u"], a.index, a.Z)
         fp = fam.natural_params(params["phi"])
         ll = jnp.sum(a.weights * fam.loglik(a.y, eta, a.trials, fp))
         u = params["u"]
@@ -232,9 +242,9 @@ class Model:
             b = np.asarray(b)
             sd = np.sqrt(np.clip(np.diagonal(np.asarray(cov), axis1=1, axis2=2), 0, None))
             for t in f.terms:
-                by_label[t.label] = (b[:, t.col0:t.col0 + t.q], sd[:, t.col0:t.col0 + t.q])
+                by_label[(t.label, t.names)] = (b[:, t.col0:t.col0 + t.q], sd[:, t.col0:t.col0 + t.q])
         for t in self.design.terms:
-            bt, sdt = by_label[t.label]
+            bt, sdt = by_label[(t.label, tuple(t.names))]
             b_terms.append(bt)
             frame = frames.setdefault(t.group, pd.DataFrame(index=pd.Index(t.levels, name="level")))
             for k, name in enumerate(t.names):

@@ -116,9 +116,13 @@ class FitResult:
     # ------------------------------------------------------------------ prediction
     def linear_predictor(self, newdata: pd.DataFrame | None = None, re_form=None,
                          allow_new_levels: bool = True) -> np.ndarray:
-        """eta = offset + X beta (+ Z b unless ``re_form`` is ``"~0"``/``NA``)."""
+        """eta = offset + X beta (+ Z b unless ``re_form`` is ``"~0"``/``NA``).
+
+        (n,), or (n, C) for a model with C linear predictors (categorical).
+        """
         include_re = not _is_no_re(re_form)
         design = self.model.design
+        C = self.model.n_channels
         beta = self.fixef.to_numpy()
         if newdata is None:
             X, offset = design.X, design.offset
@@ -128,10 +132,21 @@ class FitResult:
                                  random_effects=include_re)
             X, offset = nd.X, nd.offset
             per_term = [(t.group_index, t.Z) for t in nd.terms]
-        eta = np.asarray(offset, float) + np.asarray(X, float) @ beta
+            if C > 1:
+                from .channels import expand_new_data
+                X, per_term = expand_new_data(nd, C)
+        if C == 1:
+            eta = np.asarray(offset, float) + np.asarray(X, float) @ beta
+        else:
+            onehot = np.eye(C)[np.array(self.model.structure.fixef_channels)]
+            eta = np.asarray(offset, float)[:, None] + (np.asarray(X, float) * beta) @ onehot
         if include_re:
-            for (idx, Z), b in zip(per_term, self._term_effects()):
-                eta = eta + np.sum(np.asarray(Z) * np.asarray(gather_levels(jnp.asarray(b), jnp.asarray(idx))), axis=1)
+            for t, (idx, Z), b in zip(design.terms, per_term, self._term_effects()):
+                contrib = np.sum(np.asarray(Z) * np.asarray(gather_levels(jnp.asarray(b), jnp.asarray(idx))), axis=1)
+                if C == 1:
+                    eta = eta + contrib
+                else:
+                    eta[:, t.channel] += contrib
         return eta
 
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None, type: str = "response",
@@ -152,6 +167,10 @@ class FitResult:
         else:
             raise ValueError(f"type must be 'link' or 'response', got {type!r}")
         index = newdata.index if newdata is not None else None
+        if np.ndim(out) == 2:
+            levels = self.model.design.response_levels
+            cols = list(levels) if out.shape[1] == len(levels) else list(levels[1:])
+            return pd.DataFrame(out, index=index, columns=cols)
         return pd.Series(out, index=index, name="predicted")
 
     def simulate(self, n: int = 1, seed: int | None = None, re_form="~0") -> pd.DataFrame:
@@ -194,14 +213,15 @@ class FitResult:
         design = self.model.design
         covs = term_covariances(self.model.structure, self.theta,
                                 1.0 if self.sigma is None else self.sigma)
-        eta = np.zeros(design.nobs)
+        C = self.model.n_channels
+        eta = np.zeros((design.nobs, C))
         for t in design.terms:
             key, sub = jax.random.split(key)
-            C = covs[t.label]
+            C = covs[(t.label, tuple(t.names))]
             L = np.linalg.cholesky(C + 1e-12 * np.eye(t.q))
             b = np.asarray(jax.random.normal(sub, (t.n_levels, t.q))) @ L.T
-            eta += np.sum(t.Z * b[t.group_index], axis=1)
-        return eta
+            eta[:, t.channel] += np.sum(t.Z * b[t.group_index], axis=1)
+        return eta[:, 0] if C == 1 else eta
 
 
 def _is_no_re(re_form) -> bool:

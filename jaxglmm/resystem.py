@@ -57,6 +57,8 @@ class FactorSpec:
     n_levels: int
     q: int
     terms: tuple[TermSpec, ...]
+    # linear predictor (channel) each of the q columns feeds; all 0 for one-predictor models
+    channels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class ReStructure:
 
     factors: tuple[FactorSpec, ...]
     n_theta: int
+    n_channels: int = 1
+    # channel of each fixed-effect coefficient (empty: all in channel 0)
+    fixef_channels: tuple[int, ...] = ()
 
     @property
     def dense_factors(self) -> tuple[FactorSpec, ...]:
@@ -126,8 +131,9 @@ def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...
     for k in order:
         bucket = merged[k]
         col0 = 0
-        specs = []
+        specs, channels = [], []
         for t in bucket:
+            channels.extend([int(getattr(t, "channel", 0))] * t.q)
             rows, cols = [], []
             for c in range(t.q):
                 for r in range(t.q):
@@ -138,10 +144,12 @@ def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...
                                   theta_pos, tuple(rows), tuple(cols)))
             theta_pos += len(rows)
             col0 += t.q
-        factors.append(FactorSpec(bucket[0].group, bucket[0].n_levels, col0, tuple(specs)))
+        factors.append(FactorSpec(bucket[0].group, bucket[0].n_levels, col0, tuple(specs),
+                                  tuple(channels)))
         index.append(np.asarray(bucket[0].group_index, np.int32))
         Z.append(np.concatenate([np.asarray(t.Z, float) for t in bucket], axis=1))
-    return ReStructure(tuple(factors), theta_pos), tuple(index), tuple(Z)
+    n_channels = 1 + max(c for f in factors for c in f.channels)
+    return ReStructure(tuple(factors), theta_pos, n_channels), tuple(index), tuple(Z)
 
 
 def lambdas(structure: ReStructure, theta: jnp.ndarray) -> list[jnp.ndarray]:
@@ -177,10 +185,15 @@ def random_effects(structure: ReStructure, lams, u: jnp.ndarray) -> list[jnp.nda
 
 
 def re_linear_predictor(structure: ReStructure, lams, u, index, Z) -> jnp.ndarray:
-    """sum_f Z_f[i] . b_f[g_f[i]] for each observation."""
+    """sum_f Z_f[i] . b_f[g_f[i]] for each observation: (n,), or (n, C) with C channels."""
     eta = 0.0
-    for b, idx, z in zip(random_effects(structure, lams, u), index, Z):
-        eta = eta + jnp.sum(z * gather_levels(b, idx), axis=-1)
+    for f, b, idx, z in zip(structure.factors, random_effects(structure, lams, u), index, Z):
+        contrib = z * gather_levels(b, idx)
+        if structure.n_channels == 1:
+            eta = eta + jnp.sum(contrib, axis=-1)
+        else:
+            onehot = np.eye(structure.n_channels)[np.array(f.channels)]      # (q, C)
+            eta = eta + contrib @ onehot
     return eta
 
 

@@ -8,7 +8,8 @@ from .resystem import ReStructure
 
 
 def term_covariances(structure: ReStructure, theta: np.ndarray, scale: float = 1.0) -> dict:
-    """Covariance matrix of each term's random effects, keyed by the term label.
+    """Covariance matrix of each term's random effects, keyed by ``(label, names)`` (the
+    label alone repeats across the per-category copies of a categorical model's terms).
 
     ``Lambda`` is relative to the residual SD for gaussian models (``scale = sigma``) and
     absolute (``scale = 1``) otherwise.
@@ -19,7 +20,7 @@ def term_covariances(structure: ReStructure, theta: np.ndarray, scale: float = 1
         L = np.zeros((t.q, t.q))
         for k, (r, c) in enumerate(zip(t.theta_rows, t.theta_cols)):
             L[r - t.col0, c - t.col0] = theta[t.theta_start + k]
-        out[t.label] = (scale ** 2) * (L @ L.T)
+        out[(t.label, tuple(t.names))] = (scale ** 2) * (L @ L.T)
     return out
 
 
@@ -29,7 +30,7 @@ def varcorr_frame(structure: ReStructure, theta, sigma: float | None) -> pd.Data
     covs = term_covariances(structure, theta, 1.0 if sigma is None else sigma)
     # structure.terms is already in lme4's order: decreasing levels, formula order in ties.
     for t in structure.terms:
-        C = covs[t.label]
+        C = covs[(t.label, tuple(t.names))]
         sd = np.sqrt(np.clip(np.diag(C), 0, None))
         for i, name in enumerate(t.names):
             rows.append((t.label, name, None, C[i, i], sd[i]))
