@@ -211,14 +211,15 @@ class FitResult:
     def _draw_re_predictor(self, key) -> np.ndarray:
         from .varcorr import term_covariances
         design = self.model.design
-        covs = term_covariances(self.model.structure, self.theta,
-                                1.0 if self.sigma is None else self.sigma)
+        # Lambda is relative to sigma only for the exact gaussian (LMM) fits
+        scale = self.sigma if self.model._exact_gaussian() else 1.0
+        covs = term_covariances(self.model.structure, self.theta, scale)
         C = self.model.n_channels
         eta = np.zeros((design.nobs, C))
         for t in design.terms:
             key, sub = jax.random.split(key)
-            C = covs[(t.label, tuple(t.names))]
-            L = np.linalg.cholesky(C + 1e-12 * np.eye(t.q))
+            cov = covs[(t.label, tuple(t.names))]
+            L = np.linalg.cholesky(cov + 1e-12 * np.eye(t.q))
             b = np.asarray(jax.random.normal(sub, (t.n_levels, t.q))) @ L.T
             eta[:, t.channel] += np.sum(t.Z * b[t.group_index], axis=1)
         return eta[:, 0] if C == 1 else eta
