@@ -17,7 +17,7 @@ import pandas as pd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .families import Family
-from .model import Model
+from .model import MODEL_KEYWORDS, Model
 from .problem import ProblemArrays
 
 
@@ -102,7 +102,7 @@ def fit_many(formula: str, datasets: Sequence[pd.DataFrame], family: str | Famil
     >>> fits = jg.fit_many("y ~ x + (1 | g)", datasets, family="bernoulli")
     >>> fits.fixef.mean()
     """
-    model_kw = {k: kwargs.pop(k) for k in ("categorical", "levels", "weights") if k in kwargs}
+    model_kw = {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
     models = [Model(formula, d, family, link, **model_kw) for d in datasets]
     if not models:
         raise ValueError("fit_many needs at least one dataset")

@@ -21,6 +21,7 @@ from .convergence import judge
 from .design import Design
 from .families import Family, get_family
 from . import channels
+from . import dpars as dpar_mod
 from . import families_categorical  # noqa: F401  (registers the family)
 from .laplace import fit_glmm, fixed_predictor
 from .lmm import fit_lmm
@@ -28,6 +29,7 @@ from .problem import ProblemArrays, problem_from_design
 from .result import FitResult
 from .varcorr import varcorr_frame
 
+MODEL_KEYWORDS = ("categorical", "levels", "weights", "dpars")
 METHODS = ("reml", "ml", "laplace", "agq", "map", "vi", "nuts")
 NOT_YET = ("map", "vi", "nuts")
 # Compile with XLA's backend optimizations off: the fit graphs are many small ops in loops,
@@ -83,6 +85,8 @@ class Model:
     categorical: columns to treat as factors besides string columns.
     levels: ``{column: [level, ...]}`` level order; the first is the reference.
     weights: name of a column of prior weights.
+    dpars: formulas for a family parameter, e.g. ``{"zi": "~ x + (1 | g)"}`` for the
+        zero-inflation probability (brms's ``zi ~ ...``); see :mod:`jaxglmm.dpars`.
 
     Examples
     --------
@@ -95,22 +99,58 @@ class Model:
 
     def __init__(self, formula: str, data: pd.DataFrame, family: str | Family = "gaussian",
                  link: str | None = None, *, categorical: Sequence[str] = (),
-                 levels: dict | None = None, weights: str | None = None):
+                 levels: dict | None = None, weights: str | None = None,
+                 dpars: dict | None = None):
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         self.formula = formula
         self.family = (_named_family(family, link) if isinstance(family, str)
                        else get_family(family, link))
-        design = _build_design(formula, data, self.family, tuple(categorical), levels, weights)
-        self.family.validate(design.y, design.trials)
-        self.n_channels = channels.n_channels(self.family, design)
+        build = lambda f, d: _build_design(f, d, self.family, tuple(categorical), levels, weights)
+        self.dpars = dict(dpars or {})
+        dpar_mod.check_dpars(self.family, self.dpars)
         fixef_channels = ()
-        if self.n_channels > 1:
-            design, fixef_channels = channels.expand_design(design, design.response_levels[1:])
+        self._extra_design = None
+        if self.dpars:
+            (name, text), = self.dpars.items()
+            extra_formula = dpar_mod.dpar_formula(formula, name, text)
+            data, n_na = dpar_mod.complete_rows(data, [formula, extra_formula])
+            main = build(formula, data)
+            self.family.validate(main.y, main.trials)
+            self._extra_design = build(extra_formula, data)
+            design, fixef_channels = dpar_mod.combine(main, self._extra_design, name)
+            if n_na:
+                design = replace(design, n_dropped=n_na, messages=(
+                    f"{n_na} rows with missing values in used columns were dropped",))
+            self.family = dpar_mod.with_dpar_predictor(self.family, name)
+            self.n_channels = 2
+        else:
+            design = build(formula, data)
+            self.family.validate(design.y, design.trials)
+            self.n_channels = channels.n_channels(self.family, design)
+            if self.n_channels > 1:
+                design, fixef_channels = channels.expand_design(design, design.response_levels[1:])
         self.design = design
         structure, self.arrays = problem_from_design(design)
         self.structure = replace(structure, n_channels=self.n_channels,
                                  fixef_channels=fixef_channels)
+
+    def new_arrays(self, data: pd.DataFrame, allow_new_levels: bool = True,
+                   random_effects: bool = True):
+        """X, offset and per-design-term (group index, Z) for new data, in this model's
+        (possibly expanded) columns and term order."""
+        nd = self.design.new_data(data, allow_new_levels=allow_new_levels,
+                                  random_effects=random_effects)
+        per_term = [(t.group_index, t.Z) for t in nd.terms]
+        if self._extra_design is not None:
+            nx = self._extra_design.new_data(data, allow_new_levels=allow_new_levels,
+                                             random_effects=random_effects)
+            X = np.concatenate([nd.X, nx.X], axis=1)
+            return X, nd.offset, per_term + [(t.group_index, t.Z) for t in nx.terms]
+        if self.n_channels > 1:
+            X, per_term = channels.expand_new_data(nd, self.n_channels)
+            return X, nd.offset, per_term
+        return nd.X, nd.offset, per_term
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:
@@ -260,5 +300,5 @@ def fit(formula: str, data: pd.DataFrame, family: str | Family = "gaussian",
     Keyword arguments ``categorical``, ``levels`` and ``weights`` go to the model; the rest
     are method options (e.g. ``agq_points``).
     """
-    model_kw = {k: kwargs.pop(k) for k in ("categorical", "levels", "weights") if k in kwargs}
+    model_kw = {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
     return Model(formula, data, family, link, **model_kw).fit(method, **kwargs)

@@ -94,6 +94,7 @@ class FitResult:
               for k, v in self.family_params.items()}
         return {
             "formula": self.model.formula, "family": self.family, "link": self.link,
+            **({"dpars": dict(self.model.dpars)} if self.model.dpars else {}),
             "method": self.method, "nobs": self.nobs,
             "fixef": {k: _num(v) for k, v in self.fixef.items()},
             "fixef_se": {k: _num(v) for k, v in self.fixef_se.items()},
@@ -128,13 +129,7 @@ class FitResult:
             X, offset = design.X, design.offset
             per_term = [(t.group_index, t.Z) for t in design.terms]
         else:
-            nd = design.new_data(newdata, allow_new_levels=allow_new_levels,
-                                 random_effects=include_re)
-            X, offset = nd.X, nd.offset
-            per_term = [(t.group_index, t.Z) for t in nd.terms]
-            if C > 1:
-                from .channels import expand_new_data
-                X, per_term = expand_new_data(nd, C)
+            X, offset, per_term = self.model.new_arrays(newdata, allow_new_levels, include_re)
         if C == 1:
             eta = np.asarray(offset, float) + np.asarray(X, float) @ beta
         else:

@@ -60,7 +60,10 @@ class Summary:
         if design.response_levels is not None and fit.family == "bernoulli":
             note = (f"response '{design.response_name}': modelling P({design.response_levels[1]!r})"
                     f" against {design.response_levels[0]!r}")
-        return cls(title, fit.model.formula, fit.family, fit.link, note, crit, vc, fit.nobs,
+        formula = fit.model.formula
+        for name, text in fit.model.dpars.items():
+            formula += f"\n         {name} ~ {text.split('~', 1)[-1].strip()}"
+        return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
                    groups, coef, dict(fit.family_params), tuple(fit.messages))
 
     def __str__(self) -> str:
