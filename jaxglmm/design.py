@@ -311,6 +311,10 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     coding = FactorCoding(frozenset(categorical), levels)
     used = list(parsed.columns) + ([weights] if weights else [])
     _require_columns(used, data, formula)
+    for option, cols in (("categorical", list(categorical)), ("levels", list(levels))):
+        missing = [c for c in cols if c not in data.columns]
+        if missing:
+            raise ValueError(f"{option} names column(s) not in the data: {missing}")
     complete = data[list(dict.fromkeys(used))].notna().all(axis=1).to_numpy()
     frame = data.loc[complete].reset_index(drop=True)
     messages: list[str] = []

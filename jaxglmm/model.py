@@ -205,7 +205,7 @@ class Model:
             n = int(options.get("agq_points", 25))
             if n < 1:
                 raise ValueError("agq_points must be a positive integer")
-        unknown = set(options) - {"agq_points"}
+        unknown = set(options) - ({"agq_points"} if method == "agq" else set())
         if unknown:
             raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}")
         return method

@@ -38,7 +38,7 @@ def test_successes_above_trials_is_an_error(small_binary):
     ("reml", {}, ValueError, "gaussian"),
     ("bogus", {}, ValueError, "unknown method"),
     ("nuts", {}, NotImplementedError, "not available"),
-    ("laplace", {"agq_points": 3, "chains": 2}, ValueError, "unknown option"),
+    ("laplace", {"chains": 2}, ValueError, "unknown option"),
 ])
 def test_method_errors(small_binary, method, kwargs, exc, message):
     model = jg.Model("y ~ x + (1 | g)", small_binary, "bernoulli")
@@ -128,3 +128,15 @@ def test_log_density_is_the_joint_density(small_binary):
     y = small_binary.y.to_numpy()
     expected = np.sum(y * np.log(p) + (1 - y) * np.log1p(-p)) - 0.5 * 12 * np.log(2 * np.pi)
     assert float(ld) == pytest.approx(expected, rel=1e-10)
+
+
+def test_options_of_other_methods_are_rejected(small_binary):
+    model = jg.Model("y ~ x + (1 | g)", small_binary, "bernoulli")
+    with pytest.raises(ValueError, match="agq_points"):
+        model.fit("laplace", agq_points=5)
+
+
+@pytest.mark.parametrize("kwargs", [{"categorical": ["nothere"]}, {"levels": {"nothere": ["a"]}}])
+def test_factor_options_must_name_data_columns(small_binary, kwargs):
+    with pytest.raises(ValueError, match="nothere"):
+        jg.Model("y ~ x + (1 | g)", small_binary, "bernoulli", **kwargs)
