@@ -14,6 +14,13 @@ Conventions
 * Family parameters travel through the optimizers as one unconstrained vector ``phi``;
   ``natural_params(phi)`` maps it to named natural values, ``init_params(y, trials)`` gives a
   starting ``phi`` from the data (its length is the number of family parameters).
+* ``mean(eta, fparams)`` and ``variance(eta, fparams)`` are the moments of one observation
+  (per trial for binomial: ``E[y] = trials * mean``, ``Var[y] = trials * variance``).
+
+The families beyond the four core ones live in :mod:`jaxglmm.families_count` (negative
+binomial, zero-inflated and hurdle counts), :mod:`jaxglmm.families_continuous` (Gamma,
+lognormal, beta, Student-t) and :mod:`jaxglmm.families_ordinal` (cumulative); each registers
+itself when imported at the end of this module.
 """
 from __future__ import annotations
 
@@ -52,12 +59,18 @@ class Family:
     init_params: ``(y, trials) -> phi`` starting values (NumPy).
     validate: ``(y, trials) -> None``; raises ``ValueError`` naming the problem.
     simulate: ``(key, eta, trials, fparams) -> y`` draws from the family.
-    mean: ``(eta, fparams) -> E[y]`` (per trial for binomial).
+    mean: ``(eta, fparams) -> E[y]`` (per trial for binomial; the expected 0-based category
+        code for ordinal families).
     fisher_weight: optional ``(eta, trials, fparams) -> (n,)`` expected information of
         eta.  The Laplace approximation uses it, as lme4's PIRLS weights do; when None the
         observed information (negative second derivative of ``loglik``) is used.
     needs_trials: True for binomial.
     has_intercept: False for families whose thresholds take the intercept's place.
+    param_names: the names of the family parameters, in the order of ``phi`` (for ordinal
+        families the single name ``"thresholds"`` stands for the whole block).
+    variance: optional ``(eta, fparams) -> Var[y]`` (per trial for binomial).
+    category_probs: optional ``(eta, fparams) -> (..., K)`` category probabilities, for
+        ordinal families.
     """
 
     name: str
@@ -73,6 +86,8 @@ class Family:
     needs_trials: bool = False
     has_intercept: bool = True
     param_names: tuple[str, ...] = field(default_factory=tuple)
+    variance: Callable | None = None
+    category_probs: Callable | None = None
 
     def n_params(self, y, trials=None) -> int:
         return int(np.size(self.init_params(y, trials)))
@@ -98,8 +113,105 @@ def _dmu_deta(link: Link, eta):
     return jax.vmap(jax.grad(lambda e: link.linkinv(e)))(jnp.ravel(eta)).reshape(jnp.shape(eta))
 
 
+def _glm_weight(link: Link, eta, var):
+    """Expected information of eta for a mean-``mu`` family with ``Var[y] = var``.
+
+    ``(dmu/deta)^2 / var``: exact for exponential-dispersion families (and their
+    fixed-shape relatives such as the negative binomial with known shape).
+    """
+    return jnp.square(_dmu_deta(link, eta)) / var
+
+
+def _log_mu(link: Link, eta):
+    """``log(mu)`` without the round trip through ``exp`` for the log link."""
+    if link.name == "log":
+        return eta
+    return jnp.log(link.linkinv(eta))
+
+
+def _log1mexp(x):
+    """``log(1 - exp(x))`` for ``x < 0``, accurate at both ends (Maechler 2012).
+
+    Each branch gets only the inputs it is accurate for, so that neither produces an
+    infinite value whose zero-weighted gradient would turn into NaN.
+    """
+    near = x > -0.6931471805599453
+    return jnp.where(near, jnp.log(-jnp.expm1(jnp.where(near, x, -1.0))),
+                     jnp.log1p(-jnp.exp(jnp.where(near, -1.0, x))))
+
+
+def _xlogy0(y, log_x):
+    """``y * log_x`` with the ``0 * log(0) = 0`` convention and finite gradients."""
+    return jnp.where(y > 0, y * log_x, 0.0)
+
+
+def _pois_lpmf(y, log_mu, mu):
+    """Poisson log-pmf ``y log(mu) - mu - log(y!)``."""
+    return _xlogy0(y, log_mu) - mu - gammaln(y + 1)
+
+
+def _log_gamma_draw(key, a, shape, tries: int = 8):
+    """``log`` of Gamma(``a``, rate 1) draws: Marsaglia & Tsang (2000), loop-free.
+
+    Each element gets ``tries`` proposals at once and keeps the first accepted one (the
+    acceptance rate is above 0.95 for ``a >= 1``, so all fail with probability below
+    ``1e-10``; such an element then takes the first proposal's value).  ``a < 1`` uses
+    ``G(a) = G(a + 1) U^(1/a)``.  Working on the log scale keeps tiny shapes finite (beta).
+    Compiles several times faster than ``jax.random.gamma``'s rejection loop.
+    """
+    a = jnp.broadcast_to(a, shape)
+    boost = a < 1.0
+    d = jnp.where(boost, a + 1.0, a) - 1.0 / 3.0
+    c = 1.0 / jnp.sqrt(9.0 * d)
+    k1, k2, k3 = jax.random.split(key, 3)
+    x = jax.random.normal(k1, (tries,) + tuple(shape), dtype=d.dtype)
+    log_u = jnp.log(jax.random.uniform(k2, (tries,) + tuple(shape), dtype=d.dtype))
+    v = 1.0 + c * x
+    log_v3 = 3.0 * jnp.log(jnp.where(v > 0, v, 1.0))
+    ok = (v > 0) & (log_u < 0.5 * x * x + d - d * jnp.exp(log_v3) + d * log_v3)
+    pick = jnp.argmax(ok, axis=0)[None]
+    log_g = jnp.log(d) + jnp.take_along_axis(log_v3, pick, 0)[0]
+    log_b = jnp.log(jax.random.uniform(k3, tuple(shape), dtype=d.dtype)) / a
+    return jnp.where(boost, log_g + log_b, log_g)
+
+
+def _validate_counts(name: str, y) -> None:
+    """Counts: finite, non-negative whole numbers."""
+    y = np.asarray(y, float)
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{name} response has {int(np.sum(~np.isfinite(y)))} non-finite values")
+    if np.any(y < 0):
+        raise ValueError(f"{name} response has {int(np.sum(y < 0))} negative values")
+    if not _is_integer_valued(y):
+        bad = np.unique(y[np.abs(y - np.round(y)) >= 1e-8])[:5]
+        raise ValueError(f"{name} response must be whole-number counts; found {bad}")
+
+
+def _validate_finite(name: str, y) -> None:
+    if not np.all(np.isfinite(np.asarray(y, float))):
+        raise ValueError(f"{name} response has non-finite values")
+
+
+def _validate_positive(name: str, y) -> None:
+    """Strictly positive, finite responses (Gamma, lognormal)."""
+    _validate_finite(name, y)
+    y = np.asarray(y, float)
+    if np.any(y <= 0):
+        raise ValueError(f"{name} response must be strictly positive; "
+                         f"{int(np.sum(y <= 0))} values are <= 0")
+
+
+def _logit(p) -> float:
+    return float(np.log(p) - np.log1p(-p))
+
+
 # ----------------------------------------------------------------------------- gaussian
 def _gaussian(link: Link) -> Family:
+    """Normal response.
+
+    ``log f(y) = -log(2 pi)/2 - log(sigma) - (y - mu)^2 / (2 sigma^2)``, ``mu = g^{-1}(eta)``;
+    R's ``dnorm(y, mu, sigma, log=TRUE)``.  Parameter ``sigma = exp(phi[0])``.
+    """
     def loglik(y, eta, trials, fp):
         mu = link.linkinv(eta)
         sigma = fp["sigma"]
@@ -111,16 +223,13 @@ def _gaussian(link: Link) -> Family:
     def simulate(key, eta, trials, fp):
         return link.linkinv(eta) + fp["sigma"] * jax.random.normal(key, jnp.shape(eta))
 
-    def validate(y, trials):
-        if not np.all(np.isfinite(np.asarray(y, float))):
-            raise ValueError("gaussian response has non-finite values")
-
     return Family(
         "gaussian", link, ("identity", "log", "inverse"), loglik,
         natural_params=lambda phi: {"sigma": jnp.exp(phi[0])},
-        init_params=init, validate=validate, simulate=simulate,
-        mean=lambda eta, fp: link.linkinv(eta),
-        fisher_weight=lambda eta, trials, fp: jnp.square(_dmu_deta(link, eta)) / fp["sigma"] ** 2,
+        init_params=init, validate=lambda y, trials: _validate_finite("gaussian", y),
+        simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
+        variance=lambda eta, fp: jnp.broadcast_to(fp["sigma"] ** 2, jnp.shape(eta)),
+        fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, fp["sigma"] ** 2),
         param_names=("sigma",))
 
 
@@ -152,6 +261,11 @@ def _binomial_fisher(link: Link):
 
 
 def _binomial(link: Link) -> Family:
+    """Binomial successes ``y`` out of ``trials``.
+
+    ``log f(y) = log C(trials, y) + y log(mu) + (trials - y) log(1 - mu)``; R's ``dbinom``.
+    No family parameters.
+    """
     def validate(y, trials):
         y = np.asarray(y, float)
         t = np.asarray(trials, float)
@@ -172,10 +286,12 @@ def _binomial(link: Link) -> Family:
         "binomial", link, ("logit", "probit", "cloglog", "cauchit", "log"),
         _binomial_loglik(link), validate=validate, simulate=simulate,
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
+        variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
         needs_trials=True)
 
 
 def _bernoulli(link: Link) -> Family:
+    """0/1 response: ``log f(y) = y log(mu) + (1 - y) log(1 - mu)``; R's ``dbinom(y, 1, mu)``."""
     base = _binomial(link)
 
     def validate(y, trials):
@@ -199,31 +315,18 @@ def _bernoulli(link: Link) -> Family:
 
 # ----------------------------------------------------------------------------- poisson
 def _poisson(link: Link) -> Family:
+    """Poisson counts: ``log f(y) = y log(mu) - mu - log(y!)``; R's ``dpois``."""
     def loglik(y, eta, trials, fp):
-        if link.name == "log":
-            log_mu, mu = eta, jnp.exp(eta)
-        else:
-            mu = link.linkinv(eta)
-            log_mu = jnp.log(mu)
-        return jnp.where(y > 0, y * log_mu, 0.0) - mu - gammaln(y + 1)
-
-    def validate(y, trials):
-        y = np.asarray(y, float)
-        if np.any(y < 0):
-            raise ValueError(f"poisson response has {int(np.sum(y < 0))} negative values")
-        if not _is_integer_valued(y):
-            raise ValueError("poisson response must be whole-number counts")
+        return _pois_lpmf(y, _log_mu(link, eta), link.linkinv(eta))
 
     def simulate(key, eta, trials, fp):
         return jax.random.poisson(key, link.linkinv(eta)).astype(jnp.result_type(float))
 
-    def weight(eta, trials, fp):
-        mu = link.linkinv(eta)
-        return jnp.square(_dmu_deta(link, eta)) / mu
-
-    return Family("poisson", link, ("log", "identity", "sqrt"), loglik, validate=validate,
+    return Family("poisson", link, ("log", "identity", "sqrt"), loglik,
+                  validate=lambda y, trials: _validate_counts("poisson", y),
                   simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
-                  fisher_weight=weight)
+                  variance=lambda eta, fp: link.linkinv(eta),
+                  fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, link.linkinv(eta)))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -258,3 +361,7 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     fam = FAMILIES[name](get_link(DEFAULT_LINKS[name]))
     return fam.with_link(link)
+
+
+# The remaining families register themselves (they import the helpers above).
+from . import families_continuous, families_count, families_ordinal  # noqa: E402,F401
