@@ -19,7 +19,8 @@ class FitResult:
 
     Attributes
     ----------
-    fixef, fixef_se: Series of fixed effects and their standard errors.
+    fixef, fixef_se: Series of fixed effects and their standard errors (posterior means and
+        SDs for ``nuts``/``vi``/``map``).
     vcov: DataFrame, covariance of the fixed effects.
     varcorr: DataFrame in lme4's ``as.data.frame(VarCorr(fit))`` layout (group, var1, var2,
         vcov, sd_or_cor).
@@ -29,6 +30,9 @@ class FitResult:
     ranef: dict group -> DataFrame indexed by level: conditional modes and ``<term>_sd``
         conditional SDs.
     loglik: maximized log-likelihood (REML criterion -REMLcrit/2 for REML).
+    posterior: ArviZ InferenceData of the draws (``nuts``, ``vi``, ``map``), else None;
+        ``posterior_summary`` its table (mean, sd, q2.5, q97.5, rhat, ess_bulk, ess_tail,
+        mcse_mean); ``priors`` the priors in use; ``diagnostics`` the sampler's record.
     optinfo: the optimizer's record (as MixedModels.jl's OptSummary): ``x`` (final outer
         parameters), ``objective`` and ``objective0`` (deviance scale, final and initial),
         ``grad`` and ``hessian`` at the optimum, ``n_iter``, ``status``.
@@ -42,7 +46,7 @@ class FitResult:
     varcorr: pd.DataFrame
     sigma: float | None
     family_params: dict
-    loglik: float
+    loglik: float | None
     df: int
     ranef: dict
     converged: bool
@@ -54,6 +58,10 @@ class FitResult:
     b: tuple = field(repr=False, default=())
     options: dict = field(default_factory=dict)
     optinfo: dict = field(repr=False, default_factory=dict)
+    posterior: Any = field(repr=False, default=None)
+    posterior_summary: pd.DataFrame | None = field(repr=False, default=None)
+    priors: tuple = ()
+    diagnostics: dict = field(repr=False, default_factory=dict)
 
     # ------------------------------------------------------------------ information criteria
     @property
@@ -61,12 +69,12 @@ class FitResult:
         return self.model.design.nobs
 
     @property
-    def aic(self) -> float:
-        return -2.0 * self.loglik + 2.0 * self.df
+    def aic(self) -> float | None:
+        return None if self.loglik is None else -2.0 * self.loglik + 2.0 * self.df
 
     @property
-    def bic(self) -> float:
-        return -2.0 * self.loglik + math.log(self.nobs) * self.df
+    def bic(self) -> float | None:
+        return None if self.loglik is None else -2.0 * self.loglik + math.log(self.nobs) * self.df
 
     @property
     def family(self) -> str:
@@ -92,7 +100,7 @@ class FitResult:
                        "sd_or_cor": _num(r.sd_or_cor)})
         fp = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v))
               for k, v in self.family_params.items()}
-        return {
+        out = {
             "formula": self.model.formula, "family": self.family, "link": self.link,
             **({"dpars": dict(self.model.dpars)} if self.model.dpars else {}),
             "method": self.method, "nobs": self.nobs,
@@ -103,6 +111,12 @@ class FitResult:
             "bic": _num(self.bic), "converged": bool(self.converged),
             "messages": list(self.messages), "seconds": float(self.seconds),
         }
+        if self.posterior_summary is not None:
+            out["priors"] = list(self.priors)
+            out["posterior"] = {
+                name: {k: _num(row[k]) for k in ("mean", "sd", "q2.5", "q97.5", "rhat", "ess_bulk")}
+                for name, row in self.posterior_summary.iterrows()}
+        return out
 
     def ranef_long(self) -> pd.DataFrame:
         """ranef as rows: group, level, term, estimate, condsd (the CLI's ranef.csv)."""
@@ -235,5 +249,7 @@ def _label(v):
 
 
 def _num(v):
+    if v is None:
+        return None
     v = float(v)
     return None if not math.isfinite(v) else v

@@ -34,7 +34,9 @@ class Summary:
     messages: tuple
 
     @classmethod
-    def from_fit(cls, fit) -> "Summary":
+    def from_fit(cls, fit):
+        if fit.posterior_summary is not None:
+            return BayesSummary.from_fit(fit)
         design = fit.model.design
         title = METHOD_TITLES.get(fit.method, f"Mixed model fit by {fit.method}")
         title = title.format(n=fit.options.get("agq_points", ""))
@@ -139,3 +141,55 @@ def _render_random(vc: pd.DataFrame) -> str:
             g = group if k == 0 else ""
             lines.append(f" {g:<10} {name:<16} {r.vcov:>10.4g} {r.sd_or_cor:>10.4g}  {' '.join(corr)}")
     return "\n".join(lines)
+
+
+BAYES_TITLES = {"nuts": "Bayesian mixed model fit by NUTS (NumPyro)",
+                "vi": "Bayesian mixed model fit by variational inference (NumPyro SVI)",
+                "map": "Bayesian mixed model: posterior mode with a Laplace approximation"}
+
+
+@dataclass(frozen=True)
+class BayesSummary:
+    """brms-style summary of a Bayesian fit, as data; ``str()`` renders it."""
+
+    title: str
+    formula: str
+    family: str
+    link: str
+    nobs: int
+    groups: pd.Series
+    priors: tuple
+    table: pd.DataFrame
+    diagnostics: dict
+    messages: tuple
+
+    @classmethod
+    def from_fit(cls, fit) -> "BayesSummary":
+        groups = pd.Series({t.label: t.n_levels for t in fit.model.design.terms})
+        return cls(BAYES_TITLES[fit.method], fit.model.formula, fit.family, fit.link, fit.nobs,
+                   groups, tuple(fit.priors), fit.posterior_summary,
+                   {k: v for k, v in fit.diagnostics.items() if np.isscalar(v) or isinstance(v, str)},
+                   tuple(fit.messages))
+
+    def __str__(self) -> str:
+        out = [self.title, f" Family: {self.family}  ( {self.link} )", f"Formula: {self.formula}"]
+        grp = ", ".join(f"{k}, {v}" for k, v in self.groups.items())
+        out.append(f"Number of obs: {self.nobs}, groups:  {grp}")
+        out.append("")
+        out.append("Priors:")
+        out.extend(f"  {p}" for p in self.priors)
+        out.append("")
+        out.append("Posterior:")
+        out.append(_table(self.table))
+        if self.diagnostics:
+            out.append("")
+            out.append("Diagnostics: " + ", ".join(
+                f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
+                for k, v in self.diagnostics.items()))
+        if self.messages:
+            out.append("")
+            out.extend(self.messages)
+        return "\n".join(out)
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(str(self))

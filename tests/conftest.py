@@ -4,6 +4,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Four CPU devices: NUTS chains run in parallel and fit_many shards its batch, as on a
+# multi-device machine (this must be set before JAX starts).
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=4").strip()
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402

@@ -1,0 +1,151 @@
+"""NUTS, variational inference and MAP on :class:`jaxglmm.bayes.BayesModel`.
+
+Each returns draws of the model's sites (chain, draw, ...); :func:`posterior_result` turns
+them into the same :class:`~jaxglmm.result.FitResult` accessors as a likelihood fit (posterior
+means for fixef/varcorr/ranef, posterior SDs for fixef_se) plus ``fit.posterior`` (ArviZ
+InferenceData) and ``fit.posterior_summary``.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from jax.flatten_util import ravel_pytree
+from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
+from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
+from numpyro.infer.util import initialize_model
+from numpyro.optim import optax_to_numpyro
+
+from .bayes import BayesModel
+from .priors import describe
+
+NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
+                "chain_method", "progress", "priors", "dense_mass"}
+VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors"}
+MAP_OPTIONS = {"draws", "seed", "priors", "maxiter"}
+RHAT_MAX = 1.01
+
+
+def _start(model, bm: BayesModel):
+    """Start at the maximum-likelihood (Laplace/REML-free ML) fit."""
+    ml = model.fit("ml" if model._exact_gaussian() else "laplace")
+    return bm.init_values(ml)
+
+
+def run_nuts(model, options: dict):
+    bm = BayesModel(model, options.get("priors"))
+    chains = int(options.get("chains", 4))
+    method = options.get("chain_method") or (
+        "parallel" if len(jax.devices()) >= chains > 1 else "vectorized")
+    kernel = NUTS(bm.numpyro_model, init_strategy=init_to_value(values=_start(model, bm)),
+                  target_accept_prob=float(options.get("target_accept", 0.8)),
+                  max_tree_depth=int(options.get("max_tree_depth", 10)),
+                  dense_mass=bool(options.get("dense_mass", False)))
+    mcmc = MCMC(kernel, num_warmup=int(options.get("warmup", 1000)),
+                num_samples=int(options.get("draws", 1000)), num_chains=chains,
+                chain_method=method, progress_bar=bool(options.get("progress", True)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There are not enough devices")
+        mcmc.run(jax.random.PRNGKey(int(options.get("seed", 0))),
+                 extra_fields=("diverging", "num_steps"))
+    samples = mcmc.get_samples(group_by_chain=True)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    diag = {"divergences": int(np.sum(extra["diverging"])),
+            "max_tree_depth_hits": int(np.sum(np.asarray(extra["num_steps"]) >= 2 ** kernel._max_tree_depth - 1)),
+            "mean_tree_depth": float(np.mean(np.log2(np.asarray(extra["num_steps"]) + 1))),
+            "chain_method": method}
+    return bm, samples, diag
+
+
+def run_vi(model, options: dict):
+    bm = BayesModel(model, options.get("priors"))
+    kind = options.get("guide", "meanfield")
+    init = init_to_value(values=_start(model, bm))
+    if kind == "meanfield":
+        guide = AutoNormal(bm.numpyro_model, init_loc_fn=init, init_scale=0.01)
+    elif kind == "lowrank":
+        guide = AutoLowRankMultivariateNormal(bm.numpyro_model, init_loc_fn=init,
+                                              rank=options.get("rank"), init_scale=0.01)
+    else:
+        raise ValueError(f"guide must be 'meanfield' or 'lowrank', got {kind!r}")
+    opt = optax_to_numpyro(optax.adam(float(options.get("learning_rate", 0.01))))
+    svi = SVI(bm.numpyro_model, guide, opt, Trace_ELBO())
+    steps = int(options.get("steps", 20000))
+    key = jax.random.PRNGKey(int(options.get("seed", 0)))
+    res = svi.run(key, steps, progress_bar=bool(options.get("progress", True)))
+    draws = int(options.get("draws", 1000))
+    post = guide.sample_posterior(jax.random.fold_in(key, 1), res.params, sample_shape=(1, draws))
+    samples = {k: v for k, v in post.items() if not k.endswith(("_prior", "log_density"))}
+    elbo = -np.asarray(res.losses)
+    window = max(steps // 10, 10)
+    late, early = elbo[-window:].mean(), elbo[-2 * window:-window].mean()
+    rel = abs(late - early) / max(abs(late), 1.0)
+    diag = {"elbo_trace": elbo, "elbo_relative_change": float(rel), "guide": kind,
+            "converged": bool(rel < 1e-3)}
+    return bm, samples, diag
+
+
+def run_map(model, options: dict):
+    """Posterior mode of the hyperparameters with the random effects integrated out by the
+    Laplace approximation (as blme does for lme4), found by BFGS on the unconstrained scale; uncertainty from a normal approximation there (finite-difference Hessian of the
+    exact gradient).  Random effects are the conditional modes at the posterior mode."""
+    from functools import partial
+    from .optimize import minimize
+    bm = BayesModel(model, options.get("priors"))
+    key = jax.random.PRNGKey(int(options.get("seed", 0)))
+    start = {k: v for k, v in _start(model, bm).items() if k != "u"}
+    info = initialize_model(key, partial(bm.numpyro_model, marginal=True),
+                            init_strategy=init_to_value(values=start))
+    x0, unravel = ravel_pytree(info.param_info.z)
+    potential = lambda x: info.potential_fn(unravel(x))
+    # The project's BFGS (one call site of the objective, which holds a whole inner
+    # Laplace solve) compiles in a fraction of optax L-BFGS's time with its zoom search.
+    opt = jax.jit(lambda x: minimize(potential, x, maxiter=int(options.get("maxiter", 500))))(x0)
+    x = opt.x
+    H = np.asarray(opt.hessian)
+    evals = np.linalg.eigvalsh(H)
+    cov = np.linalg.inv(H)
+    cov = 0.5 * (cov + cov.T)
+    draws = int(options.get("draws", 1000))
+    z = np.random.default_rng(int(options.get("seed", 0))).multivariate_normal(
+        np.asarray(x), cov, size=draws, method="eigh")
+    post = jax.vmap(lambda v: info.postprocess_fn(unravel(v)))(jnp.asarray(z))
+    mode = info.postprocess_fn(unravel(x))
+    # conditional modes of u at the posterior mode, shared by every draw
+    lap = bm.laplace()
+    one = {k: v[None, None] for k, v in mode.items() if k in post}
+    d = bm.transform_draws(one)
+    u = jax.jit(lap.mode)(d["theta"][0, 0], d["beta"][0, 0], d["phi"][0, 0])
+    samples = {k: v[None] for k, v in post.items()}
+    samples["u"] = jnp.broadcast_to(u, (1, draws) + u.shape)
+    diag = {"grad_max": float(jnp.max(jnp.abs(opt.grad))), "n_iter": int(opt.n_iter),
+            "hessian_pd": bool(evals.min() > 0)}
+    return bm, samples, diag
+
+
+RUNNERS = {"nuts": (run_nuts, NUTS_OPTIONS), "vi": (run_vi, VI_OPTIONS), "map": (run_map, MAP_OPTIONS)}
+
+
+def check_options(method: str, options: dict) -> None:
+    allowed = RUNNERS[method][1]
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}; "
+                         f"allowed: {sorted(allowed)}")
+
+
+def fit_bayes(model, method: str, options: dict):
+    from .posterior import posterior_result
+    check_options(method, options)
+    start = time.perf_counter()
+    bm, samples, diag = RUNNERS[method][0](model, options)
+    return posterior_result(model, bm, method, options, samples, diag,
+                            time.perf_counter() - start)
+
+
+__all__ = ["fit_bayes", "describe", "pd"]

@@ -1,0 +1,98 @@
+"""Bayesian paths (NUTS, VI, MAP) on the one log-density, against brms's posteriors.
+
+Rule (reference README): posterior means within 4 Monte Carlo standard errors (the larger of
+ours and brms's) or 5% of brms's posterior SD, whichever is larger.  R-hat <= 1.01.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import jaxglmm as jg
+from reference_cases import load_reference
+
+# brms name -> ours
+SLEEP = {"b_Intercept": "b_Intercept", "b_Days": "b_Days",
+         "sd_Subject__Intercept": "sd_Subject__Intercept", "sd_Subject__Days": "sd_Subject__Days",
+         "cor_Subject__Intercept__Days": "cor_Subject__Intercept__Days", "sigma": "sigma"}
+WINE = {"b_Intercept[1]": "threshold[1]", "b_Intercept[2]": "threshold[2]",
+        "b_Intercept[3]": "threshold[3]", "b_Intercept[4]": "threshold[4]",
+        "b_tempwarm": "b_temp[warm]", "b_contactyes": "b_contact[yes]",
+        "sd_judge__Intercept": "sd_judge__Intercept"}
+NEGBIN = {"b_Intercept": "b_Intercept", "b_YEAR96": "b_YEAR[96]", "b_YEAR97": "b_YEAR[97]",
+          "b_cHEIGHT": "b_cHEIGHT", "sd_LOCATION__Intercept": "sd_LOCATION__Intercept",
+          "shape": "shape"}
+
+
+def check_against_brms(fit, case, names):
+    ref = {p["variable"]: p for p in load_reference(case)["posterior"]}
+    table = fit.posterior_summary
+    assert table["rhat"].max() <= 1.01, table
+    for brms_name, ours in names.items():
+        r = ref[brms_name]
+        mcse = max(r["mcse_mean"], table.loc[ours, "mcse_mean"])
+        tol = max(4 * mcse, 0.05 * r["sd"])
+        assert abs(table.loc[ours, "mean"] - r["mean"]) <= tol, (brms_name, table.loc[ours, "mean"], r["mean"], tol)
+
+
+@pytest.fixture(scope="module")
+def sleep_nuts():
+    model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))
+    return model.fit("nuts", seed=1, progress=False, draws=2000, target_accept=0.95)
+
+
+def test_nuts_sleepstudy_matches_brms(sleep_nuts):
+    check_against_brms(sleep_nuts, "sleepstudy_nuts_brms", SLEEP)
+    assert sleep_nuts.diagnostics["chain_method"] == "parallel"
+    assert sleep_nuts.loglik is None and sleep_nuts.aic is None
+
+
+def test_nuts_result_accessors_and_record(sleep_nuts):
+    fit = sleep_nuts
+    draws = fit.posterior.posterior
+    assert draws["b_Days"].shape == (4, 2000)
+    assert fit.fixef["Days"] == pytest.approx(float(draws["b_Days"].mean()))
+    assert fit.fixef_se["Days"] == pytest.approx(float(draws["b_Days"].std(ddof=1)), rel=1e-6)
+    rec = json.loads(json.dumps(fit.to_dict()))
+    assert rec["loglik"] is None and rec["aic"] is None
+    assert set(rec["posterior"]["b_Days"]) == {"mean", "sd", "q2.5", "q97.5", "rhat", "ess_bulk"}
+    assert any("student_t(3, 288.7, 59.3)" in p for p in rec["priors"])
+    assert fit.ranef["Subject"].shape == (18, 4)
+    text = str(fit.summary())
+    assert "NUTS" in text and "Priors:" in text and "rhat" in text
+
+
+@pytest.mark.slow
+def test_nuts_wine_cumulative_matches_brms():
+    fit = jg.fit("rating ~ temp + contact + (1 | judge)", jg.load_dataset("wine"),
+                 family="cumulative", method="nuts", seed=2, progress=False, target_accept=0.9)
+    check_against_brms(fit, "wine_cumulative_nuts_brms", WINE)
+
+
+@pytest.mark.slow
+def test_nuts_grouseticks_negbinomial_matches_brms():
+    fit = jg.fit("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", jg.load_dataset("grouseticks"),
+                 family="negbinomial", method="nuts", seed=3, progress=False)
+    check_against_brms(fit, "grouseticks_negbinomial_nuts_brms", NEGBIN)
+
+
+@pytest.mark.parametrize("method", ["vi", "map"])
+def test_vi_and_map_land_near_nuts(method, sleep_nuts):
+    model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))
+    fit = model.fit(method, seed=0, **({"progress": False} if method == "vi" else {}))
+    assert fit.converged, fit.messages
+    for name in ("Intercept", "Days"):
+        assert abs(fit.fixef[name] - sleep_nuts.fixef[name]) < sleep_nuts.fixef_se[name]
+
+
+def test_user_priors_by_class_and_name_change_the_fit():
+    model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))
+    fit = model.fit("map", priors={"b_Days": "normal(0, 0.5)"})
+    assert "b_Days ~ normal(0, 0.5)" in fit.priors
+    assert abs(fit.fixef["Days"]) < 2.0          # shrunk hard towards 0 from 10.5
+    with pytest.raises(ValueError, match="no parameter or class 'b_Dayz'"):
+        model.fit("map", priors={"b_Dayz": "normal(0, 1)"})
+    with pytest.raises(ValueError, match="unknown prior distribution"):
+        model.fit("map", priors={"b": "norma(0, 1)"})
+    with pytest.raises(ValueError, match="unknown option"):
+        model.fit("nuts", chain=2)
