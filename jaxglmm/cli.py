@@ -41,6 +41,7 @@ class UsageError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``jaxglmm`` command line; returns the exit status (0, or 2 on bad input)."""
+    _cpu_devices_for_chains()
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -56,6 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = _run_fit if args.command == "fit" else _run_fit_many
     return run(args.config, args.output)
+
+
+def _cpu_devices_for_chains(n: int = 4) -> None:
+    """Let NUTS chains run in parallel on the CPU, as numpyro's ``set_host_device_count``
+    does.  XLA reads the flag when JAX starts, so this only acts when the command runs in a
+    fresh process (``jaxglmm ...``), not when ``main`` is called after JAX was imported."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
 def _fail(message: str) -> int:
@@ -87,6 +97,8 @@ def _run_fit(config_path: str, output: str | None) -> int:
         "summary.txt": summary + "\n",
         "ranef.csv": fit.ranef_long().to_csv(index=False),
     }
+    if fit.posterior is not None:   # NUTS/VI/MAP draws, as ArviZ InferenceData
+        files["draws.nc"] = _netcdf_bytes(fit.posterior)
     return _deliver(config, {"method": method, "link": fit.link}, files, summary)
 
 
@@ -189,7 +201,7 @@ def _check_columns(config, data: pd.DataFrame, source: str) -> None:
                              f"the data {source} (columns: {', '.join(map(str, data.columns))})")
 
 
-def _deliver(config, update: dict, files: dict[str, str], report: str) -> int:
+def _deliver(config, update: dict, files: dict[str, str | bytes], report: str) -> int:
     """Write ``files`` and the resolved config (``update``: what the run chose) into the
     output folder at once, then print ``report`` and where the outputs went."""
     files = files | {"config.yaml": _dump_config(config.model_copy(update=update))}
@@ -197,6 +209,14 @@ def _deliver(config, update: dict, files: dict[str, str], report: str) -> int:
     print(report)
     print(f"\n{PROG}: wrote {', '.join(files)} to {config.output}")
     return 0
+
+
+def _netcdf_bytes(idata) -> bytes:
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "draws.nc"
+        idata.to_netcdf(str(path))
+        return path.read_bytes()
 
 
 def _dump_config(config) -> str:
@@ -216,8 +236,11 @@ def _write_folder(output: Path, files: dict[str, str]) -> None:
     staging = output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        for name, text in files.items():
-            (staging / name).write_text(text, encoding="utf-8")
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (staging / name).write_bytes(content)
+            else:
+                (staging / name).write_text(content, encoding="utf-8")
         if output.is_dir():
             for name in files:
                 os.replace(staging / name, output / name)
