@@ -125,7 +125,7 @@ BAD_CONFIGS = {
     "unknown column in config": ({"categorical": ["Subjekt"]}, "'Subjekt'"),
     "missing operator": ({"formula": "Reaction ~ Days Subject + (1 | Subject)"},
                          "missing operator between 'Days' and 'Subject'"),
-    "unsupported method": ({"method": "nuts"}, "method 'nuts' is not available"),
+    "unsupported method": ({"method": "agq"}, "method 'agq' is for non-gaussian families"),
     "unknown method": ({"method": "bayes"}, "config key 'method'"),
     "method for another family": ({"method": "laplace", "family": "poisson"}, "poisson"),
     "unknown option": ({"options": {"chains": 4}}, "chains"),
