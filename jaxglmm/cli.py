@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("-o", "--output", metavar="FOLDER",
                        help="output folder, overriding the config's 'output'")
     args = parser.parse_args(argv)
+    if not os.environ.get("JAXGLMM_NO_CACHE"):
+        from .cache import enable_compilation_cache
+        try:
+            enable_compilation_cache()
+        except OSError:   # an unwritable home: run without the cache
+            pass
     run = _run_fit if args.command == "fit" else _run_fit_many
     return run(args.config, args.output)
 

@@ -78,6 +78,7 @@ class _ModelSpec(BaseModel):
     categorical: list[str] = []
     levels: dict[str, list[Label]] = {}
     weights: str | None = None
+    dpars: dict[str, str] = {}
     options: dict[str, Any] = {}
     output: str | None = None
 
@@ -104,7 +105,7 @@ class _ModelSpec(BaseModel):
         """Keyword arguments of :class:`jaxglmm.Model` besides formula, data and family."""
         return {"link": self.link, "categorical": tuple(self.categorical),
                 "levels": {k: list(v) for k, v in self.levels.items()} or None,
-                "weights": self.weights}
+                "weights": self.weights, "dpars": dict(self.dpars) or None}
 
     def config_columns(self) -> list[tuple[str, str]]:
         """``(key, column)`` for every data column the config names outside the formula."""
