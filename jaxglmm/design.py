@@ -47,7 +47,11 @@ class RandomTerm:
         float64 array (n, q), the term's model columns.
     channel:
         The linear predictor the term feeds (0 unless the model has several, as the
-        categorical family has one per non-reference category).
+        categorical family has one per non-reference category), or one per column for a
+        term merged across predictors by a brms correlation ID.
+    id:
+        brms's correlation ID of ``(terms | ID | g)``: terms with the same ID and grouping
+        factor are modelled as one correlated block, also across linear predictors.
     """
 
     group: str
@@ -57,7 +61,15 @@ class RandomTerm:
     levels: tuple[str, ...]
     group_index: np.ndarray
     Z: np.ndarray
-    channel: int = 0
+    channel: int | tuple[int, ...] = 0
+    id: str | None = None
+
+    @property
+    def column_channels(self) -> tuple[int, ...]:
+        """The linear predictor each of the q columns feeds."""
+        if isinstance(self.channel, tuple):
+            return self.channel
+        return (int(self.channel),) * len(self.names)
 
     @property
     def q(self) -> int:
@@ -437,7 +449,7 @@ def _random_terms(parsed, frame, coding, fam_name, messages):
             group=factor.name, label=label, names=matrix.names,
             correlated=r.correlated or matrix.values.shape[1] > 1,
             levels=factor.levels, group_index=index,
-            Z=np.ascontiguousarray(matrix.values, dtype=np.float64)))
+            Z=np.ascontiguousarray(matrix.values, dtype=np.float64), id=r.id))
     return tuple(specs), tuple(terms)
 
 

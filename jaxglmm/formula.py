@@ -278,6 +278,7 @@ class RandomSpec:
     group: the grouping columns (``("batch", "cask")`` for ``batch:cask``).
     correlated: False for a term split out of ``||``.
     source: the text of the bar term as written, for messages.
+    id: brms's correlation ID of ``(terms | ID | g)``, else None.
     """
 
     terms: tuple[Term, ...]
@@ -285,6 +286,7 @@ class RandomSpec:
     group: tuple[str, ...]
     correlated: bool
     source: str
+    id: str | None = None
 
     @property
     def group_name(self) -> str:
@@ -419,7 +421,14 @@ class _Parser:
                 if self.peek().text == ")":
                     raise self.error(f"nothing on the right of {bar.text!r}", bar)
                 group = self.parse_sum()
-                inner = _Node("bar", bar, (inner, group), inner.start, group.end)
+                children = (inner, group)
+                if bar.text == "|" and self.peek().text == "|":
+                    # brms's (terms | ID | g): terms sharing an ID are correlated
+                    bar2 = self.take()
+                    if self.peek().text == ")":
+                        raise self.error("nothing on the right of '|'", bar2)
+                    children = (inner, self.parse_sum(), group)
+                inner = _Node("bar", bar, children, inner.start, children[1].end)
             close = self.take()
             if close.text != ")":
                 raise self.error(f"unexpected {close.text or 'end of formula'!r}", close)
@@ -617,7 +626,13 @@ class _Expander:
         raise self.error(f"{what} cannot be used with {op!r}", node)
 
     def bar(self, node: _Node) -> _Expansion:
-        lhs_node, group_node = node.children
+        lhs_node, group_node = node.children[:2]
+        corr_id = None
+        if len(node.children) == 3:
+            id_node = node.children[2]
+            if id_node.kind != "name":
+                raise self.error("the ID in (terms | ID | g) must be a plain name", id_node)
+            corr_id = id_node.tok.text
         lhs = self.expand(lhs_node)
         if lhs.random or lhs.offsets:
             raise self.error("random terms and offsets cannot be nested in a random term",
@@ -629,7 +644,7 @@ class _Expander:
         specs = []
         for group in self.groups(group_node, source):
             if node.tok.text == "|":
-                specs.append(RandomSpec(tuple(lhs.terms), intercept, group, True, source))
+                specs.append(RandomSpec(tuple(lhs.terms), intercept, group, True, source, corr_id))
                 continue
             if intercept:
                 specs.append(RandomSpec((), True, group, False, source))

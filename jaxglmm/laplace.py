@@ -87,13 +87,13 @@ class GlmmModel:
     def system(self, u, theta, beta, phi, fisher: bool) -> rs.BlockedCholesky:
         """Blocked Cholesky of ``-d^2 h / du du' = Lambda'Z'WZ Lambda + I`` at ``u``."""
         if self.s.n_channels > 1:
-            return self._system_hvp(u, theta, beta, phi)
+            return self._system_hvp(u, theta, beta, phi, damp=fisher)
         W = self.weights(u, theta, beta, phi, fisher)
         lams = rs.lambdas(self.s, theta)
         cp = rs.cross_products(self.s, self.a.index, self.a.Z, W)
         return rs.factor(*rs.scaled_system(self.s, lams, cp))
 
-    def _system_hvp(self, u, theta, beta, phi) -> rs.BlockedCholesky:
+    def _system_hvp(self, u, theta, beta, phi, damp: bool = False) -> rs.BlockedCholesky:
         """The same blocks from Hessian-vector products, for likelihoods whose Hessian in the
         linear predictors is not diagonal (several linear predictors per observation).
 
@@ -101,6 +101,12 @@ class GlmmModel:
         direction that is 1 in column k of *every* level's block gives column k of all the
         diagonal blocks at once ("colouring"): q1 products for the block-diagonal part, plus
         one per dense column.
+
+        Away from the mode the observed information of a likelihood that is not log-concave
+        in its linear predictors jointly (zero-inflated: mean and zero probability) can be
+        indefinite; with ``damp`` (the Newton steps of the mode search) each block is shifted
+        by just enough to be positive definite, a Levenberg-Marquardt step.  At the mode the
+        exact matrix is used.
         """
         f0 = self.s.factors[0]
         G1, q1, p2 = f0.n_levels, f0.q, self.s.p2
@@ -114,6 +120,13 @@ class GlmmModel:
         a11 = jnp.transpose(A[:q1, :n1].reshape(q1, G1, q1), (1, 2, 0))
         a21 = A[q1:, :n1].reshape(p2, G1, q1)
         a22 = A[q1:, n1:]
+        if damp:
+            a11 = 0.5 * (a11 + jnp.swapaxes(a11, 1, 2))
+            shift = jnp.maximum(0.0, 1e-3 - jnp.linalg.eigvalsh(a11)[:, 0])
+            a11 = a11 + shift[:, None, None] * jnp.eye(q1)
+            if p2:
+                a22 = 0.5 * (a22 + a22.T)
+                a22 = a22 + jnp.maximum(0.0, 1e-3 - jnp.linalg.eigvalsh(a22)[0]) * jnp.eye(p2)
         return rs.factor(a11, a21, a22)
 
     def solve(self, ch, g):

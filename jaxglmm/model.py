@@ -109,48 +109,59 @@ class Model:
         build = lambda f, d: _build_design(f, d, self.family, tuple(categorical), levels, weights)
         self.dpars = dict(dpars or {})
         dpar_mod.check_dpars(self.family, self.dpars)
-        fixef_channels = ()
-        self._extra_design = None
+        self._extra = None
         if self.dpars:
             (name, text), = self.dpars.items()
             extra_formula = dpar_mod.dpar_formula(formula, name, text)
             data, n_na = dpar_mod.complete_rows(data, [formula, extra_formula])
             main = build(formula, data)
-            self.family.validate(main.y, main.trials)
-            self._extra_design = build(extra_formula, data)
-            design, fixef_channels = dpar_mod.combine(main, self._extra_design, name)
+            self._extra = build(extra_formula, data)
             if n_na:
-                design = replace(design, n_dropped=n_na, messages=(
+                main = replace(main, n_dropped=n_na, messages=(
                     f"{n_na} rows with missing values in used columns were dropped",))
-            self.family = dpar_mod.with_dpar_predictor(self.family, name)
-            self.n_channels = 2
         else:
-            design = build(formula, data)
-            self.family.validate(design.y, design.trials)
-            self.n_channels = channels.n_channels(self.family, design)
-            if self.n_channels > 1:
-                design, fixef_channels = channels.expand_design(design, design.response_levels[1:])
+            main = build(formula, data)
+        self.family.validate(main.y, main.trials)
+        self._main = main
+        design, fixef_channels, self.n_channels = self._assemble(main, self._extra)
+        if self.dpars:
+            self.family = dpar_mod.with_dpar_predictor(self.family, next(iter(self.dpars)))
         self.design = design
         structure, self.arrays = problem_from_design(design)
         self.structure = replace(structure, n_channels=self.n_channels,
                                  fixef_channels=fixef_channels)
 
+    def _assemble(self, main: Design, extra: Design | None):
+        """The model's design from the main (and parameter-formula) designs: categorical
+        expansion, a parameter formula as channel 1, and correlation-ID merging.  Used for
+        the training data and, with the same steps, for new data."""
+        fixef_channels = ()
+        n_channels = 1
+        if extra is not None:
+            design, fixef_channels = dpar_mod.combine(main, extra, next(iter(self.dpars)))
+            n_channels = 2
+        else:
+            design = main
+            C = channels.n_categories(self.family, main)
+            if C > 1:
+                design, fixef_channels = channels.expand_categories(main, main.response_levels[1:])
+                n_channels = C
+        design = replace(design, terms=channels.merge_ids(design.terms))
+        return design, fixef_channels, n_channels
+
     def new_arrays(self, data: pd.DataFrame, allow_new_levels: bool = True,
                    random_effects: bool = True):
         """X, offset and per-design-term (group index, Z) for new data, in this model's
         (possibly expanded) columns and term order."""
-        nd = self.design.new_data(data, allow_new_levels=allow_new_levels,
-                                  random_effects=random_effects)
-        per_term = [(t.group_index, t.Z) for t in nd.terms]
-        if self._extra_design is not None:
-            nx = self._extra_design.new_data(data, allow_new_levels=allow_new_levels,
-                                             random_effects=random_effects)
-            X = np.concatenate([nd.X, nx.X], axis=1)
-            return X, nd.offset, per_term + [(t.group_index, t.Z) for t in nx.terms]
-        if self.n_channels > 1:
-            X, per_term = channels.expand_new_data(nd, self.n_channels)
-            return X, nd.offset, per_term
-        return nd.X, nd.offset, per_term
+        def rebuilt(design: Design) -> Design:
+            nd = design.new_data(data, allow_new_levels=allow_new_levels,
+                                 random_effects=random_effects)
+            terms = tuple(replace(t, group_index=n.group_index, Z=n.Z)
+                          for t, n in zip(design.terms, nd.terms)) if random_effects else ()
+            return replace(design, X=nd.X, offset=nd.offset, terms=terms)
+        extra = rebuilt(self._extra) if self._extra is not None else None
+        design, _, _ = self._assemble(rebuilt(self._main), extra)
+        return design.X, design.offset, [(t.group_index, t.Z) for t in design.terms]
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:

@@ -151,11 +151,8 @@ class FitResult:
             eta = np.asarray(offset, float)[:, None] + (np.asarray(X, float) * beta) @ onehot
         if include_re:
             for t, (idx, Z), b in zip(design.terms, per_term, self._term_effects()):
-                contrib = np.sum(np.asarray(Z) * np.asarray(gather_levels(jnp.asarray(b), jnp.asarray(idx))), axis=1)
-                if C == 1:
-                    eta = eta + contrib
-                else:
-                    eta[:, t.channel] += contrib
+                cols = np.asarray(Z) * np.asarray(gather_levels(jnp.asarray(b), jnp.asarray(idx)))
+                eta = eta + _to_channels(cols, t, C)
         return eta
 
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None, type: str = "response",
@@ -230,8 +227,16 @@ class FitResult:
             cov = covs[(t.label, tuple(t.names))]
             L = np.linalg.cholesky(cov + 1e-12 * np.eye(t.q))
             b = np.asarray(jax.random.normal(sub, (t.n_levels, t.q))) @ L.T
-            eta[:, t.channel] += np.sum(t.Z * b[t.group_index], axis=1)
+            eta += _to_channels(t.Z * b[t.group_index], t, C).reshape(eta.shape)
         return eta[:, 0] if C == 1 else eta
+
+
+def _to_channels(cols: np.ndarray, term, C: int) -> np.ndarray:
+    """Per-column contributions (n, q) of a term -> (n,) or (n, C) by the columns' channels."""
+    if C == 1:
+        return cols.sum(axis=1)
+    from .channels import channel_matrix
+    return cols @ channel_matrix(term.column_channels, C)
 
 
 def _is_no_re(re_form) -> bool:

@@ -133,7 +133,8 @@ def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...
         col0 = 0
         specs, channels = [], []
         for t in bucket:
-            channels.extend([int(getattr(t, "channel", 0))] * t.q)
+            ch = getattr(t, "channel", 0)
+            channels.extend(list(ch) if isinstance(ch, tuple) else [int(ch)] * t.q)
             rows, cols = [], []
             for c in range(t.q):
                 for r in range(t.q):

@@ -86,3 +86,37 @@ def test_categorical_laplace_gradient_matches_finite_differences():
     x = np.array([0.6, 0.4, 0.3, 0.2, -0.4, -0.2, 0.1, 0.5])
     np.testing.assert_allclose(np.asarray(jax.grad(f)(x)),
                                central_differences(lambda z: float(f(z)), x), rtol=1e-5, atol=1e-6)
+
+
+def test_correlated_categories_with_brms_id_syntax():
+    # brms's (1 | ID | g): the per-category intercepts of a teacher are correlated
+    df = jg.load_dataset("classroom")
+    fit = jg.fit("favorite_subject ~ student_age_s + (1 | p | teacher_id)", df,
+                 family="categorical", levels=ORDER)
+    assert fit.converged, fit.messages
+    vc = fit.varcorr
+    cor = vc[vc.var2.notna()]
+    assert list(zip(cor.var1, cor.var2)) == [("math:Intercept", "science:Intercept")]
+    assert -1 < cor.sd_or_cor.iloc[0] < 1
+    independent = jg.fit("favorite_subject ~ student_age_s + (1 | teacher_id)", df,
+                         family="categorical", levels=ORDER)
+    assert fit.loglik >= independent.loglik - 1e-6      # nested: one more parameter
+    assert fit.df == independent.df + 1
+    probs = fit.predict(df.head(5))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_ids_correlate_terms_across_a_parameter_formula():
+    rng = np.random.default_rng(8)
+    g = np.repeat(np.arange(60), 15)
+    x = rng.normal(size=g.size)
+    b = rng.multivariate_normal([0, 0], [[0.36, 0.3], [0.3, 0.64]], size=60)
+    mu = np.exp(0.3 + 0.5 * x + b[g, 0])
+    zi = 1 / (1 + np.exp(-(-0.5 + b[g, 1])))
+    y = np.where(rng.random(g.size) < zi, 0, rng.poisson(mu))
+    df = pd.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+    fit = jg.fit("y ~ x + (1 | p | g)", df, family="zero_inflated_poisson",
+                 dpars={"zi": "~ 1 + (1 | p | g)"})
+    vc = fit.varcorr
+    assert list(vc.var1) == ["Intercept", "zi_Intercept", "Intercept"]
+    assert vc.var2.iloc[2] == "zi_Intercept" and vc.sd_or_cor.iloc[2] > 0

@@ -37,7 +37,7 @@ def test_successes_above_trials_is_an_error(small_binary):
 @pytest.mark.parametrize("method,kwargs,exc,message", [
     ("reml", {}, ValueError, "gaussian"),
     ("bogus", {}, ValueError, "unknown method"),
-    ("nuts", {}, NotImplementedError, "not available"),
+    ("map", {"chains": 2}, ValueError, "unknown option"),
     ("laplace", {"chains": 2}, ValueError, "unknown option"),
 ])
 def test_method_errors(small_binary, method, kwargs, exc, message):
