@@ -88,6 +88,10 @@ class Family:
     param_names: tuple[str, ...] = field(default_factory=tuple)
     variance: Callable | None = None
     category_probs: Callable | None = None
+    # Which information of eta enters the Laplace log-determinant at the mode: "expected"
+    # (lme4's PIRLS weights, for lme4's own families) or "observed" (the exact Hessian, as
+    # glmmTMB/TMB).  They coincide for canonical links.
+    laplace_information: str = "observed"
 
     def n_params(self, y, trials=None) -> int:
         return int(np.size(self.init_params(y, trials)))
@@ -287,7 +291,7 @@ def _binomial(link: Link) -> Family:
         _binomial_loglik(link), validate=validate, simulate=simulate,
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
         variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
-        needs_trials=True)
+        needs_trials=True, laplace_information="expected")
 
 
 def _bernoulli(link: Link) -> Family:
@@ -326,7 +330,8 @@ def _poisson(link: Link) -> Family:
                   validate=lambda y, trials: _validate_counts("poisson", y),
                   simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
                   variance=lambda eta, fp: link.linkinv(eta),
-                  fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, link.linkinv(eta)))
+                  fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, link.linkinv(eta)),
+                  laplace_information="expected")
 
 
 # ----------------------------------------------------------------------------- registry

@@ -181,7 +181,8 @@ class GlmmModel:
     def laplace_deviance(self, x):
         theta, beta, phi = self.layout.unpack(x)
         u = self.implicit_mode(theta, beta, phi)
-        ch = self.system(u, theta, beta, phi, fisher=False)
+        expected = self.family.laplace_information == "expected"
+        ch = self.system(u, theta, beta, phi, fisher=expected)
         ll = self.h(u, theta, beta, phi) - 0.5 * rs.logdet_z(ch, self.s.p2)
         return -2.0 * ll, jax.lax.stop_gradient(u)
 
@@ -190,7 +191,7 @@ class GlmmModel:
         theta, beta, phi = self.layout.unpack(x)
         f0 = self.s.factors[0]
         u = self.implicit_mode(theta, beta, phi)
-        W = self.weights(u, theta, beta, phi, fisher=False)
+        W = self.weights(u, theta, beta, phi, fisher=self.family.laplace_information == "expected")
         idx, z = self.a.index[0], self.a.Z[0][:, 0]
         lam = theta[0]
         prec = 1.0 + lam ** 2 * jax.ops.segment_sum(W * z * z, idx, f0.n_levels)

@@ -259,7 +259,7 @@ class Model:
         d, s, fam = self.design, self.structure, self.family
         gaussian_exact = "sigma" in raw
         sigma = float(raw["sigma"]) if gaussian_exact else None
-        theta = np.asarray(raw["theta"], float)
+        theta = canonical_theta(s, np.asarray(raw["theta"], float))
         fparams = {} if gaussian_exact else {
             k: np.asarray(v) for k, v in fam.natural_params(jnp.asarray(raw["family_params"])).items()}
         if fam.name == "gaussian" and not gaussian_exact:
@@ -312,6 +312,21 @@ class Model:
                 frame[name] = bt[:, k]
                 frame[f"{name}_sd"] = sdt[:, k]
         return b_terms, frames
+
+
+def canonical_theta(structure, theta: np.ndarray) -> np.ndarray:
+    """theta with every Cholesky column's diagonal made non-negative, as lme4 reports it
+    (``Lambda`` and ``Lambda D`` with D = diag(+-1) give the same covariance)."""
+    theta = theta.copy()
+    for t in structure.terms:
+        rows, cols = np.array(t.theta_rows), np.array(t.theta_cols)
+        vals = theta[t.theta_start:t.theta_start + t.n_theta]
+        for c in np.unique(cols):
+            diag = vals[(rows == c) & (cols == c)]
+            if diag.size and diag[0] < 0:
+                vals[cols == c] *= -1
+        theta[t.theta_start:t.theta_start + t.n_theta] = vals
+    return theta
 
 
 def fit(formula: str, data: pd.DataFrame, family: str | Family = "gaussian",

@@ -31,3 +31,9 @@ cl <- read.csv(file.path(dir, "classroom.csv"))
 out("classroom_math_better", glmer(math_better ~ student_age_s + student_female + teacher_exp_s +
       teacher_female + student_female:teacher_female + (1 + student_age_s + student_female | teacher_id),
       family = binomial, data = cl, control = ctrl))
+# Non-canonical links: lme4 puts its PIRLS (expected-information) weights into the Laplace
+# determinant; jaxglmm does the same for lme4's families (Family.laplace_information).
+for (lk in c("probit", "cloglog")) {
+  out(paste0("cbpp_", lk), glmer(cbind(incidence, size - incidence) ~ period + (1 | herd),
+                                 family = binomial(link = lk), data = cbpp, control = ctrl))
+}

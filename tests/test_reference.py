@@ -101,3 +101,17 @@ def test_lmm_conditional_sd_positive_and_ordered(reference_fit):
     sd = fit.ranef["Subject"]["Intercept_sd"]
     # every subject has 10 observations: equal conditional SDs, below the prior SD
     assert np.allclose(sd, sd.iloc[0]) and 0 < sd.iloc[0] < fit.varcorr.sd_or_cor.iloc[0]
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_non_canonical_links_match_lme4(link):
+    # lme4 (run to convergence, scripts/make_tight_references.R) with binomial(link = ...)
+    import jaxglmm as jg
+    ref = load_reference(f"cbpp_{link}_tight")
+    fit = jg.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                 jg.load_dataset("cbpp"), family="binomial", link=link)
+    assert fit.converged and fit.link == link
+    check_fixef(fit, ref, ("period",))
+    check_varcorr(fit, ref)
+    np.testing.assert_allclose(fit.theta, ref["theta"], rtol=1e-4)
+    assert abs(fit.loglik - ref["logLik"]) < 1e-5
