@@ -35,7 +35,6 @@ class Layout:
     intercept_cols: tuple[int, ...]      # one per linear predictor with an intercept
     slope_cols: tuple[int, ...]
     col_channel: tuple[int, ...]
-    x_means: tuple[float, ...]            # column means of X
     p: int
     terms: tuple                          # resystem TermSpecs in theta order
     n_phi: int
@@ -53,7 +52,7 @@ def make_layout(model) -> Layout:
             intercepts.append(j)
             seen.add(chan[j])
     slopes = tuple(j for j in range(X.shape[1]) if j not in intercepts)
-    return Layout(tuple(intercepts), slopes, tuple(chan), tuple(X.mean(axis=0)), X.shape[1],
+    return Layout(tuple(intercepts), slopes, tuple(chan), X.shape[1],
                   tuple(s.terms), int(np.size(model._phi0())), s.n_u)
 
 
@@ -75,111 +74,134 @@ def _numpyro_dist(prior: Prior, half=False):
     return d
 
 
+@dataclass(frozen=True)
+class Spec:
+    """Everything static about a Bayesian model: equal for same-shape datasets, so one
+    compiled sampler serves them all (the data, column means and prior arguments are the
+    sampler's arguments, see :meth:`BayesModel.data`)."""
+
+    structure: object
+    family: object
+    layout: Layout
+    fixef_names: tuple[str, ...]
+    prior_dists: tuple[tuple[str, str], ...]      # (key, distribution name)
+
+
+def _priors(spec: Spec, data) -> dict[str, Prior]:
+    return {k: Prior(d, tuple(data["priors"][k])) for k, d in spec.prior_dists}
+
+
+def _beta_raw(layout: Layout, intercepts, b, x_means):
+    """Coefficients of the uncentred design from the centred intercepts and slopes."""
+    beta = jnp.zeros(layout.p)
+    beta = beta.at[np.array(layout.slope_cols, int)].set(b) if layout.slope_cols else beta
+    for k, j in enumerate(layout.intercept_cols):
+        same = np.array([i for i in layout.slope_cols
+                         if layout.col_channel[i] == layout.col_channel[j]], int)
+        shift = jnp.dot(x_means[same], beta[same]) if same.size else 0.0
+        beta = beta.at[j].set(intercepts[k] - shift)
+    return beta
+
+
+def _theta(layout: Layout, sds, Ls):
+    """Lower-triangular entries of Lambda = diag(sd) L, in theta order."""
+    parts = []
+    for t, sd, L in zip(layout.terms, sds, Ls):
+        lam = sd[:, None] * L if L is not None else jnp.diag(sd)
+        parts.append(lam[np.array(t.theta_rows) - t.col0, np.array(t.theta_cols) - t.col0])
+    return jnp.concatenate(parts)
+
+
+def _family_log_prior(spec: Spec, pri, phi, beta, x_means):
+    """Priors on the family's natural parameters, plus the log-Jacobian of phi -> them."""
+    fam = spec.family
+    jac = jax.jacfwd(lambda z: _flat_natural(fam, z))(phi)
+    lp = jnp.linalg.slogdet(jac)[1]
+    for name, value in fam.natural_params(phi).items():
+        if name == "thresholds":   # priors on the thresholds of the centred predictors
+            lp = lp + jnp.sum(pri["Intercept"].log_prob(value - jnp.dot(x_means, beta)))
+        elif name in pri:
+            lp = lp + jnp.sum(pri[name].log_prob(value, half=name == "sigma"))
+    return lp
+
+
+def numpyro_model(spec: Spec, data, marginal: bool = False):
+    """The joint model of one dataset; with ``marginal=True`` the random effects are
+    integrated out by the Laplace approximation (u is not a site), for the posterior mode."""
+    from .model import joint_log_density
+    L, pri, x_means = spec.layout, _priors(spec, data), data["x_means"]
+    intercepts = []
+    for k, _ in enumerate(L.intercept_cols):
+        p = pri["Intercept"]
+        d = _numpyro_dist(p) if p.dist != "flat" else dist.ImproperUniform(constraints.real, (), ())
+        intercepts.append(numpyro.sample(f"Intercept_{k}", d))
+    intercepts = jnp.stack(intercepts) if intercepts else jnp.zeros(0)
+    b = jnp.zeros(0)
+    if L.slope_cols:
+        b = numpyro.sample("b", dist.ImproperUniform(constraints.real, (), (len(L.slope_cols),)))
+        lp = 0.0
+        for k, j in enumerate(L.slope_cols):
+            p = pri.get(f"b_{spec.fixef_names[j]}", pri["b"])
+            if p.dist != "flat":
+                lp = lp + p.log_prob(b[k])
+        numpyro.factor("b_prior", lp)
+    sds, Ls = [], []
+    for k, t in enumerate(L.terms):
+        sd = numpyro.sample(f"sd_{k}", dist.ImproperUniform(constraints.positive, (), (t.q,)))
+        prior = pri.get(f"sd_{t.group}", pri["sd"])
+        numpyro.factor(f"sd_{k}_prior", jnp.sum(prior.log_prob(sd, half=True)))
+        sds.append(sd)
+        if t.correlated and t.q > 1:
+            Ls.append(numpyro.sample(f"L_{k}", dist.LKJCholesky(t.q, pri["cor"].args[0])))
+        else:
+            Ls.append(None)
+    if not marginal:
+        u = numpyro.sample("u", dist.ImproperUniform(constraints.real, (), (L.n_u,)))
+    phi = numpyro.sample("phi", dist.ImproperUniform(constraints.real, (), (L.n_phi,))) \
+        if L.n_phi else jnp.zeros(0)
+    beta = _beta_raw(L, intercepts, b, x_means)
+    if L.n_phi:
+        numpyro.factor("phi_prior", _family_log_prior(spec, pri, phi, beta, x_means))
+    theta = _theta(L, sds, Ls)
+    if marginal:
+        from .laplace import GlmmModel
+        lap = GlmmModel(spec.structure, spec.family, data["arrays"], L.n_phi)
+        numpyro.factor("log_marginal", -0.5 * lap.laplace_deviance(jnp.concatenate([theta, beta, phi]))[0])
+    else:
+        params = {"beta": beta, "theta": theta, "phi": phi, "u": u}
+        numpyro.factor("log_density", joint_log_density(spec.structure, spec.family,
+                                                        data["arrays"], params))
+
+
 class BayesModel:
-    """Closures for one model: the numpyro model, and maps from samples to reported values."""
+    """One model's Bayesian pieces: the static :class:`Spec`, the data the sampler takes,
+    and the maps from draws to reported values."""
 
     def __init__(self, model, priors: dict | None = None):
         self.model = model
         self.priors = resolve_priors(model, priors)
         self.layout = make_layout(model)
-        fam = model.family
-        self.family_param_names = tuple(fam.natural_params(model._phi0()).keys())
+        self.family_param_names = tuple(model.family.natural_params(model._phi0()).keys())
+        self.spec = Spec(model.structure, model.family, self.layout,
+                         tuple(model.design.fixef_names),
+                         tuple((k, p.dist) for k, p in self.priors.items()))
+        self.x_means = np.asarray(model.design.X).mean(axis=0)
+        self.data = {"arrays": model.arrays, "x_means": jnp.asarray(self.x_means),
+                     "priors": {k: jnp.asarray(p.args, jnp.float64) for k, p in self.priors.items()}}
 
-    # -- pieces -----------------------------------------------------------------------
-    def _coef_prior(self, j) -> Prior:
-        name = self.model.design.fixef_names[j]
-        return self.priors.get(f"b_{name}", self.priors["b"])
-
-    def _sd_prior(self, term) -> Prior:
-        return self.priors.get(f"sd_{term.group}", self.priors["sd"])
+    def numpyro_model(self, marginal: bool = False):
+        return numpyro_model(self.spec, self.data, marginal)
 
     def beta_raw(self, intercepts, b):
-        """Coefficients of the uncentred design from the centred intercepts and slopes."""
-        L = self.layout
-        beta = jnp.zeros(L.p)
-        beta = beta.at[np.array(L.slope_cols, int)].set(b) if L.slope_cols else beta
-        means = np.array(L.x_means)
-        for k, j in enumerate(L.intercept_cols):
-            same = [i for i in L.slope_cols if L.col_channel[i] == L.col_channel[j]]
-            shift = jnp.dot(means[same], beta[np.array(same, int)]) if same else 0.0
-            beta = beta.at[j].set(intercepts[k] - shift)
-        return beta
+        return _beta_raw(self.layout, intercepts, b, jnp.asarray(self.x_means))
 
     def theta(self, sds, Ls):
-        """Lower-triangular entries of Lambda = diag(sd) L, in theta order."""
-        parts = []
-        for t, sd, L in zip(self.layout.terms, sds, Ls):
-            lam = sd[:, None] * L if L is not None else jnp.diag(sd)
-            rows = np.array(t.theta_rows) - t.col0
-            cols = np.array(t.theta_cols) - t.col0
-            parts.append(lam[rows, cols])
-        return jnp.concatenate(parts)
-
-    # -- the numpyro model ------------------------------------------------------------
-    def numpyro_model(self, marginal: bool = False):
-        """The joint model; with ``marginal=True`` the random effects are integrated out by
-        the Laplace approximation (u is not a site), for the posterior mode (MAP)."""
-        L, fam, pri = self.layout, self.model.family, self.priors
-        intercepts = []
-        for k, j in enumerate(L.intercept_cols):
-            p = pri["Intercept"]
-            name = f"Intercept_{k}"
-            if p.dist == "flat":
-                intercepts.append(numpyro.sample(name, dist.ImproperUniform(constraints.real, (), ())))
-            else:
-                intercepts.append(numpyro.sample(name, _numpyro_dist(p)))
-        intercepts = jnp.stack(intercepts) if intercepts else jnp.zeros(0)
-        b = jnp.zeros(0)
-        if L.slope_cols:
-            b = numpyro.sample("b", dist.ImproperUniform(constraints.real, (), (len(L.slope_cols),)))
-            lp = 0.0
-            for k, j in enumerate(L.slope_cols):
-                p = self._coef_prior(j)
-                if p.dist != "flat":
-                    lp = lp + p.log_prob(b[k])
-            numpyro.factor("b_prior", lp)
-        sds, Ls = [], []
-        for k, t in enumerate(L.terms):
-            sd = numpyro.sample(f"sd_{k}", dist.ImproperUniform(constraints.positive, (), (t.q,)))
-            numpyro.factor(f"sd_{k}_prior", jnp.sum(self._sd_prior(t).log_prob(sd, half=True)))
-            sds.append(sd)
-            if t.correlated and t.q > 1:
-                Ls.append(numpyro.sample(f"L_{k}", dist.LKJCholesky(t.q, pri["cor"].args[0])))
-            else:
-                Ls.append(None)
-        if not marginal:
-            u = numpyro.sample("u", dist.ImproperUniform(constraints.real, (), (L.n_u,)))
-        phi = numpyro.sample("phi", dist.ImproperUniform(constraints.real, (), (L.n_phi,))) \
-            if L.n_phi else jnp.zeros(0)
-        beta = self.beta_raw(intercepts, b)
-        if L.n_phi:
-            numpyro.factor("phi_prior", self.family_log_prior(phi, beta))
-        theta = self.theta(sds, Ls)
-        if marginal:
-            x = jnp.concatenate([theta, beta, phi])
-            numpyro.factor("log_marginal", -0.5 * self.laplace().laplace_deviance(x)[0])
-        else:
-            params = {"beta": beta, "theta": theta, "phi": phi, "u": u}
-            numpyro.factor("log_density", self.model.log_density(params))
+        return _theta(self.layout, sds, Ls)
 
     def laplace(self):
         from .laplace import GlmmModel
         m = self.model
         return GlmmModel(m.structure, m.family, m.arrays, self.layout.n_phi)
-
-    def family_log_prior(self, phi, beta):
-        """Priors on the family's natural parameters, plus the log-Jacobian of phi -> them."""
-        fam, pri = self.model.family, self.priors
-        jac = jax.jacfwd(lambda z: _flat_natural(fam, z))(phi)
-        lp = jnp.linalg.slogdet(jac)[1]
-        nat = fam.natural_params(phi)
-        for name, value in nat.items():
-            if name == "thresholds":
-                shift = jnp.dot(jnp.asarray(self.layout.x_means), beta)
-                lp = lp + jnp.sum(pri["Intercept"].log_prob(value - shift))
-            elif name in pri:
-                lp = lp + jnp.sum(pri[name].log_prob(value, half=name == "sigma"))
-        return lp
 
     # -- reported quantities ----------------------------------------------------------
     def transform_draws(self, samples: dict) -> dict:
@@ -205,7 +227,7 @@ class BayesModel:
         """Site values at a maximum-likelihood fit (a good place to start the chains)."""
         L = self.layout
         beta = np.asarray(ml_fit.fixef, float)
-        means = np.array(L.x_means)
+        means = self.x_means
         vals = {}
         for k, j in enumerate(L.intercept_cols):
             same = [i for i in L.slope_cols if L.col_channel[i] == L.col_channel[j]]

@@ -18,10 +18,12 @@ import pandas as pd
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
-from numpyro.infer.util import initialize_model
+from numpyro.infer.util import initialize_model, unconstrain_fn
 from numpyro.optim import optax_to_numpyro
 
-from .bayes import BayesModel
+from functools import partial
+
+from .bayes import BayesModel, numpyro_model
 from .priors import describe
 
 NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
@@ -37,27 +39,53 @@ def _start(model, bm: BayesModel):
     return bm.init_values(ml)
 
 
+# Compiled samplers, by model spec and sampler settings: a same-shape dataset reuses one
+# (the data are the sampler's arguments, jit_model_args=True).
+_SAMPLERS: dict = {}
+
+
+def _sampler(bm: BayesModel, options: dict, chains: int, method: str) -> MCMC:
+    settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
+                float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
+                bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
+    key = (bm.spec, chains, method, settings)
+    if key not in _SAMPLERS:
+        warmup, draws, accept, depth, dense, progress = settings
+        kernel = NUTS(partial(numpyro_model, bm.spec), target_accept_prob=accept,
+                      max_tree_depth=depth, dense_mass=dense)
+        _SAMPLERS[key] = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                              chain_method=method, progress_bar=progress, jit_model_args=True)
+    return _SAMPLERS[key]
+
+
+def _chain_inits(bm: BayesModel, values: dict, chains: int, seed: int) -> dict:
+    """Each chain starts near the maximum-likelihood fit, jittered on the unconstrained scale
+    so that R-hat compares chains that started apart."""
+    z = unconstrain_fn(partial(numpyro_model, bm.spec), (bm.data,), {}, values)
+    rng = np.random.default_rng(seed)
+    return {k: jnp.asarray(np.asarray(v)[None] + 0.1 * rng.standard_normal((chains,) + np.shape(v)))
+            for k, v in z.items()}
+
+
 def run_nuts(model, options: dict):
     bm = BayesModel(model, options.get("priors"))
     chains = int(options.get("chains", 4))
     method = options.get("chain_method") or (
         "parallel" if len(jax.devices()) >= chains > 1 else "vectorized")
-    kernel = NUTS(bm.numpyro_model, init_strategy=init_to_value(values=_start(model, bm)),
-                  target_accept_prob=float(options.get("target_accept", 0.8)),
-                  max_tree_depth=int(options.get("max_tree_depth", 10)),
-                  dense_mass=bool(options.get("dense_mass", False)))
-    mcmc = MCMC(kernel, num_warmup=int(options.get("warmup", 1000)),
-                num_samples=int(options.get("draws", 1000)), num_chains=chains,
-                chain_method=method, progress_bar=bool(options.get("progress", True)))
+    mcmc = _sampler(bm, options, chains, method)
+    seed = int(options.get("seed", 0))
+    inits = _chain_inits(bm, _start(model, bm), chains, seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There are not enough devices")
-        mcmc.run(jax.random.PRNGKey(int(options.get("seed", 0))),
+        mcmc.run(jax.random.PRNGKey(seed), bm.data, init_params=inits,
                  extra_fields=("diverging", "num_steps"))
     samples = mcmc.get_samples(group_by_chain=True)
     extra = mcmc.get_extra_fields(group_by_chain=True)
+    steps = np.asarray(extra["num_steps"])
+    max_depth = int(options.get("max_tree_depth", 10))
     diag = {"divergences": int(np.sum(extra["diverging"])),
-            "max_tree_depth_hits": int(np.sum(np.asarray(extra["num_steps"]) >= 2 ** kernel._max_tree_depth - 1)),
-            "mean_tree_depth": float(np.mean(np.log2(np.asarray(extra["num_steps"]) + 1))),
+            "max_tree_depth_hits": int(np.sum(steps >= 2 ** max_depth - 1)),
+            "mean_tree_depth": float(np.mean(np.log2(steps + 1))),
             "chain_method": method}
     return bm, samples, diag
 
@@ -94,12 +122,11 @@ def run_map(model, options: dict):
     """Posterior mode of the hyperparameters with the random effects integrated out by the
     Laplace approximation (as blme does for lme4), found by BFGS on the unconstrained scale; uncertainty from a normal approximation there (finite-difference Hessian of the
     exact gradient).  Random effects are the conditional modes at the posterior mode."""
-    from functools import partial
     from .optimize import minimize
     bm = BayesModel(model, options.get("priors"))
     key = jax.random.PRNGKey(int(options.get("seed", 0)))
     start = {k: v for k, v in _start(model, bm).items() if k != "u"}
-    info = initialize_model(key, partial(bm.numpyro_model, marginal=True),
+    info = initialize_model(key, partial(numpyro_model, bm.spec, bm.data, marginal=True),
                             init_strategy=init_to_value(values=start))
     x0, unravel = ravel_pytree(info.param_info.z)
     potential = lambda x: info.potential_fn(unravel(x))

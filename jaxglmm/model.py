@@ -179,13 +179,7 @@ class Model:
         unconstrained parameters) and ``u`` (spherical random effects, N(0, I) a priori).
         This is the one density every fitter builds on; hand it to your own sampler.
         """
-        a, s, fam = self.arrays, self.structure, self.family
-        lams = rs.lambdas(s, params["theta"])
-        eta = fixed_predictor(s, a, params["beta"]) + rs.re_linear_predictor(s, lams, params["u"], a.index, a.Z)
-        fp = fam.natural_params(params["phi"])
-        ll = jnp.sum(a.weights * fam.loglik(a.y, eta, a.trials, fp))
-        u = params["u"]
-        return ll - 0.5 * jnp.dot(u, u) - 0.5 * u.shape[0] * jnp.log(2 * jnp.pi)
+        return joint_log_density(self.structure, self.family, self.arrays, params)
 
     # ------------------------------------------------------------------ fitting
     def default_method(self) -> str:
@@ -312,6 +306,17 @@ class Model:
                 frame[name] = bt[:, k]
                 frame[f"{name}_sd"] = sdt[:, k]
         return b_terms, frames
+
+
+def joint_log_density(structure, family: Family, a: ProblemArrays, params: dict) -> jnp.ndarray:
+    """``log p(y, u | beta, theta, phi)`` for one dataset's arrays (see Model.log_density)."""
+    lams = rs.lambdas(structure, params["theta"])
+    eta = fixed_predictor(structure, a, params["beta"]) + \
+        rs.re_linear_predictor(structure, lams, params["u"], a.index, a.Z)
+    fp = family.natural_params(params["phi"])
+    ll = jnp.sum(a.weights * family.loglik(a.y, eta, a.trials, fp))
+    u = params["u"]
+    return ll - 0.5 * jnp.dot(u, u) - 0.5 * u.shape[0] * jnp.log(2 * jnp.pi)
 
 
 def canonical_theta(structure, theta: np.ndarray) -> np.ndarray:
