@@ -396,6 +396,8 @@ def _weights(frame: pd.DataFrame, column: str | None) -> np.ndarray:
     w = evaluate_expr(PyExpr.of_column(column), frame)
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError(f"weights column {column!r} must be finite and non-negative")
+    if not np.any(w > 0):
+        raise ValueError(f"weights column {column!r} is zero in every row: nothing to fit")
     return w
 
 

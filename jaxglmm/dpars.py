@@ -74,7 +74,9 @@ def combine(main: Design, extra: Design, dpar: str) -> tuple[Design, tuple[int, 
     channels = (0,) * main.X.shape[1] + (1,) * extra.X.shape[1]
     terms = tuple(main.terms) + tuple(
         replace(t, names=tuple(f"{dpar}_{n}" for n in t.names), channel=1) for t in extra.terms)
-    return replace(main, X=X, fixef_names=names, terms=terms), channels
+    # each linear predictor keeps its own offset (the main formula's stays in the mean)
+    offset = np.stack([main.offset, extra.offset], axis=1)
+    return replace(main, X=X, fixef_names=names, terms=terms, offset=offset), channels
 
 
 @lru_cache(maxsize=None)

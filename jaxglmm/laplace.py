@@ -220,11 +220,14 @@ class GlmmModel:
 
 
 def fixed_predictor(structure: rs.ReStructure, a: ProblemArrays, beta):
-    """offset + X beta: (n,), or (n, C) where each coefficient feeds its own channel."""
+    """offset + X beta: (n,), or (n, C) where each coefficient feeds its own channel.  The
+    offset is (n,) (shared by every channel, as categorical) or (n, C) (one per predictor, as
+    a parameter formula)."""
     if structure.n_channels == 1:
         return a.offset + a.X @ beta
     onehot = np.eye(structure.n_channels)[np.array(structure.fixef_channels)]   # (p, C)
-    return a.offset[:, None] + (a.X * beta) @ onehot
+    offset = a.offset if a.offset.ndim == 2 else a.offset[:, None]     # per channel or shared
+    return offset + (a.X * beta) @ onehot
 
 
 def glm_start(structure: rs.ReStructure, family: Family, a: ProblemArrays, phi0, n_iter: int = 50):

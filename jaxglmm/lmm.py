@@ -70,8 +70,11 @@ def _parts(structure, cp, theta, n, p, reml, sum_log_w, full: bool):
 def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp.ndarray,
             maxiter: int = 500) -> dict:
     """Fit a gaussian LMM by REML or ML.  Pure and jittable (``structure``/``reml`` static)."""
-    n, p = a.X.shape
-    sum_log_w = jnp.sum(jnp.log(a.weights))
+    p = a.X.shape[1]
+    # rows of weight zero carry no information (lme4 drops them): not counted in n
+    positive = a.weights > 0
+    n = jnp.sum(positive)
+    sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
     cp = cross_products(structure, a)
     objective = lambda th: _parts(structure, cp, th, n, p, reml, sum_log_w, full=False)
     opt = minimize(objective, theta0, maxiter=maxiter)

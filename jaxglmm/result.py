@@ -148,7 +148,9 @@ class FitResult:
             eta = np.asarray(offset, float) + np.asarray(X, float) @ beta
         else:
             onehot = np.eye(C)[np.array(self.model.structure.fixef_channels)]
-            eta = np.asarray(offset, float)[:, None] + (np.asarray(X, float) * beta) @ onehot
+            offset = np.asarray(offset, float)
+            offset = offset if offset.ndim == 2 else offset[:, None]
+            eta = offset + (np.asarray(X, float) * beta) @ onehot
         if include_re:
             for t, (idx, Z), b in zip(design.terms, per_term, self._term_effects()):
                 cols = np.asarray(Z) * np.asarray(gather_levels(jnp.asarray(b), jnp.asarray(idx)))
