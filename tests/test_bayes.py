@@ -76,6 +76,7 @@ def test_nuts_grouseticks_negbinomial_matches_brms():
     check_against_brms(fit, "grouseticks_negbinomial_nuts_brms", NEGBIN)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vi", "map"])
 def test_vi_and_map_land_near_nuts(method, sleep_nuts):
     model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))

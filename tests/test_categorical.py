@@ -35,6 +35,7 @@ def test_ml_agrees_with_brms_posterior(favorite):
         assert abs(sd - post["mean"]) < 2 * post["sd"], cat
 
 
+@pytest.mark.slow
 def test_reference_category_is_the_users_choice():
     df = jg.load_dataset("classroom")
     fit = jg.fit(FORMULA, df, family="categorical",
@@ -106,6 +107,7 @@ def test_correlated_categories_with_brms_id_syntax():
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
 
+@pytest.mark.slow
 def test_ids_correlate_terms_across_a_parameter_formula():
     rng = np.random.default_rng(8)
     g = np.repeat(np.arange(60), 15)

@@ -20,7 +20,9 @@ def simulate_counts(rng, hurdle=False, G=80, m=20):
     return pd.DataFrame({"y": y, "x": x, "z": z, "g": g.astype(str)})
 
 
-@pytest.mark.parametrize("family,dpar", [("zero_inflated_poisson", "zi"), ("hurdle_poisson", "hu")])
+@pytest.mark.parametrize("family,dpar", [
+    ("zero_inflated_poisson", "zi"),
+    pytest.param("hurdle_poisson", "hu", marks=pytest.mark.slow)])
 def test_recovers_parameter_formula(family, dpar):
     df = simulate_counts(np.random.default_rng(1), hurdle=dpar == "hu")
     fit = jg.fit("y ~ x + (1 | g)", df, family=family, dpars={dpar: f"{dpar} ~ z"})
