@@ -218,8 +218,8 @@ class BayesModel:
             return {"beta": self.beta_raw(ints, b), "theta": self.theta(sds, Ls),
                     "phi": phi, "u": s.get("u", jnp.zeros(L.n_u))}
 
-        flat = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), samples)
-        out = jax.vmap(one)(flat)
+        flat = jax.tree.map(lambda v: jnp.asarray(v).reshape((-1,) + v.shape[2:]), samples)
+        out = jax.jit(jax.vmap(one))(flat)
         n_chain, n_draw = next(iter(samples.values())).shape[:2]
         return jax.tree.map(lambda v: v.reshape((n_chain, n_draw) + v.shape[1:]), out)
 

@@ -16,7 +16,8 @@ import numpy as np
 import optax
 import pandas as pd
 from jax.flatten_util import ravel_pytree
-from numpyro.infer import MCMC, NUTS, SVI, Trace_ELBO, init_to_value
+from numpyro.infer import SVI, Trace_ELBO, init_to_value
+from numpyro.infer.hmc import hmc
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.infer.util import initialize_model, unconstrain_fn
 from numpyro.optim import optax_to_numpyro
@@ -39,23 +40,59 @@ def _start(model, bm: BayesModel):
     return bm.init_values(ml)
 
 
-# Compiled samplers, by model spec and sampler settings: a same-shape dataset reuses one
-# (the data are the sampler's arguments, jit_model_args=True).
-_SAMPLERS: dict = {}
+# Compiled NUTS runs, by model spec and sampler settings.  The data are the runner's
+# arguments, so a same-shape dataset reuses one compiled program, with chains in parallel
+# across devices (pmap) or vectorized on one (vmap).  (numpyro's MCMC recompiles parallel
+# chains on every run: its jit_model_args does not cover them.)
+_RUNNERS: dict = {}
 
 
-def _sampler(bm: BayesModel, options: dict, chains: int, method: str) -> MCMC:
-    settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
-                float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
-                bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
-    key = (bm.spec, chains, method, settings)
-    if key not in _SAMPLERS:
-        warmup, draws, accept, depth, dense, progress = settings
-        kernel = NUTS(partial(numpyro_model, bm.spec), target_accept_prob=accept,
-                      max_tree_depth=depth, dense_mass=dense)
-        _SAMPLERS[key] = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
-                              chain_method=method, progress_bar=progress, jit_model_args=True)
-    return _SAMPLERS[key]
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None, None
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc="NUTS (chain 1)", leave=False)
+
+    def tick(chain, i):
+        if int(chain) == 0:
+            bar.n = int(i) + 1
+            bar.refresh()
+    return bar, tick
+
+
+def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
+    key = (bm.spec, settings, chains, parallel)
+    if key in _RUNNERS:
+        return _RUNNERS[key]
+    warmup, draws, accept, depth, dense, progress = settings
+    info = initialize_model(jax.random.PRNGKey(0), partial(numpyro_model, bm.spec),
+                            model_args=(bm.data,), dynamic_args=True)
+    potential_gen, post_gen = info.potential_fn, info.postprocess_fn
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    total = warmup + draws
+    every = max(total // 100, 1)
+    bar, tick = _progress_bar(total, progress)
+
+    def one_chain(chain, rng_key, z0, data):
+        state = init_kernel(z0, num_warmup=warmup, target_accept_prob=accept,
+                            max_tree_depth=depth, dense_mass=dense, model_args=(data,),
+                            rng_key=rng_key)
+
+        def step(state, i):
+            state = sample_kernel(state, model_args=(data,))
+            if tick is not None:
+                jax.lax.cond(i % every == 0, lambda: jax.debug.callback(tick, chain, i),
+                             lambda: None)
+            return state, (state.z, state.diverging, state.num_steps)
+
+        _, (zs, div, steps) = jax.lax.scan(step, state, jnp.arange(total))
+        zs = jax.tree.map(lambda v: v[warmup:], zs)
+        return jax.vmap(post_gen(data))(zs), div[warmup:], steps[warmup:]
+
+    axes = (0, 0, 0, None)
+    fn = jax.pmap(one_chain, in_axes=axes) if parallel else jax.jit(jax.vmap(one_chain, in_axes=axes))
+    _RUNNERS[key] = (fn, bar)
+    return fn, bar
 
 
 def _chain_inits(bm: BayesModel, values: dict, chains: int, seed: int) -> dict:
@@ -72,21 +109,31 @@ def run_nuts(model, options: dict):
     chains = int(options.get("chains", 4))
     method = options.get("chain_method") or (
         "parallel" if len(jax.devices()) >= chains > 1 else "vectorized")
-    mcmc = _sampler(bm, options, chains, method)
+    if method not in ("parallel", "vectorized"):
+        raise ValueError(f"chain_method must be 'parallel' or 'vectorized', got {method!r}")
+    if method == "parallel" and len(jax.devices()) < chains:
+        raise ValueError(f"chain_method 'parallel' needs {chains} devices, JAX sees "
+                         f"{len(jax.devices())}; call numpyro.set_host_device_count({chains}) "
+                         "before JAX starts, or use 'vectorized'")
+    settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
+                float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
+                bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
+    fn, bar = _runner(bm, settings, chains, method == "parallel")
     seed = int(options.get("seed", 0))
     inits = _chain_inits(bm, _start(model, bm), chains, seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There are not enough devices")
-        mcmc.run(jax.random.PRNGKey(seed), bm.data, init_params=inits,
-                 extra_fields=("diverging", "num_steps"))
-    samples = mcmc.get_samples(group_by_chain=True)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    steps = np.asarray(extra["num_steps"])
-    max_depth = int(options.get("max_tree_depth", 10))
-    diag = {"divergences": int(np.sum(extra["diverging"])),
-            "max_tree_depth_hits": int(np.sum(steps >= 2 ** max_depth - 1)),
+    keys = jax.random.split(jax.random.PRNGKey(seed), chains)
+    if bar is not None:
+        bar.reset()
+    samples, div, steps = jax.device_get(fn(jnp.arange(chains), keys, inits, bm.data))
+    if bar is not None:
+        bar.n = bar.total
+        bar.refresh()
+    steps = np.asarray(steps)
+    diag = {"divergences": int(np.sum(div)),
+            "max_tree_depth_hits": int(np.sum(steps >= 2 ** settings[3] - 1)),
             "mean_tree_depth": float(np.mean(np.log2(steps + 1))),
             "chain_method": method}
+    samples = {k: v for k, v in samples.items() if not k.endswith(("_prior", "log_density"))}
     return bm, samples, diag
 
 

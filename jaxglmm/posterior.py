@@ -32,7 +32,7 @@ def named_draws(model, bm, samples) -> tuple[dict, dict]:
                 for j2 in range(i + 1, t.q):
                     out[f"cor_{t.label}__{t.names[i]}__{t.names[j2]}"] = R[..., j2, i]
     if d["phi"].shape[-1]:
-        nat = jax.vmap(jax.vmap(fam.natural_params))(jnp.asarray(d["phi"]))
+        nat = jax.jit(jax.vmap(jax.vmap(fam.natural_params)))(jnp.asarray(d["phi"]))
         for name, v in nat.items():
             v = np.asarray(v)
             if v.ndim == 2:
@@ -45,7 +45,7 @@ def named_draws(model, bm, samples) -> tuple[dict, dict]:
     theta, u = jnp.asarray(d["theta"]), jnp.asarray(d["u"])
     flat_t = theta.reshape((-1,) + theta.shape[2:])
     flat_u = u.reshape((-1,) + u.shape[2:])
-    bs = jax.vmap(lambda th, uu: rs.random_effects(s, rs.lambdas(s, th), uu))(flat_t, flat_u)
+    bs = jax.jit(jax.vmap(lambda th, uu: rs.random_effects(s, rs.lambdas(s, th), uu)))(flat_t, flat_u)
     shape = theta.shape[:2]
     re = {}
     for f, b in zip(s.factors, bs):

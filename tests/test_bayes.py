@@ -97,3 +97,28 @@ def test_user_priors_by_class_and_name_change_the_fit():
         model.fit("map", priors={"b": "norma(0, 1)"})
     with pytest.raises(ValueError, match="unknown option"):
         model.fit("nuts", chain=2)
+
+
+def test_nuts_reuses_its_compiled_sampler_for_a_same_shape_dataset(sleep_nuts, caplog):
+    import logging
+
+    import jax
+    from jaxglmm import bayes_fit
+    df = jg.load_dataset("sleepstudy")
+    options = dict(seed=1, progress=False, draws=2000, target_accept=0.95)
+    before = len(bayes_fit._RUNNERS)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            fit = jg.Model("Reaction ~ Days + (Days | Subject)",
+                           df.assign(Reaction=df.Reaction * 1.1 + 3)).fit("nuts", **options)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    # JAX logs "Finished XLA compilation of NAME in SECONDS sec"; the sampler takes several
+    # seconds to compile, the small helpers around it milliseconds
+    seconds = [float(r.getMessage().split(" in ")[-1].split()[0]) for r in caplog.records
+               if r.getMessage().startswith("Finished XLA compilation")]
+    assert seconds, "compile logging did not work"
+    assert len(bayes_fit._RUNNERS) == before and max(seconds) < 1.0, max(seconds)
+    # the posterior moved with the data: intercept ~ 1.1 * 251 + 3
+    assert abs(fit.fixef["Intercept"] - (1.1 * sleep_nuts.fixef["Intercept"] + 3)) < 2.0
