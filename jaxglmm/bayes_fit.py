@@ -19,7 +19,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.hmc import hmc
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
-from numpyro.infer.util import initialize_model, unconstrain_fn
+from numpyro.infer.util import initialize_model
 from numpyro.optim import optax_to_numpyro
 
 from functools import partial
@@ -60,14 +60,36 @@ def _progress_bar(total: int, enabled: bool):
     return bar, tick
 
 
+def _density_generators(bm: BayesModel):
+    """numpyro's potential and postprocess functions as generators of the data.
+
+    The site transforms depend only on shapes, so they are read from an abstract trace
+    (``jax.eval_shape``): numpyro's ``initialize_model`` runs the model eagerly and checks
+    initial values and gradients, compiling op by op (about 6 s on sleepstudy)."""
+    from numpyro.handlers import seed, substitute
+    from numpyro.infer import init_to_uniform
+    from numpyro.infer.util import _get_model_transforms, get_potential_fn
+    model = partial(numpyro_model, bm.spec)
+    found = {}
+
+    def trace(data):
+        traced = substitute(seed(model, rng_seed=0), substitute_fn=init_to_uniform)
+        found["t"] = _get_model_transforms(traced, (data,), {})
+        return jnp.zeros(())
+
+    jax.eval_shape(trace, bm.data)
+    inv_transforms, replay_model, _, _ = found["t"]
+    potential_gen, post_gen = get_potential_fn(model, inv_transforms, replay_model=replay_model,
+                                               dynamic_args=True, model_args=(bm.data,))
+    return potential_gen, post_gen, inv_transforms
+
+
 def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
     key = (bm.spec, settings, chains, parallel)
     if key in _RUNNERS:
         return _RUNNERS[key]
     warmup, draws, accept, depth, dense, progress = settings
-    info = initialize_model(jax.random.PRNGKey(0), partial(numpyro_model, bm.spec),
-                            model_args=(bm.data,), dynamic_args=True)
-    potential_gen, post_gen = info.potential_fn, info.postprocess_fn
+    potential_gen, post_gen, transforms = _density_generators(bm)
     init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
     total = warmup + draws
     every = max(total // 100, 1)
@@ -86,22 +108,32 @@ def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
             return state, (state.z, state.diverging, state.num_steps)
 
         _, (zs, div, steps) = jax.lax.scan(step, state, jnp.arange(total))
-        zs = jax.tree.map(lambda v: v[warmup:], zs)
-        return jax.vmap(post_gen(data))(zs), div[warmup:], steps[warmup:]
+        return jax.tree.map(lambda v: v[warmup:], zs), div[warmup:], steps[warmup:]
 
     axes = (0, 0, 0, None)
-    fn = jax.pmap(one_chain, in_axes=axes) if parallel else jax.jit(jax.vmap(one_chain, in_axes=axes))
-    _RUNNERS[key] = (fn, bar)
-    return fn, bar
+    chains_fn = jax.pmap(one_chain, in_axes=axes) if parallel else \
+        jax.jit(jax.vmap(one_chain, in_axes=axes))
+    # unconstrained draws -> site values, compiled apart from the sampler (inside it, the
+    # model re-traced per draw made the sampler's compile several times slower)
+    constrain = jax.jit(lambda zs, data: jax.vmap(jax.vmap(post_gen(data)))(zs))
+
+    def fn(chain_ids, keys, inits, data):
+        zs, div, steps = chains_fn(chain_ids, keys, inits, data)
+        return constrain(zs, data), div, steps
+
+    _RUNNERS[key] = (fn, bar, transforms)
+    return fn, bar, transforms
 
 
-def _chain_inits(bm: BayesModel, values: dict, chains: int, seed: int) -> dict:
+def _chain_inits(transforms: dict, values: dict, chains: int, seed: int) -> dict:
     """Each chain starts near the maximum-likelihood fit, jittered on the unconstrained scale
     so that R-hat compares chains that started apart."""
-    z = unconstrain_fn(partial(numpyro_model, bm.spec), (bm.data,), {}, values)
     rng = np.random.default_rng(seed)
-    return {k: jnp.asarray(np.asarray(v)[None] + 0.1 * rng.standard_normal((chains,) + np.shape(v)))
-            for k, v in z.items()}
+    out = {}
+    for name, t in transforms.items():
+        z = np.asarray(t.inv(jnp.asarray(values[name])))
+        out[name] = jnp.asarray(z[None] + 0.1 * rng.standard_normal((chains,) + z.shape))
+    return out
 
 
 def run_nuts(model, options: dict):
@@ -118,9 +150,10 @@ def run_nuts(model, options: dict):
     settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
                 float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
                 bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
-    fn, bar = _runner(bm, settings, chains, method == "parallel")
+    start = _start(model, bm)
+    fn, bar, transforms = _runner(bm, settings, chains, method == "parallel")
     seed = int(options.get("seed", 0))
-    inits = _chain_inits(bm, _start(model, bm), chains, seed)
+    inits = _chain_inits(transforms, start, chains, seed)
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
     if bar is not None:
         bar.reset()
