@@ -76,7 +76,10 @@ class Summary:
         if self.response_note:
             out.append(self.response_note)
         out.append("")
-        out.append(_table(self.criteria.to_frame().T, index=False))
+        if list(self.criteria.index) == ["REML criterion"]:
+            out.append(f"REML criterion at convergence: {self.criteria.iloc[0]:.1f}")
+        else:
+            out.append(_criteria(self.criteria))
         out.append("")
         out.append("Random effects:")
         out.append(_render_random(self.random))
@@ -90,7 +93,7 @@ class Summary:
                 out.append(f"  {k}: " + " ".join(f"{x:.4g}" for x in vals))
         out.append("")
         out.append("Fixed effects:")
-        out.append(_table(self.coefficients))
+        out.append(_coef_table(self.coefficients))
         if self.messages:
             out.append("")
             out.extend(self.messages)
@@ -98,6 +101,47 @@ class Summary:
 
     def _repr_pretty_(self, p, cycle):  # IPython
         p.text(str(self))
+
+
+def _criteria(crit: pd.Series) -> str:
+    """lme4's row of AIC, BIC, logLik, deviance, df.resid (one decimal, df.resid whole)."""
+    cells = [f"{v:.0f}" if k == "df.resid" else f"{v:.1f}" for k, v in crit.items()]
+    width = max(max(len(c) for c in cells), max(len(k) for k in crit.index)) + 1
+    return "\n".join(["".join(k.rjust(width) for k in crit.index),
+                      "".join(c.rjust(width) for c in cells)])
+
+
+def _decimals(values) -> int:
+    """Decimals so that a column's largest entry shows about six significant digits."""
+    v = np.abs(np.asarray(values, float))
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return 3
+    return int(np.clip(5 - np.floor(np.log10(v.max())), 1, 4))
+
+
+def _pvalue(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    return "<2e-16" if p < 2e-16 else (f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}")
+
+
+def _coef_table(coef: pd.DataFrame) -> str:
+    """The fixed-effect table, each column with one number of decimals (as lme4)."""
+    cols = {}
+    for c in coef.columns:
+        if c.startswith("Pr("):
+            cols[c] = [_pvalue(v) for v in coef[c]]
+        else:
+            d = _decimals(coef[c])
+            cols[c] = [f"{v:.{d}f}" for v in coef[c]]
+    names = [str(i) for i in coef.index]
+    wn = max(len(n) for n in names)
+    widths = {c: max(len(c), *(len(x) for x in cols[c])) for c in cols}
+    lines = [" " * wn + " " + " ".join(c.rjust(widths[c]) for c in cols)]
+    for k, n in enumerate(names):
+        lines.append(n.ljust(wn) + " " + " ".join(cols[c][k].rjust(widths[c]) for c in cols))
+    return "\n".join(lines)
 
 
 def _fmt(v) -> str:
@@ -133,7 +177,7 @@ def _render_random(vc: pd.DataFrame) -> str:
         cors = block[block.var2.notna()]
         names = list(sds.var1)
         for k, r in enumerate(sds.itertuples(index=False)):
-            name = r.var1 if r.var1 is not None else ""
+            name = r.var1 if isinstance(r.var1, str) else ""
             corr = []
             for j in range(k):
                 hit = cors[(cors.var1 == names[j]) & (cors.var2 == r.var1)]
