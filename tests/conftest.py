@@ -4,6 +4,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests compile from scratch: no persistent compilation cache (the CLI turns it on).
+os.environ.setdefault("JAXGLMM_NO_CACHE", "1")
 # Four CPU devices: NUTS chains run in parallel and fit_many shards its batch, as on a
 # multi-device machine (this must be set before JAX starts).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
