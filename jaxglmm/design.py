@@ -337,7 +337,11 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     if len(frame) == 0:
         raise ValueError("no complete rows: every row has a missing value in a used column")
 
-    y, trials, response_levels = _response(parsed, frame, family, levels, messages)
+    w = _weights(frame, weights)
+    y, trials, response_levels = _response(parsed, frame, family, levels, messages,
+                                           w if weights else None)
+    if trials is not None and weights and trials is w:
+        w = np.ones(len(frame))      # the weights were the trials of a proportion response
     fam_name = getattr(family, "name", "gaussian")
     has_intercept = getattr(family, "has_intercept", True)
     fixed = ModelMatrix.fit(parsed.fixed, parsed.intercept or not has_intercept, frame, coding)
@@ -352,7 +356,6 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     term_specs, terms = _random_terms(parsed, frame, coding, fam_name, messages)
     _check_every_column_used(parsed, data, fixed, term_specs)
     offset = _offset(parsed.offsets, frame)
-    w = _weights(frame, weights)
     _check_finite({"response": y, "trials": trials, "offset": offset})
 
     spec = DesignSpec(parsed, fixed, tuple(keep), parsed.offsets, term_specs)
@@ -456,7 +459,7 @@ def _random_terms(parsed, frame, coding, fam_name, messages):
 
 
 # ----------------------------------------------------------------------------- response
-def _response(parsed: ParsedFormula, frame, family, levels, messages):
+def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=None):
     """``(y, trials, response_levels)`` for the family."""
     spec = parsed.response
     name = getattr(family, "name", "gaussian")
@@ -490,6 +493,15 @@ def _response(parsed: ParsedFormula, frame, family, levels, messages):
             y = np.array([format_label(v) == labels[1] for v in raw], dtype=float)
         return y, (np.ones(len(y)) if needs_trials else None), labels
     y = evaluate_expr(expr, frame)
+    if needs_trials and weights is not None and np.all((y >= 0) & (y <= 1)):
+        # lme4's glmer(prop ~ ..., weights = n, family = binomial): a proportion of n trials
+        successes = y * weights
+        if np.any(np.abs(successes - np.round(successes)) > 1e-6 * np.maximum(weights, 1.0)):
+            raise ValueError(f"binomial proportion {spec.text!r} times the weights is not a "
+                             "whole number of successes in every row")
+        messages.append(f"binomial response {spec.text!r} read as a proportion of the "
+                        "weights (trials), as lme4 does")
+        return np.round(successes), weights, None
     if needs_trials:
         if not np.all((y == 0) | (y == 1)):
             raise ValueError(f"a binomial response {spec.text!r} without cbind() or trials() "

@@ -140,3 +140,15 @@ def test_options_of_other_methods_are_rejected(small_binary):
 def test_factor_options_must_name_data_columns(small_binary, kwargs):
     with pytest.raises(ValueError, match="nothere"):
         jg.Model("y ~ x + (1 | g)", small_binary, "bernoulli", **kwargs)
+
+
+def test_binomial_proportion_with_weights_is_lme4s_trials():
+    # glmer(prop ~ ..., weights = size, family = binomial) is the cbind() model
+    df = jg.load_dataset("cbpp").assign(prop=lambda d: d.incidence / d["size"])
+    prop = jg.fit("prop ~ period + (1 | herd)", df, family="binomial", weights="size")
+    counts = jg.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", df,
+                    family="binomial")
+    np.testing.assert_allclose(prop.fixef, counts.fixef, rtol=1e-8)
+    assert prop.loglik == pytest.approx(counts.loglik, abs=1e-8)
+    with pytest.raises(ValueError, match="whole number of successes"):
+        jg.Model("prop ~ period + (1 | herd)", df.assign(w=1.5), "binomial", weights="w")
