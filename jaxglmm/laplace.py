@@ -169,28 +169,29 @@ class GlmmModel:
         u, f, it, _ = jax.lax.while_loop(cond, body, (u0, hfun(u0), jnp.asarray(0), jnp.asarray(jnp.inf)))
         return u
 
-    def implicit_mode(self, theta, beta, phi):
-        """The mode, with exact first derivatives in (theta, beta, phi) by implicit differentiation."""
+    def implicit_mode(self, theta, beta, phi, u0=None):
+        """The mode, with exact first derivatives in (theta, beta, phi) by implicit
+        differentiation; ``u0`` starts the Newton iteration (a warm start)."""
         sg = jax.lax.stop_gradient
-        us = sg(self.mode(sg(theta), sg(beta), sg(phi)))
+        us = sg(self.mode(sg(theta), sg(beta), sg(phi), None if u0 is None else sg(u0)))
         ch = sg(self.system(us, sg(theta), sg(beta), sg(phi), fisher=False))
         g = jax.grad(self.h)(us, theta, beta, phi)
         return us + self.solve(ch, g)
 
     # -- objectives (deviance scale: -2 log-likelihood) ---------------------------------
-    def laplace_deviance(self, x):
+    def laplace_deviance(self, x, u0=None):
         theta, beta, phi = self.layout.unpack(x)
-        u = self.implicit_mode(theta, beta, phi)
+        u = self.implicit_mode(theta, beta, phi, u0)
         expected = self.family.laplace_information == "expected"
         ch = self.system(u, theta, beta, phi, fisher=expected)
         ll = self.h(u, theta, beta, phi) - 0.5 * rs.logdet_z(ch, self.s.p2)
         return -2.0 * ll, jax.lax.stop_gradient(u)
 
-    def agq_deviance(self, x, n_points: int):
+    def agq_deviance(self, x, n_points: int, u0=None):
         """Adaptive Gauss-Hermite for one grouping factor with one scalar random effect."""
         theta, beta, phi = self.layout.unpack(x)
         f0 = self.s.factors[0]
-        u = self.implicit_mode(theta, beta, phi)
+        u = self.implicit_mode(theta, beta, phi, u0)
         W = self.weights(u, theta, beta, phi, fisher=self.family.laplace_information == "expected")
         idx, z = self.a.index[0], self.a.Z[0][:, 0]
         lam = theta[0]
@@ -267,11 +268,12 @@ def fit_glmm(structure: rs.ReStructure, family: Family, a: ProblemArrays, phi0: 
     model = GlmmModel(structure, family, a, phi0.shape[0])
     beta0 = glm_start(structure, family, a, phi0)
     x0 = jnp.concatenate([jnp.asarray(structure.theta_init()), beta0, phi0])
+    # each evaluation starts the mode search at the previous point's mode
     if n_agq > 1:
-        objective = lambda x: model.agq_deviance(x, n_agq)
+        objective = lambda x, u0: model.agq_deviance(x, n_agq, u0)
     else:
         objective = model.laplace_deviance
-    opt = minimize(objective, x0, has_aux=True, maxiter=maxiter)
+    opt = minimize(objective, x0, has_aux=True, maxiter=maxiter, aux0=jnp.zeros(structure.n_u))
     theta, beta, phi = model.layout.unpack(opt.x)
     u = opt.aux
     bcov = model.conditional_cov(opt.x, u)

@@ -50,22 +50,30 @@ def fd_hessian(grad_fn: Callable, x: jnp.ndarray, rel_step: float = 1e-4) -> jnp
 
 
 def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: int = 500,
-             gtol: float = 1e-8, ftol: float = 1e-15, hessian: bool = True) -> OptResult:
+             gtol: float = 1e-8, ftol: float = 1e-15, hessian: bool = True,
+             aux0=None) -> OptResult:
     """Minimize ``fun`` (``x -> value`` or ``x -> (value, aux)``) from a flat vector ``x0``.
+
+    With ``aux0`` given, ``fun`` is ``(x, aux) -> (value, aux)``: each evaluation receives
+    the aux of the current point (a warm start, e.g. the previous conditional mode of the
+    random effects) and returns the new one.
 
     Stops when ``max|grad| <= gtol * (1 + |f|)``, when the relative decrease stays below
     ``ftol`` for three iterations, when the line search cannot decrease ``f``, or at
     ``maxiter`` iterations.
     """
-    f_aux = fun if has_aux else (lambda x: (fun(x), None))
+    if aux0 is not None:
+        f_aux = fun
+    else:
+        f_aux = (lambda x, _: fun(x)) if has_aux else (lambda x, _: (fun(x), None))
     vg = jax.value_and_grad(f_aux, has_aux=True)
     k = x0.shape[0]
-    (f0, aux0), g0 = vg(x0)
+    (f0, aux0), g0 = vg(x0, aux0)
 
     def converged(f, g):
         return jnp.max(jnp.abs(g)) <= gtol * (1.0 + jnp.abs(f))
 
-    def line_search(x, f, g, d):
+    def line_search(x, f, g, d, aux):
         slope = jnp.dot(g, d)
 
         def cond(c):
@@ -76,10 +84,10 @@ def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: 
         def body(c):
             t, _, _, _, it = c
             t = jnp.where(it == 0, t, 0.5 * t)
-            (fn, auxn), gn = vg(x + t * d)
+            (fn, auxn), gn = vg(x + t * d, aux)
             return t, fn, gn, auxn, it + 1
 
-        init = (jnp.asarray(1.0, x.dtype), jnp.asarray(jnp.inf, x.dtype), g, aux0, jnp.asarray(0))
+        init = (jnp.asarray(1.0, x.dtype), jnp.asarray(jnp.inf, x.dtype), g, aux, jnp.asarray(0))
         t, fn, gn, auxn, it = jax.lax.while_loop(cond, body, init)
         ok = jnp.isfinite(fn) & (fn <= f + ARMIJO_C1 * t * slope)
         return t, fn, gn, auxn, ok, it
@@ -94,7 +102,7 @@ def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: 
         bad = ~(jnp.dot(d, g) < 0)
         Hinv = jnp.where(bad, jnp.eye(k, dtype=x.dtype), Hinv)
         d = jnp.where(bad, -g / jnp.maximum(1.0, jnp.max(jnp.abs(g))), d)
-        t, fn, gn, auxn, ok, nls = line_search(x, f, g, d)
+        t, fn, gn, auxn, ok, nls = line_search(x, f, g, d, aux)
         s = t * d
         y = gn - g
         sy = jnp.dot(s, y)
@@ -121,7 +129,7 @@ def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: 
     x, f, g, aux, _, it, nev, _, status = jax.lax.while_loop(cond, body, init)
     status = jnp.where(status < 0, MAXITER, status)
     if hessian:
-        H = fd_hessian(lambda z: vg(z)[1], x)
+        H = fd_hessian(lambda z: vg(z, aux)[1], x)
     else:
         H = jnp.full((k, k), jnp.nan)
     return OptResult(x, f, g, H, aux, it, nev, status, x0, f0)

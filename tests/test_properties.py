@@ -139,3 +139,14 @@ def test_refit_many_parametric_bootstrap_lmm():
         df = jg.load_dataset("sleepstudy").assign(Reaction=sims[i])
         single = jg.fit("Reaction ~ Days + (Days | Subject)", df)
         np.testing.assert_allclose(many.fixef.iloc[i], single.fixef, rtol=1e-6)
+
+
+def test_fit_many_shards_across_devices_and_matches_single_fits():
+    import jax
+    rng = np.random.default_rng(9)
+    datasets = [simulate_bernoulli(rng, n_groups=20, per_group=10) for _ in range(4)]
+    assert len(jax.devices()) == 4          # conftest: four CPU devices, as a multi-GPU host
+    many = jg.fit_many("y ~ x + (1 | g)", datasets, family="bernoulli")
+    for i, df in enumerate(datasets):
+        single = jg.fit("y ~ x + (1 | g)", df, family="bernoulli")
+        np.testing.assert_allclose(many.fixef.iloc[i], single.fixef, rtol=1e-5, atol=1e-7)
