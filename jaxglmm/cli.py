@@ -67,10 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cpu_devices_for_chains(n: int = 4) -> None:
     """Let NUTS chains run in parallel on the CPU, as numpyro's ``set_host_device_count``
-    does.  XLA reads the flag when JAX starts, so this only acts when the command runs in a
-    fresh process (``jaxglmm ...``), not when ``main`` is called after JAX was imported."""
+    does.  XLA reads the flag when JAX's backend starts, so this acts in a fresh process
+    (``jaxglmm ...``) and not when ``main`` is called after JAX has computed anything."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if "jax" not in sys.modules and "xla_force_host_platform_device_count" not in flags:
+    if "xla_force_host_platform_device_count" in flags:
+        return
+    try:   # importing JAX is fine; the flag only has to be set before its backend starts
+        from jax._src import xla_bridge
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):
+        started = "jax" in sys.modules
+    if not started:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
