@@ -15,11 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
-from jax.flatten_util import ravel_pytree
 from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.hmc import hmc
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
-from numpyro.infer.util import initialize_model
 from numpyro.optim import optax_to_numpyro
 
 from functools import partial
@@ -60,7 +58,7 @@ def _progress_bar(total: int, enabled: bool):
     return bar, tick
 
 
-def _density_generators(bm: BayesModel):
+def _density_generators(bm: BayesModel, marginal: bool = False):
     """numpyro's potential and postprocess functions as generators of the data.
 
     The site transforms depend only on shapes, so they are read from an abstract trace
@@ -69,7 +67,7 @@ def _density_generators(bm: BayesModel):
     from numpyro.handlers import seed, substitute
     from numpyro.infer import init_to_uniform
     from numpyro.infer.util import _get_model_transforms, get_potential_fn
-    model = partial(numpyro_model, bm.spec)
+    model = partial(numpyro_model, bm.spec, marginal=marginal)
     found = {}
 
     def trace(data):
@@ -198,21 +196,48 @@ def run_vi(model, options: dict):
     return bm, samples, diag
 
 
+_MAP_RUNNERS: dict = {}
+
+
+def _map_runner(bm: BayesModel, maxiter: int):
+    """Compiled posterior-mode search for a model spec; data and start are its arguments."""
+    key = (bm.spec, maxiter)
+    if key in _MAP_RUNNERS:
+        return _MAP_RUNNERS[key]
+    from .optimize import minimize
+    potential_gen, post_gen, transforms = _density_generators(bm, marginal=True)
+    names = sorted(transforms)
+    shapes = {}
+
+    def unravel(x):
+        out, pos = {}, 0
+        for n in names:
+            size = int(np.prod(shapes[n]))
+            out[n] = x[pos:pos + size].reshape(shapes[n])
+            pos += size
+        return out
+
+    # The project's BFGS (one call site of the objective, which holds a whole inner Laplace
+    # solve) compiles in a fraction of optax L-BFGS's time with its zoom line search.
+    optimize = jax.jit(lambda x0, data: minimize(lambda x: potential_gen(data)(unravel(x)),
+                                                 x0, maxiter=maxiter))
+    constrain = jax.jit(lambda zs, data: jax.vmap(lambda z: post_gen(data)(unravel(z)))(zs))
+    _MAP_RUNNERS[key] = (optimize, constrain, transforms, names, shapes)
+    return _MAP_RUNNERS[key]
+
+
 def run_map(model, options: dict):
     """Posterior mode of the hyperparameters with the random effects integrated out by the
-    Laplace approximation (as blme does for lme4), found by BFGS on the unconstrained scale; uncertainty from a normal approximation there (finite-difference Hessian of the
-    exact gradient).  Random effects are the conditional modes at the posterior mode."""
-    from .optimize import minimize
+    Laplace approximation (as blme does for lme4), found by BFGS on the unconstrained scale;
+    uncertainty from a normal approximation there (finite-difference Hessian of the exact
+    gradient).  Random effects are the conditional modes at the posterior mode."""
     bm = BayesModel(model, options.get("priors"))
-    key = jax.random.PRNGKey(int(options.get("seed", 0)))
-    start = {k: v for k, v in _start(model, bm).items() if k != "u"}
-    info = initialize_model(key, partial(numpyro_model, bm.spec, bm.data, marginal=True),
-                            init_strategy=init_to_value(values=start))
-    x0, unravel = ravel_pytree(info.param_info.z)
-    potential = lambda x: info.potential_fn(unravel(x))
-    # The project's BFGS (one call site of the objective, which holds a whole inner
-    # Laplace solve) compiles in a fraction of optax L-BFGS's time with its zoom search.
-    opt = jax.jit(lambda x: minimize(potential, x, maxiter=int(options.get("maxiter", 500))))(x0)
+    optimize, constrain, transforms, names, shapes = _map_runner(bm, int(options.get("maxiter", 500)))
+    start = _start(model, bm)
+    z0 = {n: np.asarray(transforms[n].inv(jnp.asarray(start[n]))) for n in names}
+    shapes.update({n: z0[n].shape for n in names})
+    x0 = jnp.concatenate([jnp.ravel(jnp.asarray(z0[n])) for n in names])
+    opt = optimize(x0, bm.data)
     x = opt.x
     H = np.asarray(opt.hessian)
     evals = np.linalg.eigvalsh(H)
@@ -221,14 +246,13 @@ def run_map(model, options: dict):
     draws = int(options.get("draws", 1000))
     z = np.random.default_rng(int(options.get("seed", 0))).multivariate_normal(
         np.asarray(x), cov, size=draws, method="eigh")
-    post = jax.vmap(lambda v: info.postprocess_fn(unravel(v)))(jnp.asarray(z))
-    mode = info.postprocess_fn(unravel(x))
+    post = constrain(jnp.asarray(z), bm.data)
+    mode = constrain(x[None], bm.data)
     # conditional modes of u at the posterior mode, shared by every draw
-    lap = bm.laplace()
-    one = {k: v[None, None] for k, v in mode.items() if k in post}
-    d = bm.transform_draws(one)
-    u = jax.jit(lap.mode)(d["theta"][0, 0], d["beta"][0, 0], d["phi"][0, 0])
-    samples = {k: v[None] for k, v in post.items()}
+    d = bm.transform_draws({k: v[None] for k, v in mode.items() if k in post})
+    u = jax.jit(bm.laplace().mode)(d["theta"][0, 0], d["beta"][0, 0], d["phi"][0, 0])
+    samples = {k: v[None] for k, v in post.items()
+               if not k.endswith(("_prior", "log_marginal"))}
     samples["u"] = jnp.broadcast_to(u, (1, draws) + u.shape)
     diag = {"grad_max": float(jnp.max(jnp.abs(opt.grad))), "n_iter": int(opt.n_iter),
             "hessian_pd": bool(evals.min() > 0)}

@@ -122,3 +122,22 @@ def test_nuts_reuses_its_compiled_sampler_for_a_same_shape_dataset(sleep_nuts, c
     assert len(bayes_fit._RUNNERS) == before and max(seconds) < 1.0, max(seconds)
     # the posterior moved with the data: intercept ~ 1.1 * 251 + 3
     assert abs(fit.fixef["Intercept"] - (1.1 * sleep_nuts.fixef["Intercept"] + 3)) < 2.0
+
+
+def test_map_reuses_its_compiled_optimizer_for_a_same_shape_dataset(caplog):
+    import logging
+
+    import jax
+    df = jg.load_dataset("sleepstudy")
+    first = jg.Model("Reaction ~ Days + (Days | Subject)", df).fit("map")
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="jax"):
+            second = jg.Model("Reaction ~ Days + (Days | Subject)",
+                              df.assign(Reaction=df.Reaction * 1.1 + 3)).fit("map")
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    seconds = [float(r.getMessage().split(" in ")[-1].split()[0]) for r in caplog.records
+               if r.getMessage().startswith("Finished XLA compilation")]
+    assert seconds and max(seconds) < 1.0, max(seconds)
+    assert abs(second.fixef["Intercept"] - (1.1 * first.fixef["Intercept"] + 3)) < 2.0
