@@ -16,8 +16,22 @@ METHOD_TITLES = {
 }
 
 
+class _Rendered:
+    """Display shared by the summaries: ``str()`` renders, IPython shows the same text."""
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(str(self))
+
+    @staticmethod
+    def _close(out: list, messages) -> str:
+        if messages:
+            out.append("")
+            out.extend(messages)
+        return "\n".join(out)
+
+
 @dataclass(frozen=True)
-class Summary:
+class Summary(_Rendered):
     """The pieces of lme4's printed summary, as data.  ``str(summary)`` renders them."""
 
     title: str
@@ -94,13 +108,7 @@ class Summary:
         out.append("")
         out.append("Fixed effects:")
         out.append(_coef_table(self.coefficients))
-        if self.messages:
-            out.append("")
-            out.extend(self.messages)
-        return "\n".join(out)
-
-    def _repr_pretty_(self, p, cycle):  # IPython
-        p.text(str(self))
+        return self._close(out, self.messages)
 
 
 def _criteria(crit: pd.Series) -> str:
@@ -193,7 +201,7 @@ BAYES_TITLES = {"nuts": "Bayesian mixed model fit by NUTS (NumPyro)",
 
 
 @dataclass(frozen=True)
-class BayesSummary:
+class BayesSummary(_Rendered):
     """brms-style summary of a Bayesian fit, as data; ``str()`` renders it."""
 
     title: str
@@ -230,10 +238,4 @@ class BayesSummary:
             out.append("Diagnostics: " + ", ".join(
                 f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
                 for k, v in self.diagnostics.items()))
-        if self.messages:
-            out.append("")
-            out.extend(self.messages)
-        return "\n".join(out)
-
-    def _repr_pretty_(self, p, cycle):  # IPython
-        p.text(str(self))
+        return self._close(out, self.messages)
