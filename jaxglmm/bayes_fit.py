@@ -8,13 +8,11 @@ InferenceData) and ``fit.posterior_summary``.
 from __future__ import annotations
 
 import time
-import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
 from numpyro.infer import SVI, Trace_ELBO, init_to_value
 from numpyro.infer.hmc import hmc
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
@@ -23,13 +21,11 @@ from numpyro.optim import optax_to_numpyro
 from functools import partial
 
 from .bayes import BayesModel, numpyro_model
-from .priors import describe
 
 NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
                 "chain_method", "progress", "priors", "dense_mass"}
 VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors"}
 MAP_OPTIONS = {"draws", "seed", "priors", "maxiter"}
-RHAT_MAX = 1.01
 
 
 def _start(model, bm: BayesModel):
@@ -279,4 +275,4 @@ def fit_bayes(model, method: str, options: dict):
                             time.perf_counter() - start)
 
 
-__all__ = ["fit_bayes", "describe", "pd"]
+__all__ = ["fit_bayes", "check_options"]

@@ -17,13 +17,12 @@ derivative ``du*/dx = H^{-1} d(grad h)/dx`` (as TMB does), while its value is ``
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import linalg
 from . import resystem as rs
 from .families import Family
 from .optimize import minimize

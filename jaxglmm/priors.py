@@ -19,7 +19,6 @@ decimal) for identity and log links, else ``m = 0, s = 2.5`` (checked against
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -181,8 +180,4 @@ def describe(priors: dict[str, Prior]) -> list[str]:
     return [f"{k} ~ {v}" for k, v in priors.items()]
 
 
-def is_flat(p: Prior) -> bool:
-    return p.dist == "flat"
-
-
-__all__ = ["Prior", "parse_prior", "default_priors", "resolve_priors", "describe", "math"]
+__all__ = ["Prior", "parse_prior", "default_priors", "resolve_priors", "describe"]

@@ -5,7 +5,6 @@ ours and brms's) or 5% of brms's posterior SD, whichever is larger.  R-hat <= 1.
 """
 import json
 
-import numpy as np
 import pytest
 
 import jaxglmm as jg

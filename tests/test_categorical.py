@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 import jaxglmm as jg
-from jaxglmm import resystem as rs
 from jaxglmm.laplace import GlmmModel
 from reference_cases import load_reference
 from test_properties import central_differences
