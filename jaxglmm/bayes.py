@@ -1,6 +1,12 @@
-"""Bayesian fitting: a numpyro model on the one log-density, with NUTS and variational inference.
+"""Bayesian models on the one log-density: the posterior of a flat unconstrained vector.
 
-Parameterization (non-centred, as brms):
+NUTS, variational inference and the posterior mode (:mod:`jaxglmm.bayes_fit`) all move on
+that vector; :func:`log_posterior` is a pure function of it and the data, so a compiled
+sampler serves every same-shape dataset.  As in Stan, each site has a transform to its
+support (``exp`` for SDs; tanh and signed stick-breaking for correlation Cholesky factors),
+and the log-Jacobian is part of the density.
+
+Sites (non-centred, as brms):
 
 * ``Intercept_<k>``: the intercept of linear predictor k for *centred* predictors; the
   reported intercept is ``Intercept - mean(X) . b`` (brms's ``b_Intercept``).
@@ -21,11 +27,11 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from .priors import Prior, resolve_priors
+from .priors import kernel, lkj_log_normalizer, log_normalizer, resolve_priors
+
+# priors on parameters bounded below by zero (renormalised over the positive half)
+_HALF_KEYS = ("sd", "sigma")
 
 
 @dataclass(frozen=True)
@@ -61,36 +67,6 @@ def _flat_natural(family, phi):
         if phi.shape[0] else jnp.zeros(0)
 
 
-def _numpyro_dist(prior: Prior, half=False):
-    a = prior.args
-    if prior.dist == "student_t":
-        d = dist.StudentT(a[0], a[1], a[2])
-    elif prior.dist == "normal":
-        d = dist.Normal(a[0], a[1])
-    elif prior.dist == "cauchy":
-        d = dist.Cauchy(a[0], a[1])
-    else:
-        return None
-    return d
-
-
-@dataclass(frozen=True)
-class Spec:
-    """Everything static about a Bayesian model: equal for same-shape datasets, so one
-    compiled sampler serves them all (the data, column means and prior arguments are the
-    sampler's arguments, see :meth:`BayesModel.data`)."""
-
-    structure: object
-    family: object
-    layout: Layout
-    fixef_names: tuple[str, ...]
-    prior_dists: tuple[tuple[str, str], ...]      # (key, distribution name)
-
-
-def _priors(spec: Spec, data) -> dict[str, Prior]:
-    return {k: Prior(d, tuple(data["priors"][k])) for k, d in spec.prior_dists}
-
-
 def _beta_raw(layout: Layout, intercepts, b, x_means):
     """Coefficients of the uncentred design from the centred intercepts and slopes."""
     beta = jnp.zeros(layout.p)
@@ -112,65 +88,205 @@ def _theta(layout: Layout, sds, Ls):
     return jnp.concatenate(parts)
 
 
-def _family_log_prior(spec: Spec, pri, phi, beta, x_means):
-    """Priors on the family's natural parameters, plus the log-Jacobian of phi -> them."""
-    fam = spec.family
+# ----------------------------------------------------------------------------- parameter vector
+@dataclass(frozen=True)
+class Block:
+    """One site's slice of the unconstrained parameter vector."""
+
+    site: str                  # "Intercept_<k>", "b", "sd_<k>", "L_<k>", "u", "phi"
+    start: int
+    size: int
+    kind: str                  # "real", "positive" (exp) or "corr" (correlation Cholesky)
+    shape: tuple[int, ...]     # the site's (constrained) shape
+
+
+def make_blocks(layout: Layout, marginal: bool = False) -> tuple[Block, ...]:
+    """Where each site sits in the flat unconstrained vector that the samplers move on; with
+    ``marginal=True`` there is no ``u`` (the random effects are integrated out)."""
+    blocks, pos = [], 0
+
+    def add(site, kind, shape, size=None):
+        nonlocal pos
+        size = int(np.prod(shape)) if size is None else size
+        blocks.append(Block(site, pos, size, kind, tuple(shape)))
+        pos += size
+
+    for k in range(len(layout.intercept_cols)):
+        add(f"Intercept_{k}", "real", ())
+    if layout.slope_cols:
+        add("b", "real", (len(layout.slope_cols),))
+    for k, t in enumerate(layout.terms):
+        add(f"sd_{k}", "positive", (t.q,))
+        if t.correlated and t.q > 1:
+            add(f"L_{k}", "corr", (t.q, t.q), t.q * (t.q - 1) // 2)
+    if not marginal:
+        add("u", "real", (layout.n_u,))
+    if layout.n_phi:
+        add("phi", "real", (layout.n_phi,))
+    return tuple(blocks)
+
+
+def dimension(blocks) -> int:
+    return blocks[-1].start + blocks[-1].size if blocks else 0
+
+
+def _log1m_tanh2(x):
+    """log(1 - tanh(x)^2), stable for large |x|."""
+    return 2.0 * (np.log(2.0) - x - jax.nn.softplus(-2.0 * x))
+
+
+def corr_cholesky(x, q: int):
+    """Stan's (and numpyro's) map from R^{q(q-1)/2} to the Cholesky factor of a correlation
+    matrix: tanh to (-1, 1), then signed stick-breaking along each row (entries in row-major
+    order of the strict lower triangle).  Returns the factor and the log-Jacobian of the map
+    to its strict lower triangle."""
+    eps = np.finfo(np.float64).eps if x.dtype == jnp.float64 else np.finfo(np.float32).eps
+    t = jnp.clip(jnp.tanh(x), -1 + eps, 1 - eps)
+    logj = jnp.sum(_log1m_tanh2(x))
+    rows, k = [], 0
+    for i in range(q):
+        row, rem = [], 1.0
+        for j in range(i):
+            row.append(t[k] * jnp.sqrt(rem))
+            if j > 0:
+                logj = logj + 0.5 * jnp.log(rem)
+            rem = rem * (1.0 - t[k] * t[k])
+            k += 1
+        row.append(jnp.sqrt(rem) if i else jnp.ones((), x.dtype))
+        row += [jnp.zeros((), x.dtype)] * (q - i - 1)
+        rows.append(jnp.stack(row))
+    return jnp.stack(rows), logj
+
+
+def corr_cholesky_inverse(L: np.ndarray) -> np.ndarray:
+    """The unconstrained vector of a correlation Cholesky factor (inverse of corr_cholesky)."""
+    L = np.asarray(L, float)
+    out = []
+    for i in range(1, L.shape[0]):
+        rem = 1.0
+        for j in range(i):
+            t = np.clip(L[i, j] / np.sqrt(rem), -1 + 1e-12, 1 - 1e-12)
+            out.append(np.arctanh(t))
+            rem *= 1.0 - t * t
+    return np.asarray(out)
+
+
+def constrain(blocks, z):
+    """Flat unconstrained vector -> site values, and the log-Jacobian of the map."""
+    sites, logj = {}, 0.0
+    for blk in blocks:
+        x = z[blk.start:blk.start + blk.size]
+        if blk.kind == "real":
+            sites[blk.site] = x.reshape(blk.shape)
+        elif blk.kind == "positive":
+            sites[blk.site] = jnp.exp(x).reshape(blk.shape)
+            logj = logj + jnp.sum(x)
+        else:
+            sites[blk.site], lj = corr_cholesky(x, blk.shape[0])
+            logj = logj + lj
+    return sites, logj
+
+
+def unconstrain(blocks, values: dict) -> np.ndarray:
+    """Site values -> the flat unconstrained vector (host-side, for starting points)."""
+    z = np.zeros(dimension(blocks))
+    for blk in blocks:
+        v = np.asarray(values[blk.site], float)
+        if blk.kind == "real":
+            x = v.reshape(-1)
+        elif blk.kind == "positive":
+            x = np.log(v).reshape(-1)
+        else:
+            x = corr_cholesky_inverse(v)
+        z[blk.start:blk.start + blk.size] = x
+    return z
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class Spec:
+    """Everything static about a Bayesian model: equal for same-shape datasets, so one
+    compiled sampler serves them all (the data, column means and prior arguments are the
+    sampler's arguments, see :meth:`BayesModel.data`)."""
+
+    structure: object
+    family: object
+    layout: Layout
+    fixef_names: tuple[str, ...]
+    prior_dists: tuple[tuple[str, str], ...]      # (key, distribution name)
+
+    def blocks(self, marginal: bool = False) -> tuple[Block, ...]:
+        return make_blocks(self.layout, marginal)
+
+
+def _prior_term(spec: Spec, data, key: str, x):
+    """Sum of the prior ``key``'s log density over the entries of ``x``."""
+    dist = dict(spec.prior_dists)[key]
+    if dist == "flat":
+        return 0.0
+    x = jnp.asarray(x)
+    return jnp.sum(kernel(dist, x, data["priors"][key])) + x.size * data["prior_const"][key]
+
+
+def _family_log_prior(spec: Spec, data, phi, beta):
+    """Priors on the family's natural parameters, plus the log-Jacobian of phi -> them.  The
+    map is triangular for every family (each parameter depends on its own entry of phi and
+    those before it: tested), so the log-determinant is the sum over the diagonal."""
+    fam, keys = spec.family, dict(spec.prior_dists)
     jac = jax.jacfwd(lambda z: _flat_natural(fam, z))(phi)
-    lp = jnp.linalg.slogdet(jac)[1]
+    i = np.arange(jac.shape[0])
+    lp = jnp.sum(jnp.log(jnp.abs(jac[i, i])))
     for name, value in fam.natural_params(phi).items():
         if name == "thresholds":   # priors on the thresholds of the centred predictors
-            lp = lp + jnp.sum(pri["Intercept"].log_prob(value - jnp.dot(x_means, beta)))
-        elif name in pri:
-            lp = lp + jnp.sum(pri[name].log_prob(value, half=name == "sigma"))
+            lp = lp + _prior_term(spec, data, "Intercept", value - jnp.dot(data["x_means"], beta))
+        elif name in keys:
+            lp = lp + _prior_term(spec, data, name, value)
     return lp
 
 
-def numpyro_model(spec: Spec, data, marginal: bool = False):
-    """The joint model of one dataset; with ``marginal=True`` the random effects are
-    integrated out by the Laplace approximation (u is not a site), for the posterior mode."""
+def log_posterior(spec: Spec, z, data, marginal: bool = False):
+    """Unnormalised log posterior density of the flat unconstrained vector ``z`` (the
+    log-Jacobian of the transforms included).  With ``marginal=True`` the random effects are
+    integrated out by the Laplace approximation (``z`` has no ``u``), for the posterior mode.
+
+    Pure in ``(z, data)``: one compiled sampler serves every same-shape dataset."""
     from .model import joint_log_density
-    L, pri, x_means = spec.layout, _priors(spec, data), data["x_means"]
-    intercepts = []
-    for k, _ in enumerate(L.intercept_cols):
-        p = pri["Intercept"]
-        d = _numpyro_dist(p) if p.dist != "flat" else dist.ImproperUniform(constraints.real, (), ())
-        intercepts.append(numpyro.sample(f"Intercept_{k}", d))
-    intercepts = jnp.stack(intercepts) if intercepts else jnp.zeros(0)
-    b = jnp.zeros(0)
-    if L.slope_cols:
-        b = numpyro.sample("b", dist.ImproperUniform(constraints.real, (), (len(L.slope_cols),)))
-        lp = 0.0
-        for k, j in enumerate(L.slope_cols):
-            p = pri.get(f"b_{spec.fixef_names[j]}", pri["b"])
-            if p.dist != "flat":
-                lp = lp + p.log_prob(b[k])
-        numpyro.factor("b_prior", lp)
+    L, keys = spec.layout, dict(spec.prior_dists)
+    sites, lp = constrain(spec.blocks(marginal), z)
+    intercepts = jnp.stack([sites[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
+        if L.intercept_cols else jnp.zeros(0)
+    lp = lp + _prior_term(spec, data, "Intercept", intercepts)
+    b = sites.get("b", jnp.zeros(0))
+    by_key: dict[str, list[int]] = {}
+    for k, j in enumerate(L.slope_cols):
+        key = f"b_{spec.fixef_names[j]}"
+        by_key.setdefault(key if key in keys else "b", []).append(k)
+    for key, idx in by_key.items():
+        lp = lp + _prior_term(spec, data, key, b[np.array(idx)])
     sds, Ls = [], []
     for k, t in enumerate(L.terms):
-        sd = numpyro.sample(f"sd_{k}", dist.ImproperUniform(constraints.positive, (), (t.q,)))
-        prior = pri.get(f"sd_{t.group}", pri["sd"])
-        numpyro.factor(f"sd_{k}_prior", jnp.sum(prior.log_prob(sd, half=True)))
+        sd = sites[f"sd_{k}"]
+        key = f"sd_{t.group}" if f"sd_{t.group}" in keys else "sd"
+        lp = lp + _prior_term(spec, data, key, sd)
         sds.append(sd)
-        if t.correlated and t.q > 1:
-            Ls.append(numpyro.sample(f"L_{k}", dist.LKJCholesky(t.q, pri["cor"].args[0])))
-        else:
-            Ls.append(None)
-    if not marginal:
-        u = numpyro.sample("u", dist.ImproperUniform(constraints.real, (), (L.n_u,)))
-    phi = numpyro.sample("phi", dist.ImproperUniform(constraints.real, (), (L.n_phi,))) \
-        if L.n_phi else jnp.zeros(0)
-    beta = _beta_raw(L, intercepts, b, x_means)
+        Lk = sites.get(f"L_{k}")
+        if Lk is not None:     # LKJ(eta) on the Cholesky factor
+            eta, q = data["priors"]["cor"][0], t.q
+            order = 2.0 * eta - 3.0 + q - np.arange(1, q)
+            i = np.arange(1, q)
+            lp = lp + jnp.sum(order * jnp.log(Lk[i, i])) + data["lkj_const"][k]
+        Ls.append(Lk)
+    phi = sites.get("phi", jnp.zeros(0))
+    beta = _beta_raw(L, intercepts, b, data["x_means"])
     if L.n_phi:
-        numpyro.factor("phi_prior", _family_log_prior(spec, pri, phi, beta, x_means))
+        lp = lp + _family_log_prior(spec, data, phi, beta)
     theta = _theta(L, sds, Ls)
     if marginal:
         from .laplace import GlmmModel
         lap = GlmmModel(spec.structure, spec.family, data["arrays"], L.n_phi)
-        numpyro.factor("log_marginal", -0.5 * lap.laplace_deviance(jnp.concatenate([theta, beta, phi]))[0])
-    else:
-        params = {"beta": beta, "theta": theta, "phi": phi, "u": u}
-        numpyro.factor("log_density", joint_log_density(spec.structure, spec.family,
-                                                        data["arrays"], params))
+        return lp - 0.5 * lap.laplace_deviance(jnp.concatenate([theta, beta, phi]))[0]
+    params = {"beta": beta, "theta": theta, "phi": phi, "u": sites["u"]}
+    return lp + joint_log_density(spec.structure, spec.family, data["arrays"], params)
 
 
 class BayesModel:
@@ -186,17 +302,23 @@ class BayesModel:
                          tuple(model.design.fixef_names),
                          tuple((k, p.dist) for k, p in self.priors.items()))
         self.x_means = np.asarray(model.design.X).mean(axis=0)
-        self.data = {"arrays": model.arrays, "x_means": jnp.asarray(self.x_means),
-                     "priors": {k: jnp.asarray(p.args, jnp.float64) for k, p in self.priors.items()}}
+        consts = {k: log_normalizer(p, half=k.startswith(_HALF_KEYS))
+                  for k, p in self.priors.items() if p.dist != "lkj"}
+        eta = self.priors["cor"].args[0]
+        self.data = {"arrays": model.arrays, "x_means": self.x_means,
+                     "priors": {k: np.asarray(p.args, np.float64) for k, p in self.priors.items()},
+                     "prior_const": {k: np.float64(c) for k, c in consts.items()},
+                     "lkj_const": np.array([lkj_log_normalizer(eta, t.q) if t.q > 1 else 0.0
+                                            for t in self.layout.terms], np.float64)}
 
-    def numpyro_model(self, marginal: bool = False):
-        return numpyro_model(self.spec, self.data, marginal)
+    def blocks(self, marginal: bool = False):
+        return self.spec.blocks(marginal)
 
-    def beta_raw(self, intercepts, b):
-        return _beta_raw(self.layout, intercepts, b, jnp.asarray(self.x_means))
+    def log_posterior(self, z, marginal: bool = False):
+        return log_posterior(self.spec, z, self.data, marginal)
 
-    def theta(self, sds, Ls):
-        return _theta(self.layout, sds, Ls)
+    def unconstrain(self, values: dict, marginal: bool = False) -> np.ndarray:
+        return unconstrain(self.blocks(marginal), values)
 
     def laplace(self):
         from .laplace import GlmmModel
@@ -205,23 +327,50 @@ class BayesModel:
 
     # -- reported quantities ----------------------------------------------------------
     def transform_draws(self, samples: dict) -> dict:
-        """Per-draw reported values: beta (uncentred), theta, natural family parameters."""
-        L = self.layout
+        """Per-draw reported values (chain, draw, ...) from site draws: beta (uncentred),
+        theta, phi, u, the family's natural parameters (``natural``) and the random effects
+        b = Lambda u per factor (``b``, each (chain, draw, levels, q))."""
+        lead = np.shape(next(iter(samples.values())))[:2]
+        flat = {k: np.asarray(v).reshape((-1,) + np.shape(v)[2:]) for k, v in samples.items()}
+        out = jax.device_get(_report_fn(self.spec)(flat, self.x_means))
+        return _unflatten(out, lead)
 
-        def one(s):
-            ints = jnp.stack([s[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
-                if L.intercept_cols else jnp.zeros(0)
-            b = s["b"] if L.slope_cols else jnp.zeros(0)
-            sds = [s[f"sd_{k}"] for k in range(len(L.terms))]
-            Ls = [s.get(f"L_{k}") for k in range(len(L.terms))]
-            phi = s["phi"] if L.n_phi else jnp.zeros(0)
-            return {"beta": self.beta_raw(ints, b), "theta": self.theta(sds, Ls),
-                    "phi": phi, "u": s.get("u", jnp.zeros(L.n_u))}
+    def draws_from_z(self, zs, marginal: bool = False) -> tuple[dict, dict]:
+        """Site draws and reported values (as :meth:`transform_draws`) from unconstrained
+        draws ``zs`` (chain, draw, dim), by one compiled function per model spec."""
+        zs = np.asarray(zs)
+        flat = zs.reshape(-1, zs.shape[-1])
+        sites, report = jax.device_get(_post_fn(self.spec, marginal)(flat, self.x_means))
+        return _unflatten(sites, zs.shape[:2]), _unflatten(report, zs.shape[:2])
 
-        flat = jax.tree.map(lambda v: jnp.asarray(v).reshape((-1,) + v.shape[2:]), samples)
-        out = jax.jit(jax.vmap(one))(flat)
-        n_chain, n_draw = next(iter(samples.values())).shape[:2]
-        return jax.tree.map(lambda v: v.reshape((n_chain, n_draw) + v.shape[1:]), out)
+    def prepare_draws(self, shape: tuple, marginal: bool = False) -> None:
+        """Compile :meth:`draws_from_z` for draws of this (chain, draw) shape now."""
+        dim = dimension(self.blocks(marginal))
+        _post_fn(self.spec, marginal).prepare(np.zeros((int(np.prod(shape)), dim)),
+                                              self.x_means, background=False)
+
+    def centre_values(self) -> dict:
+        """A cheap starting point from the priors and the data, no fit needed: intercepts at
+        the intercept prior's location (brms's link(median(y))), slopes 0, SDs at half the SD
+        prior's scale, no correlation, random effects 0 and the family's moment-based start
+        for its parameters."""
+        L, pri = self.layout, self.priors
+        loc = pri["Intercept"].args[-2] if pri["Intercept"].dist in ("normal", "student_t",
+                                                                   "cauchy") else 0.0
+        vals = {f"Intercept_{k}": np.float64(loc if len(L.intercept_cols) == 1 else 0.0)
+                for k in range(len(L.intercept_cols))}
+        if L.slope_cols:
+            vals["b"] = np.zeros(len(L.slope_cols))
+        for k, t in enumerate(L.terms):
+            p = pri.get(f"sd_{t.group}", pri["sd"])
+            scale = p.args[-1] if p.dist in ("normal", "student_t", "cauchy") else 2.0
+            vals[f"sd_{k}"] = np.full(t.q, 0.5 * scale)
+            if t.correlated and t.q > 1:
+                vals[f"L_{k}"] = np.eye(t.q)
+        vals["u"] = np.zeros(L.n_u)
+        if L.n_phi:
+            vals["phi"] = np.asarray(self.model._phi0(), float)
+        return vals
 
     def init_values(self, ml_fit) -> dict:
         """Site values at a maximum-likelihood fit (a good place to start the chains)."""
@@ -251,3 +400,53 @@ class BayesModel:
                 else np.array([np.log(ml_fit.sigma)])
             vals["phi"] = jnp.asarray(phi)
         return vals
+
+
+def _unflatten(tree, lead: tuple):
+    return jax.tree.map(lambda v: np.asarray(v).reshape(tuple(lead) + np.shape(v)[1:]), tree)
+
+
+def _report_one(spec: Spec, d: dict, x_means) -> dict:
+    """Reported values of one draw of the sites."""
+    from . import resystem as rs
+    L, s = spec.layout, spec.structure
+    ints = jnp.stack([d[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
+        if L.intercept_cols else jnp.zeros(0)
+    b = d["b"] if L.slope_cols else jnp.zeros(0)
+    sds = [d[f"sd_{k}"] for k in range(len(L.terms))]
+    Ls = [d.get(f"L_{k}") for k in range(len(L.terms))]
+    phi = d["phi"] if L.n_phi else jnp.zeros(0)
+    u = d.get("u", jnp.zeros(L.n_u))
+    beta = _beta_raw(L, ints, b, x_means)
+    theta = _theta(L, sds, Ls)
+    return {"beta": beta, "theta": theta, "phi": phi, "u": u,
+            "natural": spec.family.natural_params(phi) if L.n_phi else {},
+            "b": tuple(rs.random_effects(s, rs.lambdas(s, theta), u))}
+
+
+# compiled per model spec, so a same-shape dataset reuses them
+_REPORT_FNS: dict = {}
+_POST_FNS: dict = {}
+
+
+def _report_fn(spec: Spec):
+    """Site draws (N, ...) -> reported values."""
+    if spec not in _REPORT_FNS:
+        _REPORT_FNS[spec] = jax.jit(lambda flat, x_means: jax.vmap(
+            lambda d: _report_one(spec, d, x_means))(flat))
+    return _REPORT_FNS[spec]
+
+
+def _post_fn(spec: Spec, marginal: bool):
+    """Unconstrained draws (N, dim) -> (site draws, reported values)."""
+    key = (spec, marginal)
+    if key not in _POST_FNS:
+        blocks = spec.blocks(marginal)
+
+        def one(z, x_means):
+            sites = constrain(blocks, z)[0]
+            return sites, _report_one(spec, sites, x_means)
+        from .aot import AheadOfTime
+        _POST_FNS[key] = AheadOfTime(jax.jit(
+            lambda zs, x_means: jax.vmap(lambda z: one(z, x_means))(zs)))
+    return _POST_FNS[key]

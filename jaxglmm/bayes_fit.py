@@ -12,40 +12,57 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import optax
-from numpyro.infer import SVI, Trace_ELBO, init_to_value
+from numpyro.distributions import constraints
+from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.hmc import hmc
-from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoNormal
 from numpyro.optim import optax_to_numpyro
 
-from functools import partial
-
-from .bayes import BayesModel, numpyro_model
+from .aot import AheadOfTime
+from .bayes import BayesModel, dimension, log_posterior
 
 NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-                "chain_method", "progress", "priors", "dense_mass"}
-VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors"}
+                "chain_method", "progress", "priors", "dense_mass", "init"}
+VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors",
+              "init"}
+INITS = ("centre", "ml")
 MAP_OPTIONS = {"draws", "seed", "priors", "maxiter"}
 
 
-def _start(model, bm: BayesModel):
-    """Start at the maximum-likelihood (Laplace/REML-free ML) fit."""
+def _start(model, bm: BayesModel) -> dict:
+    """Site values at the maximum-likelihood (ML or Laplace) fit."""
     ml = model.fit("ml" if model._exact_gaussian() else "laplace")
     return bm.init_values(ml)
 
 
-# Compiled NUTS runs, by model spec and sampler settings.  The data are the runner's
-# arguments, so a same-shape dataset reuses one compiled program, with chains in parallel
-# across devices (pmap) or vectorized on one (vmap).  (numpyro's MCMC recompiles parallel
-# chains on every run: its jit_model_args does not cover them.)
-_RUNNERS: dict = {}
+def _starts(model, bm: BayesModel, init: str, n: int, seed: int,
+            jitter: bool = True) -> np.ndarray:
+    """``n`` starting points on the unconstrained scale (n, dim), apart from each other so
+    that R-hat compares chains that started apart:
+
+    * ``"centre"`` (default): :meth:`BayesModel.centre_values` (no fit), each coordinate
+      moved by uniform(-1, 1), as Stan's random inits are uniform(-2, 2);
+    * ``"ml"``: the maximum-likelihood fit (compiled and run first), moved by N(0, 0.1^2).
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    rng = np.random.default_rng(seed)
+    if init == "ml":
+        z = bm.unconstrain(_start(model, bm))
+        move = 0.1 * rng.standard_normal((n,) + z.shape)
+    else:
+        z = bm.unconstrain(bm.centre_values())
+        move = rng.uniform(-1.0, 1.0, (n,) + z.shape)
+    return z[None] + move if jitter else np.repeat(z[None], n, axis=0)
 
 
-def _progress_bar(total: int, enabled: bool):
+def _progress_bar(total: int, enabled: bool, desc: str):
     if not enabled:
         return None, None
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc="NUTS (chain 1)", leave=False)
+    bar = tqdm(total=total, desc=desc, leave=False)
 
     def tick(chain, i):
         if int(chain) == 0:
@@ -54,28 +71,19 @@ def _progress_bar(total: int, enabled: bool):
     return bar, tick
 
 
-def _density_generators(bm: BayesModel, marginal: bool = False):
-    """numpyro's potential and postprocess functions as generators of the data.
+def _ticker(tick, total: int, chain, i):
+    """Report progress about 100 times over ``total`` steps from inside a compiled loop."""
+    if tick is not None:
+        every = max(total // 100, 1)
+        jax.lax.cond(i % every == 0, lambda: jax.debug.callback(tick, chain, i), lambda: None)
 
-    The site transforms depend only on shapes, so they are read from an abstract trace
-    (``jax.eval_shape``): numpyro's ``initialize_model`` runs the model eagerly and checks
-    initial values and gradients, compiling op by op (about 6 s on sleepstudy)."""
-    from numpyro.handlers import seed, substitute
-    from numpyro.infer import init_to_uniform
-    from numpyro.infer.util import _get_model_transforms, get_potential_fn
-    model = partial(numpyro_model, bm.spec, marginal=marginal)
-    found = {}
 
-    def trace(data):
-        traced = substitute(seed(model, rng_seed=0), substitute_fn=init_to_uniform)
-        found["t"] = _get_model_transforms(traced, (data,), {})
-        return jnp.zeros(())
-
-    jax.eval_shape(trace, bm.data)
-    inv_transforms, replay_model, _, _ = found["t"]
-    potential_gen, post_gen = get_potential_fn(model, inv_transforms, replay_model=replay_model,
-                                               dynamic_args=True, model_args=(bm.data,))
-    return potential_gen, post_gen, inv_transforms
+# --------------------------------------------------------------------------- NUTS
+# Compiled NUTS runs, by model spec and sampler settings.  The data are the runner's
+# arguments, so a same-shape dataset reuses one compiled program, with chains in parallel
+# across devices (pmap) or vectorized on one (vmap).  (numpyro's MCMC recompiles parallel
+# chains on every run: its jit_model_args does not cover them.)
+_RUNNERS: dict = {}
 
 
 def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
@@ -83,11 +91,11 @@ def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
     if key in _RUNNERS:
         return _RUNNERS[key]
     warmup, draws, accept, depth, dense, progress = settings
-    potential_gen, post_gen, transforms = _density_generators(bm)
-    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+    spec = bm.spec
+    init_kernel, sample_kernel = hmc(
+        potential_fn_gen=lambda data: lambda z: -log_posterior(spec, z, data), algo="NUTS")
     total = warmup + draws
-    every = max(total // 100, 1)
-    bar, tick = _progress_bar(total, progress)
+    bar, tick = _progress_bar(total, progress, "NUTS (chain 1)")
 
     def one_chain(chain, rng_key, z0, data):
         state = init_kernel(z0, num_warmup=warmup, target_accept_prob=accept,
@@ -96,38 +104,17 @@ def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
 
         def step(state, i):
             state = sample_kernel(state, model_args=(data,))
-            if tick is not None:
-                jax.lax.cond(i % every == 0, lambda: jax.debug.callback(tick, chain, i),
-                             lambda: None)
+            _ticker(tick, total, chain, i)
             return state, (state.z, state.diverging, state.num_steps)
 
         _, (zs, div, steps) = jax.lax.scan(step, state, jnp.arange(total))
-        return jax.tree.map(lambda v: v[warmup:], zs), div[warmup:], steps[warmup:]
+        return zs[warmup:], div[warmup:], steps[warmup:]
 
     axes = (0, 0, 0, None)
     chains_fn = jax.pmap(one_chain, in_axes=axes) if parallel else \
         jax.jit(jax.vmap(one_chain, in_axes=axes))
-    # unconstrained draws -> site values, compiled apart from the sampler (inside it, the
-    # model re-traced per draw made the sampler's compile several times slower)
-    constrain = jax.jit(lambda zs, data: jax.vmap(jax.vmap(post_gen(data)))(zs))
-
-    def fn(chain_ids, keys, inits, data):
-        zs, div, steps = chains_fn(chain_ids, keys, inits, data)
-        return constrain(zs, data), div, steps
-
-    _RUNNERS[key] = (fn, bar, transforms)
-    return fn, bar, transforms
-
-
-def _chain_inits(transforms: dict, values: dict, chains: int, seed: int) -> dict:
-    """Each chain starts near the maximum-likelihood fit, jittered on the unconstrained scale
-    so that R-hat compares chains that started apart."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, t in transforms.items():
-        z = np.asarray(t.inv(jnp.asarray(values[name])))
-        out[name] = jnp.asarray(z[None] + 0.1 * rng.standard_normal((chains,) + z.shape))
-    return out
+    _RUNNERS[key] = (AheadOfTime(chains_fn), bar)
+    return _RUNNERS[key]
 
 
 def run_nuts(model, options: dict):
@@ -144,14 +131,18 @@ def run_nuts(model, options: dict):
     settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
                 float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
                 bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
-    start = _start(model, bm)
-    fn, bar, transforms = _runner(bm, settings, chains, method == "parallel")
+    fn, bar = _runner(bm, settings, chains, method == "parallel")
     seed = int(options.get("seed", 0))
-    inits = _chain_inits(transforms, start, chains, seed)
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
+    ids = np.arange(chains)
+    dim = dimension(bm.blocks())
+    # the sampler compiles in the background while the start is found
+    fn.prepare(ids, keys, np.zeros((chains, dim)), bm.data)
+    z0 = _starts(model, bm, options.get("init", "centre"), chains, seed)
+    bm.prepare_draws((chains, settings[1]))
     if bar is not None:
         bar.reset()
-    samples, div, steps = jax.device_get(fn(jnp.arange(chains), keys, inits, bm.data))
+    zs, div, steps = jax.device_get(fn(ids, keys, z0, bm.data))
     if bar is not None:
         bar.n = bar.total
         bar.refresh()
@@ -160,38 +151,95 @@ def run_nuts(model, options: dict):
             "max_tree_depth_hits": int(np.sum(steps >= 2 ** settings[3] - 1)),
             "mean_tree_depth": float(np.mean(np.log2(steps + 1))),
             "chain_method": method}
-    samples = {k: v for k, v in samples.items() if not k.endswith(("_prior", "log_density"))}
-    return bm, samples, diag
+    return (bm,) + bm.draws_from_z(zs) + (diag,)
+
+
+# --------------------------------------------------------------------------- VI
+def _vi_model(spec, data, z0):
+    z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), z0.shape))
+    numpyro.factor("log_posterior", log_posterior(spec, z, data))
+
+
+def _guide_dist(kind: str, params: dict):
+    scale = params["scale"]
+    if kind == "meanfield":
+        return dist.Normal(params["loc"], scale).to_event(1)
+    return dist.LowRankMultivariateNormal(params["loc"], params["cov_factor"] * scale[:, None],
+                                          scale * scale)
+
+
+def _vi_guide(kind: str, rank: int, spec, data, z0):
+    """numpyro's AutoNormal / AutoLowRankMultivariateNormal on the flat vector, started at
+    ``z0`` with scale 0.01."""
+    params = {"loc": numpyro.param("loc", z0),
+              "scale": numpyro.param("scale", jnp.full(z0.shape, 0.01),
+                                     constraint=constraints.softplus_positive)}
+    if kind == "lowrank":
+        params["cov_factor"] = numpyro.param("cov_factor", jnp.zeros(z0.shape + (rank,)))
+    numpyro.sample("z", _guide_dist(kind, params))
+
+
+_VI_RUNNERS: dict = {}
+
+
+def _vi_runner(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, progress: bool):
+    """Compiled SVI (numpyro's SVI and Trace_ELBO, optax Adam): ``steps`` updates in one
+    ``lax.scan``, with the data and the start as arguments."""
+    key = (bm.spec, kind, rank, steps, lr, progress)
+    if key in _VI_RUNNERS:
+        return _VI_RUNNERS[key]
+    from functools import partial
+    svi = SVI(partial(_vi_model, bm.spec), partial(_vi_guide, kind, rank, bm.spec),
+              optax_to_numpyro(optax.adam(lr)), Trace_ELBO())
+    bar, tick = _progress_bar(steps, progress, "VI")
+
+    def run(rng_key, data, z0):
+        state = svi.init(rng_key, data, z0)
+
+        def step(state, i):
+            state, loss = svi.update(state, data, z0)
+            _ticker(tick, steps, 0, i)
+            return state, loss
+
+        state, losses = jax.lax.scan(step, state, jnp.arange(steps))
+        return svi.get_params(state), losses
+
+    _VI_RUNNERS[key] = (AheadOfTime(jax.jit(run)), bar)
+    return _VI_RUNNERS[key]
 
 
 def run_vi(model, options: dict):
     bm = BayesModel(model, options.get("priors"))
     kind = options.get("guide", "meanfield")
-    init = init_to_value(values=_start(model, bm))
-    if kind == "meanfield":
-        guide = AutoNormal(bm.numpyro_model, init_loc_fn=init, init_scale=0.01)
-    elif kind == "lowrank":
-        guide = AutoLowRankMultivariateNormal(bm.numpyro_model, init_loc_fn=init,
-                                              rank=options.get("rank"), init_scale=0.01)
-    else:
+    if kind not in ("meanfield", "lowrank"):
         raise ValueError(f"guide must be 'meanfield' or 'lowrank', got {kind!r}")
-    opt = optax_to_numpyro(optax.adam(float(options.get("learning_rate", 0.01))))
-    svi = SVI(bm.numpyro_model, guide, opt, Trace_ELBO())
+    dim = dimension(bm.blocks())
+    rank = int(options.get("rank") or max(int(round(dim ** 0.5)), 1))
     steps = int(options.get("steps", 20000))
+    fn, bar = _vi_runner(bm, kind, rank, steps, float(options.get("learning_rate", 0.01)),
+                                   bool(options.get("progress", True)))
     key = jax.random.PRNGKey(int(options.get("seed", 0)))
-    res = svi.run(key, steps, progress_bar=bool(options.get("progress", True)))
+    fn.prepare(key, bm.data, np.zeros(dim))
+    bm.prepare_draws((1, int(options.get("draws", 1000))))
+    z0 = _starts(model, bm, options.get("init", "centre"), 1, 0, jitter=False)[0]
+    if bar is not None:
+        bar.reset()
+    params, losses = jax.device_get(fn(key, bm.data, z0))
+    if bar is not None:
+        bar.n = bar.total
+        bar.refresh()
     draws = int(options.get("draws", 1000))
-    post = guide.sample_posterior(jax.random.fold_in(key, 1), res.params, sample_shape=(1, draws))
-    samples = {k: v for k, v in post.items() if not k.endswith(("_prior", "log_density"))}
-    elbo = -np.asarray(res.losses)
+    zs = np.asarray(_guide_dist(kind, params).sample(jax.random.fold_in(key, 1), (1, draws)))
+    elbo = -np.asarray(losses)
     window = max(steps // 10, 10)
     late, early = elbo[-window:].mean(), elbo[-2 * window:-window].mean()
     rel = abs(late - early) / max(abs(late), 1.0)
     diag = {"elbo_trace": elbo, "elbo_relative_change": float(rel), "guide": kind,
             "converged": bool(rel < 1e-3)}
-    return bm, samples, diag
+    return (bm,) + bm.draws_from_z(zs) + (diag,)
 
 
+# --------------------------------------------------------------------------- MAP
 _MAP_RUNNERS: dict = {}
 
 
@@ -201,24 +249,12 @@ def _map_runner(bm: BayesModel, maxiter: int):
     if key in _MAP_RUNNERS:
         return _MAP_RUNNERS[key]
     from .optimize import minimize
-    potential_gen, post_gen, transforms = _density_generators(bm, marginal=True)
-    names = sorted(transforms)
-    shapes = {}
-
-    def unravel(x):
-        out, pos = {}, 0
-        for n in names:
-            size = int(np.prod(shapes[n]))
-            out[n] = x[pos:pos + size].reshape(shapes[n])
-            pos += size
-        return out
-
+    spec = bm.spec
     # The project's BFGS (one call site of the objective, which holds a whole inner Laplace
     # solve) compiles in a fraction of optax L-BFGS's time with its zoom line search.
-    optimize = jax.jit(lambda x0, data: minimize(lambda x: potential_gen(data)(unravel(x)),
-                                                 x0, maxiter=maxiter))
-    constrain = jax.jit(lambda zs, data: jax.vmap(lambda z: post_gen(data)(unravel(z)))(zs))
-    _MAP_RUNNERS[key] = (optimize, constrain, transforms, names, shapes)
+    optimize = jax.jit(lambda x0, data: minimize(
+        lambda x: -log_posterior(spec, x, data, marginal=True), x0, maxiter=maxiter))
+    _MAP_RUNNERS[key] = AheadOfTime(optimize)
     return _MAP_RUNNERS[key]
 
 
@@ -228,31 +264,41 @@ def run_map(model, options: dict):
     uncertainty from a normal approximation there (finite-difference Hessian of the exact
     gradient).  Random effects are the conditional modes at the posterior mode."""
     bm = BayesModel(model, options.get("priors"))
-    optimize, constrain, transforms, names, shapes = _map_runner(bm, int(options.get("maxiter", 500)))
-    start = _start(model, bm)
-    z0 = {n: np.asarray(transforms[n].inv(jnp.asarray(start[n]))) for n in names}
-    shapes.update({n: z0[n].shape for n in names})
-    x0 = jnp.concatenate([jnp.ravel(jnp.asarray(z0[n])) for n in names])
+    optimize = _map_runner(bm, int(options.get("maxiter", 500)))
+    optimize.prepare(np.zeros(dimension(bm.blocks(marginal=True))), bm.data)
+    x0 = bm.unconstrain(_start(model, bm), marginal=True)
     opt = optimize(x0, bm.data)
-    x = opt.x
+    x = np.asarray(opt.x)
     H = np.asarray(opt.hessian)
     evals = np.linalg.eigvalsh(H)
     cov = np.linalg.inv(H)
     cov = 0.5 * (cov + cov.T)
     draws = int(options.get("draws", 1000))
     z = np.random.default_rng(int(options.get("seed", 0))).multivariate_normal(
-        np.asarray(x), cov, size=draws, method="eigh")
-    post = constrain(jnp.asarray(z), bm.data)
-    mode = constrain(x[None], bm.data)
+        x, cov, size=draws, method="eigh")
+    # the mode first, then the draws
+    sites, report = bm.draws_from_z(np.concatenate([x[None], z])[None], marginal=True)
     # conditional modes of u at the posterior mode, shared by every draw
-    d = bm.transform_draws({k: v[None] for k, v in mode.items() if k in post})
-    u = jax.jit(bm.laplace().mode)(d["theta"][0, 0], d["beta"][0, 0], d["phi"][0, 0])
-    samples = {k: v[None] for k, v in post.items()
-               if not k.endswith(("_prior", "log_marginal"))}
-    samples["u"] = jnp.broadcast_to(u, (1, draws) + u.shape)
+    u = np.asarray(_map_u(bm)(report["theta"][0, 0], report["beta"][0, 0], report["phi"][0, 0],
+                              bm.data["arrays"]))
+    samples = {k: v[:, 1:] for k, v in sites.items()}
+    samples["u"] = np.broadcast_to(u, (1, draws) + u.shape)
     diag = {"grad_max": float(jnp.max(jnp.abs(opt.grad))), "n_iter": int(opt.n_iter),
             "hessian_pd": bool(evals.min() > 0)}
-    return bm, samples, diag
+    return bm, samples, None, diag
+
+
+_MAP_U: dict = {}
+
+
+def _map_u(bm: BayesModel):
+    """Compiled conditional mode of u given (theta, beta, phi) and the data, per spec."""
+    if bm.spec not in _MAP_U:
+        from .laplace import GlmmModel
+        spec = bm.spec
+        _MAP_U[bm.spec] = jax.jit(lambda th, b, ph, arrays: GlmmModel(
+            spec.structure, spec.family, arrays, spec.layout.n_phi).mode(th, b, ph))
+    return _MAP_U[bm.spec]
 
 
 RUNNERS = {"nuts": (run_nuts, NUTS_OPTIONS), "vi": (run_vi, VI_OPTIONS), "map": (run_map, MAP_OPTIONS)}
@@ -270,9 +316,9 @@ def fit_bayes(model, method: str, options: dict):
     from .posterior import posterior_result
     check_options(method, options)
     start = time.perf_counter()
-    bm, samples, diag = RUNNERS[method][0](model, options)
+    bm, samples, report, diag = RUNNERS[method][0](model, options)
     return posterior_result(model, bm, method, options, samples, diag,
-                            time.perf_counter() - start)
+                            time.perf_counter() - start, report)
 
 
 __all__ = ["fit_bayes", "check_options"]

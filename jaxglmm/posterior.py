@@ -1,26 +1,24 @@
 """Draws -> the result record: named posterior draws, diagnostics and the usual accessors."""
 from __future__ import annotations
 
-import arviz as az
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import resystem as rs
+from . import diagnostics as dg
 from .priors import describe
 from .result import FitResult
 
 RHAT_MAX = 1.01
 
 
-def named_draws(model, bm, samples) -> tuple[dict, dict]:
-    """Scalar draws by name (chain, draw) and random-effect draws (chain, draw, level, q)."""
-    d = jax.device_get(bm.transform_draws(samples))
-    design, s, fam = model.design, model.structure, model.family
+def named_draws(model, bm, samples, report=None) -> tuple[dict, dict]:
+    """Scalar draws by name (chain, draw) and random-effect draws (chain, draw, level, q);
+    ``report``: :meth:`BayesModel.transform_draws` of the samples, where already known."""
+    d = bm.transform_draws(samples) if report is None else report
+    design, s = model.design, model.structure
     out = {}
     for j, name in enumerate(design.fixef_names):
-        out[f"b_{name}"] = np.asarray(d["beta"][..., j])
+        out[f"b_{name}"] = d["beta"][..., j]
     for k, t in enumerate(bm.layout.terms):
         sd = np.asarray(samples[f"sd_{k}"])
         for i, name in enumerate(t.names):
@@ -31,51 +29,39 @@ def named_draws(model, bm, samples) -> tuple[dict, dict]:
             for i in range(t.q):
                 for j2 in range(i + 1, t.q):
                     out[f"cor_{t.label}__{t.names[i]}__{t.names[j2]}"] = R[..., j2, i]
-    if d["phi"].shape[-1]:
-        nat = jax.jit(jax.vmap(jax.vmap(fam.natural_params)))(jnp.asarray(d["phi"]))
-        for name, v in nat.items():
-            v = np.asarray(v)
-            if v.ndim == 2:
-                out[name] = v
-            else:
-                for i in range(v.shape[-1]):
-                    label = "threshold" if name == "thresholds" else name
-                    out[f"{label}[{i + 1}]"] = v[..., i]
-    # random effects b = Lambda u per draw
-    theta, u = jnp.asarray(d["theta"]), jnp.asarray(d["u"])
-    flat_t = theta.reshape((-1,) + theta.shape[2:])
-    flat_u = u.reshape((-1,) + u.shape[2:])
-    bs = jax.jit(jax.vmap(lambda th, uu: rs.random_effects(s, rs.lambdas(s, th), uu)))(flat_t, flat_u)
-    shape = theta.shape[:2]
+    for name, v in d["natural"].items():
+        if v.ndim == 2:
+            out[name] = v
+        else:
+            for i in range(v.shape[-1]):
+                label = "threshold" if name == "thresholds" else name
+                out[f"{label}[{i + 1}]"] = v[..., i]
     re = {}
-    for f, b in zip(s.factors, bs):
-        b = np.asarray(b).reshape(shape + b.shape[1:])
+    for f, b in zip(s.factors, d["b"]):
         for t in f.terms:
             re[(t.label, tuple(t.names))] = b[..., t.col0:t.col0 + t.q]
     return out, re
 
 
 def summarize(draws: dict) -> pd.DataFrame:
+    """One row per quantity: mean, sd, 95% interval, R-hat (several chains), bulk and tail
+    ESS, MCSE of the mean."""
     rows = {}
     n_chains = next(iter(draws.values())).shape[0]
     for name, v in draws.items():
-        ds = az.convert_to_dataset({"x": v})
+        v = np.asarray(v, float)
         flat = v.reshape(-1)
-        row = {"mean": flat.mean(), "sd": flat.std(ddof=1),
-               "q2.5": np.quantile(flat, 0.025), "q97.5": np.quantile(flat, 0.975)}
-        if n_chains > 1:
-            row["rhat"] = float(az.rhat(ds)["x"])
-        else:
-            row["rhat"] = np.nan
-        row["ess_bulk"] = float(az.ess(ds, method="bulk")["x"])
-        row["ess_tail"] = float(az.ess(ds, method="tail")["x"])
-        row["mcse_mean"] = float(az.mcse(ds)["x"])
-        rows[name] = row
+        rows[name] = {"mean": flat.mean(), "sd": flat.std(ddof=1),
+                      "q2.5": np.quantile(flat, 0.025), "q97.5": np.quantile(flat, 0.975),
+                      "rhat": dg.rhat(v) if n_chains > 1 else np.nan,
+                      "ess_bulk": dg.ess_bulk(v), "ess_tail": dg.ess_tail(v),
+                      "mcse_mean": dg.mcse_mean(v)}
     return pd.DataFrame(rows).T
 
 
-def posterior_result(model, bm, method, options, samples, diag, seconds) -> FitResult:
-    draws, re = named_draws(model, bm, samples)
+def posterior_result(model, bm, method, options, samples, diag, seconds,
+                     report=None) -> FitResult:
+    draws, re = named_draws(model, bm, samples, report)
     summary = summarize(draws)
     design, s = model.design, model.structure
     names = list(design.fixef_names)
@@ -137,12 +123,11 @@ def posterior_result(model, bm, method, options, samples, diag, seconds) -> FitR
         if not converged:
             messages.append("posterior mode not reached or Hessian not positive definite "
                             f"(max |grad| {diag['grad_max']:.2e})")
-    idata = az.from_dict(posterior=draws)
     n_params = len(names) + s.n_theta + int(np.size(model._phi0()))
     return FitResult(model=model, method=method, fixef=fixef, fixef_se=se, vcov=vcov,
                      varcorr=varcorr, sigma=sigma, family_params=fparams, loglik=None,
                      df=n_params, ranef=ranef, converged=bool(converged), singular=False,
                      messages=tuple(messages), seconds=seconds, theta=np.full(s.n_theta, np.nan),
                      n_iter=0, b=tuple(b_terms), options=dict(options),
-                     optinfo={}, posterior=idata, posterior_summary=summary,
+                     optinfo={}, draws=draws, posterior_summary=summary,
                      priors=tuple(describe(bm.priors)), diagnostics=diag)

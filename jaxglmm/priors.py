@@ -19,25 +19,73 @@ decimal) for identity and log links, else ``m = 0, s = 2.5`` (checked against
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy import special, stats
+from scipy import special
 
+# name: (number of arguments, log-density kernel(x, *args) with the terms that depend on x,
+# log normaliser(*args) on the host).  The kernel runs inside compiled samplers with the
+# arguments as data; the normaliser is a constant there, computed once per fit.
 _DISTS = {
-    # name: (number of arguments, log density(x, *args))
-    "normal": (2, lambda x, m, s: stats.norm.logpdf(x, m, s)),
-    "student_t": (3, lambda x, df, m, s: stats.t.logpdf(x, df, m, s)),
-    "cauchy": (2, lambda x, m, s: stats.cauchy.logpdf(x, m, s)),
-    "exponential": (1, lambda x, r: jnp.log(r) - r * x),
-    "gamma": (2, lambda x, a, b: stats.gamma.logpdf(x, a, scale=1.0 / b)),
-    "beta": (2, lambda x, a, b: stats.beta.logpdf(x, a, b)),
-    "lkj": (1, None),
-    "flat": (0, lambda x: jnp.zeros_like(x)),
+    "normal": (2, lambda x, m, s: -0.5 * jnp.square((x - m) / s),
+               lambda m, s: -math.log(s) - 0.5 * math.log(2 * math.pi)),
+    "student_t": (3, lambda x, df, m, s: -0.5 * (df + 1) * jnp.log1p(jnp.square((x - m) / s) / df),
+                  lambda df, m, s: math.lgamma(0.5 * (df + 1)) - math.lgamma(0.5 * df)
+                  - 0.5 * math.log(df * math.pi) - math.log(s)),
+    "cauchy": (2, lambda x, m, s: -jnp.log1p(jnp.square((x - m) / s)),
+               lambda m, s: -math.log(math.pi * s)),
+    "exponential": (1, lambda x, r: -r * x, lambda r: math.log(r)),
+    "gamma": (2, lambda x, a, b: (a - 1) * jnp.log(x) - b * x,
+              lambda a, b: a * math.log(b) - math.lgamma(a)),
+    "beta": (2, lambda x, a, b: (a - 1) * jnp.log(x) + (b - 1) * jnp.log1p(-x),
+             lambda a, b: math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)),
+    "lkj": (1, None, None),
+    "flat": (0, lambda x: jnp.zeros_like(x), lambda: 0.0),
 }
 _HALF = {"normal", "student_t", "cauchy"}
+
+
+def _mass_above_zero(dist: str, args) -> float:
+    """P(X > 0) for the untruncated location-scale prior (the half prior's renormaliser)."""
+    loc, scale = args[-2], args[-1]
+    if dist == "normal":
+        return float(special.ndtr(loc / scale))
+    if dist == "cauchy":
+        return 0.5 + math.atan(loc / scale) / math.pi
+    return float(special.stdtr(args[0], loc / scale))
+
+
+def kernel(dist: str, x, args):
+    """The x-dependent part of a prior's log density, ``args`` possibly traced."""
+    fn = _DISTS[dist][1]
+    if fn is None:
+        raise ValueError(f"{dist} is a prior on correlation matrices only")
+    return fn(x, *(args[i] for i in range(_DISTS[dist][0])))
+
+
+def log_normalizer(prior: "Prior", half: bool = False) -> float:
+    """The constant part of a prior's log density (renormalised over x > 0 for a half
+    prior, as brms does)."""
+    fn = _DISTS[prior.dist][2]
+    if fn is None:
+        raise ValueError(f"{prior} is a prior on correlation matrices only")
+    c = fn(*prior.args)
+    if half and prior.dist in _HALF:
+        c -= math.log(_mass_above_zero(prior.dist, prior.args))
+    return c
+
+
+def lkj_log_normalizer(eta: float, q: int) -> float:
+    """Log normaliser of the LKJ(eta) density of a q x q correlation Cholesky factor."""
+    dm1 = q - 1
+    alpha = eta + 0.5 * dm1
+    multigamma = 0.25 * dm1 * (dm1 - 1) * math.log(math.pi) + sum(
+        math.lgamma(alpha - 0.5 + 0.5 * (1 - j)) for j in range(1, dm1 + 1))
+    return -(0.5 * dm1 * math.log(math.pi) + multigamma - dm1 * math.lgamma(alpha))
 
 
 @dataclass(frozen=True)
@@ -55,25 +103,7 @@ class Prior:
     def log_prob(self, x, half: bool = False):
         """Log density at ``x``; ``half=True`` for a parameter bounded below by 0 (the
         density is renormalised over the positive half, as brms does)."""
-        fn = _DISTS[self.dist][1]
-        if fn is None:
-            raise ValueError(f"{self} is a prior on correlation matrices only")
-        lp = fn(x, *self.args)
-        if half and self.dist in _HALF:
-            loc = self.args[-2]
-            scale = self.args[-1]
-            # mass above zero of the untruncated distribution
-            if self.dist == "normal":
-                above = special.ndtr(loc / scale)
-            elif self.dist == "cauchy":
-                above = 0.5 + jnp.arctan(loc / scale) / jnp.pi
-            else:   # Student-t: P(T > -loc/scale) through the regularized incomplete beta
-                df = self.args[0]
-                t = -loc / scale
-                tail = 0.5 * special.betainc(df / 2.0, 0.5, df / (df + t * t))
-                above = jnp.where(t <= 0, 1.0 - tail, tail)
-            lp = lp - jnp.log(above)
-        return lp
+        return kernel(self.dist, x, self.args) + log_normalizer(self, half)
 
 
 def parse_prior(text: str | Prior) -> Prior:

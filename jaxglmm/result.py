@@ -1,6 +1,7 @@
 """The fitted result: an immutable record with pandas accessors, prediction and simulation."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,9 @@ class FitResult:
     ranef: dict group -> DataFrame indexed by level: conditional modes and ``<term>_sd``
         conditional SDs.
     loglik: maximized log-likelihood (REML criterion -REMLcrit/2 for REML).
-    posterior: ArviZ InferenceData of the draws (``nuts``, ``vi``, ``map``), else None;
-        ``posterior_summary`` its table (mean, sd, q2.5, q97.5, rhat, ess_bulk, ess_tail,
+    draws: the named posterior draws, each (chain, draw) (``nuts``, ``vi``, ``map``), else
+        None; ``posterior`` the same as ArviZ InferenceData (built on first use);
+        ``posterior_summary`` their table (mean, sd, q2.5, q97.5, rhat, ess_bulk, ess_tail,
         mcse_mean); ``priors`` the priors in use; ``diagnostics`` the sampler's record.
     optinfo: the optimizer's record (as MixedModels.jl's OptSummary): ``x`` (final outer
         parameters), ``objective`` and ``objective0`` (deviance scale, final and initial),
@@ -58,10 +60,18 @@ class FitResult:
     b: tuple = field(repr=False, default=())
     options: dict = field(default_factory=dict)
     optinfo: dict = field(repr=False, default_factory=dict)
-    posterior: Any = field(repr=False, default=None)
+    draws: dict | None = field(repr=False, default=None)
     posterior_summary: pd.DataFrame | None = field(repr=False, default=None)
     priors: tuple = ()
     diagnostics: dict = field(repr=False, default_factory=dict)
+
+    @functools.cached_property
+    def posterior(self):
+        """ArviZ InferenceData of :attr:`draws` (None for a likelihood fit)."""
+        if self.draws is None:
+            return None
+        import arviz as az
+        return az.from_dict(posterior=self.draws)
 
     # ------------------------------------------------------------------ information criteria
     @property

@@ -1,0 +1,50 @@
+"""Ahead-of-time compiled functions, by argument shapes, optionally compiled in the background.
+
+The Bayesian runners trace (Python) on the caller's thread and hand the XLA compile of the
+sampler to a worker thread, so that the caller can lower and compile the small functions
+around it (or find a starting point) while the big one compiles.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import jax
+import numpy as np
+
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxglmm-compile")
+
+
+def shape_key(args) -> tuple:
+    leaves, tree = jax.tree.flatten(args)
+    return (tree,) + tuple((np.shape(x), np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype).str)
+                           for x in leaves)
+
+
+class AheadOfTime:
+    """A jitted (or pmapped) function's executables, one per argument shapes and dtypes."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict[tuple, Future] = {}
+        self.lock = threading.Lock()
+
+    def prepare(self, *args, background: bool = True) -> Future:
+        """Lower for these arguments' shapes (now) and compile (in the background, or now)."""
+        key = shape_key(args)
+        with self.lock:
+            if key not in self.compiled:
+                lowered = self.fn.lower(*args)
+                if background:
+                    self.compiled[key] = _POOL.submit(lowered.compile)
+                else:
+                    done = Future()
+                    done.set_result(lowered.compile())
+                    self.compiled[key] = done
+            return self.compiled[key]
+
+    def __call__(self, *args):
+        return self.prepare(*args, background=False).result()(*args)
+
+
+__all__ = ["AheadOfTime", "shape_key"]
