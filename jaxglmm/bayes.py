@@ -214,6 +214,7 @@ class Spec:
     layout: Layout
     fixef_names: tuple[str, ...]
     prior_dists: tuple[tuple[str, str], ...]      # (key, distribution name)
+    exact_marginal: bool = False     # gaussian, identity link: u integrates out exactly
 
     def blocks(self, marginal: bool = False) -> tuple[Block, ...]:
         return make_blocks(self.layout, marginal)
@@ -247,7 +248,8 @@ def _family_log_prior(spec: Spec, data, phi, beta):
 def log_posterior(spec: Spec, z, data, marginal: bool = False):
     """Unnormalised log posterior density of the flat unconstrained vector ``z`` (the
     log-Jacobian of the transforms included).  With ``marginal=True`` the random effects are
-    integrated out by the Laplace approximation (``z`` has no ``u``), for the posterior mode.
+    integrated out (``z`` has no ``u``): exactly for a gaussian model with the identity link
+    (the collapsed posterior), else by the Laplace approximation (for the posterior mode).
 
     Pure in ``(z, data)``: one compiled sampler serves every same-shape dataset."""
     from .model import joint_log_density
@@ -281,6 +283,10 @@ def log_posterior(spec: Spec, z, data, marginal: bool = False):
     if L.n_phi:
         lp = lp + _family_log_prior(spec, data, phi, beta)
     theta = _theta(L, sds, Ls)
+    if marginal and spec.exact_marginal:
+        from .lmm import marginal_loglik
+        sigma = spec.family.natural_params(phi)["sigma"]
+        return lp + marginal_loglik(spec.structure, data["lmm"], theta / sigma, beta, sigma)
     if marginal:
         from .laplace import GlmmModel
         lap = GlmmModel(spec.structure, spec.family, data["arrays"], L.n_phi)
@@ -298,9 +304,10 @@ class BayesModel:
         self.priors = resolve_priors(model, priors)
         self.layout = make_layout(model)
         self.family_param_names = tuple(model.family.natural_params(model._phi0()).keys())
+        exact = bool(model._exact_gaussian()) and self.layout.n_u > 0
         self.spec = Spec(model.structure, model.family, self.layout,
                          tuple(model.design.fixef_names),
-                         tuple((k, p.dist) for k, p in self.priors.items()))
+                         tuple((k, p.dist) for k, p in self.priors.items()), exact)
         self.x_means = np.asarray(model.design.X).mean(axis=0)
         consts = {k: log_normalizer(p, half=k.startswith(_HALF_KEYS))
                   for k, p in self.priors.items() if p.dist != "lkj"}
@@ -310,6 +317,8 @@ class BayesModel:
                      "prior_const": {k: np.float64(c) for k, c in consts.items()},
                      "lkj_const": np.array([lkj_log_normalizer(eta, t.q) if t.q > 1 else 0.0
                                             for t in self.layout.terms], np.float64)}
+        if exact:
+            self.data["lmm"] = _lmm_data_fn(model.structure)(model.arrays)
 
     def blocks(self, marginal: bool = False):
         return self.spec.blocks(marginal)
@@ -335,19 +344,29 @@ class BayesModel:
         out = jax.device_get(_report_fn(self.spec)(flat, self.x_means))
         return _unflatten(out, lead)
 
-    def draws_from_z(self, zs, marginal: bool = False) -> tuple[dict, dict]:
+    def draws_from_z(self, zs, marginal: bool = False, draw_u: bool = False,
+                     seed: int = 0) -> tuple[dict, dict]:
         """Site draws and reported values (as :meth:`transform_draws`) from unconstrained
-        draws ``zs`` (chain, draw, dim), by one compiled function per model spec."""
+        draws ``zs`` (chain, draw, dim), by one compiled function per model spec.  With
+        ``draw_u`` (a collapsed gaussian posterior) each draw gets random effects drawn from
+        their exact conditional distribution."""
         zs = np.asarray(zs)
         flat = zs.reshape(-1, zs.shape[-1])
-        sites, report = jax.device_get(_post_fn(self.spec, marginal)(flat, self.x_means))
+        args = self._post_args(flat, draw_u, seed)
+        sites, report = jax.device_get(_post_fn(self.spec, marginal, draw_u)(*args))
         return _unflatten(sites, zs.shape[:2]), _unflatten(report, zs.shape[:2])
 
-    def prepare_draws(self, shape: tuple, marginal: bool = False) -> None:
+    def prepare_draws(self, shape: tuple, marginal: bool = False, draw_u: bool = False) -> None:
         """Compile :meth:`draws_from_z` for draws of this (chain, draw) shape now."""
-        dim = dimension(self.blocks(marginal))
-        _post_fn(self.spec, marginal).prepare(np.zeros((int(np.prod(shape)), dim)),
-                                              self.x_means, background=False)
+        flat = np.zeros((int(np.prod(shape)), dimension(self.blocks(marginal))))
+        _post_fn(self.spec, marginal, draw_u).prepare(*self._post_args(flat, draw_u, 0),
+                                                      background=False)
+
+    def _post_args(self, flat, draw_u: bool, seed: int) -> tuple:
+        if not draw_u:
+            return flat, self.x_means
+        eps = np.random.default_rng(seed).standard_normal((flat.shape[0], self.layout.n_u))
+        return flat, self.x_means, self.data["lmm"], eps
 
     def centre_values(self) -> dict:
         """A cheap starting point from the priors and the data, no fit needed: intercepts at
@@ -394,7 +413,9 @@ class BayesModel:
                 R = C / np.outer(sd, sd) + 1e-3 * np.eye(t.q)
                 R = R / np.sqrt(np.outer(np.diag(R), np.diag(R)))
                 vals[f"L_{k}"] = jnp.asarray(np.linalg.cholesky(R))
-        vals["u"] = jnp.asarray(ml_fit.optinfo.get("u", np.zeros(L.n_u)))
+        u = np.asarray(ml_fit.optinfo.get("u", np.zeros(L.n_u)))
+        # the LMM's u is on lme4's scale (variance sigma^2); here u ~ N(0, I)
+        vals["u"] = u / ml_fit.sigma if self.model._exact_gaussian() else u
         if L.n_phi:
             phi = np.asarray(ml_fit.optinfo["x"])[-L.n_phi:] if not self.model._exact_gaussian() \
                 else np.array([np.log(ml_fit.sigma)])
@@ -437,16 +458,49 @@ def _report_fn(spec: Spec):
     return _REPORT_FNS[spec]
 
 
-def _post_fn(spec: Spec, marginal: bool):
-    """Unconstrained draws (N, dim) -> (site draws, reported values)."""
-    key = (spec, marginal)
+def _conditional_u(spec: Spec, sites: dict, x_means, lmm, eps):
+    """Random effects (unit scale, b = Lambda u) of a collapsed gaussian draw, from their
+    exact conditional distribution."""
+    from .lmm import conditional_u
+    L = spec.layout
+    ints = jnp.stack([sites[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
+        if L.intercept_cols else jnp.zeros(0)
+    beta = _beta_raw(L, ints, sites.get("b", jnp.zeros(0)), x_means)
+    theta = _theta(L, [sites[f"sd_{k}"] for k in range(len(L.terms))],
+                   [sites.get(f"L_{k}") for k in range(len(L.terms))])
+    sigma = spec.family.natural_params(sites["phi"])["sigma"]
+    return conditional_u(spec.structure, lmm, theta / sigma, beta, sigma, eps) / sigma
+
+
+def _post_fn(spec: Spec, marginal: bool, draw_u: bool = False):
+    """Unconstrained draws (N, dim) -> (site draws, reported values); with ``draw_u`` the
+    arguments are (zs, x_means, lmm data, standard normal eps (N, n_u)) and u is drawn per
+    draw."""
+    key = (spec, marginal, draw_u)
     if key not in _POST_FNS:
         blocks = spec.blocks(marginal)
 
-        def one(z, x_means):
+        def one(z, x_means, lmm=None, e=None):
             sites = constrain(blocks, z)[0]
+            if draw_u:
+                sites = dict(sites, u=_conditional_u(spec, sites, x_means, lmm, e))
             return sites, _report_one(spec, sites, x_means)
+
+        def fn(zs, x_means, lmm=None, eps=None):
+            if draw_u:
+                return jax.vmap(lambda z, e: one(z, x_means, lmm, e))(zs, eps)
+            return jax.vmap(lambda z: one(z, x_means))(zs)
         from .aot import AheadOfTime
-        _POST_FNS[key] = AheadOfTime(jax.jit(
-            lambda zs, x_means: jax.vmap(lambda z: one(z, x_means))(zs)))
+        _POST_FNS[key] = AheadOfTime(jax.jit(fn))
     return _POST_FNS[key]
+
+
+_LMM_DATA_FNS: dict = {}
+
+
+def _lmm_data_fn(structure):
+    if structure not in _LMM_DATA_FNS:
+        from .aot import AheadOfTime
+        from .lmm import lmm_data
+        _LMM_DATA_FNS[structure] = AheadOfTime(jax.jit(lambda a: lmm_data(structure, a)))
+    return _LMM_DATA_FNS[structure]

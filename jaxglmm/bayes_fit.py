@@ -24,9 +24,9 @@ from .aot import AheadOfTime
 from .bayes import BayesModel, dimension, log_posterior
 
 NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-                "chain_method", "progress", "priors", "dense_mass", "init"}
+                "chain_method", "progress", "priors", "dense_mass", "init", "marginalize"}
 VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors",
-              "init"}
+              "init", "marginalize"}
 INITS = ("centre", "ml")
 MAP_OPTIONS = {"draws", "seed", "priors", "maxiter"}
 
@@ -37,8 +37,23 @@ def _start(model, bm: BayesModel) -> dict:
     return bm.init_values(ml)
 
 
-def _starts(model, bm: BayesModel, init: str, n: int, seed: int,
-            jitter: bool = True) -> np.ndarray:
+def _marginalize(bm: BayesModel, options: dict) -> bool:
+    """Whether to sample the collapsed posterior (random effects integrated out exactly,
+    then drawn from their exact conditional per draw).  Default: yes where that is exact
+    (gaussian, identity link); ``marginalize=False`` samples u jointly (non-centred)."""
+    value = options.get("marginalize")
+    if value is None:
+        return bm.spec.exact_marginal
+    if value and not bm.spec.exact_marginal:
+        raise ValueError("marginalize=True integrates the random effects out exactly, which "
+                         "needs the gaussian family with the identity link (and random "
+                         f"effects); this model is {bm.model.family.name} with the "
+                         f"{bm.model.family.link.name} link: leave marginalize unset")
+    return bool(value)
+
+
+def _starts(model, bm: BayesModel, init: str, n: int, seed: int, jitter: bool = True,
+            marginal: bool = False) -> np.ndarray:
     """``n`` starting points on the unconstrained scale (n, dim), apart from each other so
     that R-hat compares chains that started apart:
 
@@ -50,10 +65,10 @@ def _starts(model, bm: BayesModel, init: str, n: int, seed: int,
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     rng = np.random.default_rng(seed)
     if init == "ml":
-        z = bm.unconstrain(_start(model, bm))
+        z = bm.unconstrain(_start(model, bm), marginal)
         move = 0.1 * rng.standard_normal((n,) + z.shape)
     else:
-        z = bm.unconstrain(bm.centre_values())
+        z = bm.unconstrain(bm.centre_values(), marginal)
         move = rng.uniform(-1.0, 1.0, (n,) + z.shape)
     return z[None] + move if jitter else np.repeat(z[None], n, axis=0)
 
@@ -86,14 +101,15 @@ def _ticker(tick, total: int, chain, i):
 _RUNNERS: dict = {}
 
 
-def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool):
-    key = (bm.spec, settings, chains, parallel)
+def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool, marginal: bool):
+    key = (bm.spec, settings, chains, parallel, marginal)
     if key in _RUNNERS:
         return _RUNNERS[key]
     warmup, draws, accept, depth, dense, progress = settings
     spec = bm.spec
     init_kernel, sample_kernel = hmc(
-        potential_fn_gen=lambda data: lambda z: -log_posterior(spec, z, data), algo="NUTS")
+        potential_fn_gen=lambda data: lambda z: -log_posterior(spec, z, data, marginal),
+        algo="NUTS")
     total = warmup + draws
     bar, tick = _progress_bar(total, progress, "NUTS (chain 1)")
 
@@ -131,15 +147,17 @@ def run_nuts(model, options: dict):
     settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
                 float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
                 bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
-    fn, bar = _runner(bm, settings, chains, method == "parallel")
+    marginal = _marginalize(bm, options)
+    fn, bar = _runner(bm, settings, chains, method == "parallel", marginal)
     seed = int(options.get("seed", 0))
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
     ids = np.arange(chains)
-    dim = dimension(bm.blocks())
-    # the sampler compiles in the background while the start is found
+    dim = dimension(bm.blocks(marginal))
+    # the sampler compiles in the background while the start is found and the function
+    # from draws to reported values compiles here
     fn.prepare(ids, keys, np.zeros((chains, dim)), bm.data)
-    z0 = _starts(model, bm, options.get("init", "centre"), chains, seed)
-    bm.prepare_draws((chains, settings[1]))
+    z0 = _starts(model, bm, options.get("init", "centre"), chains, seed, marginal=marginal)
+    bm.prepare_draws((chains, settings[1]), marginal, draw_u=marginal)
     if bar is not None:
         bar.reset()
     zs, div, steps = jax.device_get(fn(ids, keys, z0, bm.data))
@@ -150,14 +168,14 @@ def run_nuts(model, options: dict):
     diag = {"divergences": int(np.sum(div)),
             "max_tree_depth_hits": int(np.sum(steps >= 2 ** settings[3] - 1)),
             "mean_tree_depth": float(np.mean(np.log2(steps + 1))),
-            "chain_method": method}
-    return (bm,) + bm.draws_from_z(zs) + (diag,)
+            "chain_method": method, "marginalized": marginal}
+    return (bm,) + bm.draws_from_z(zs, marginal, draw_u=marginal, seed=seed + 1) + (diag,)
 
 
 # --------------------------------------------------------------------------- VI
-def _vi_model(spec, data, z0):
+def _vi_model(spec, marginal, data, z0):
     z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), z0.shape))
-    numpyro.factor("log_posterior", log_posterior(spec, z, data))
+    numpyro.factor("log_posterior", log_posterior(spec, z, data, marginal))
 
 
 def _guide_dist(kind: str, params: dict):
@@ -182,14 +200,15 @@ def _vi_guide(kind: str, rank: int, spec, data, z0):
 _VI_RUNNERS: dict = {}
 
 
-def _vi_runner(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, progress: bool):
+def _vi_runner(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, progress: bool,
+               marginal: bool):
     """Compiled SVI (numpyro's SVI and Trace_ELBO, optax Adam): ``steps`` updates in one
     ``lax.scan``, with the data and the start as arguments."""
-    key = (bm.spec, kind, rank, steps, lr, progress)
+    key = (bm.spec, kind, rank, steps, lr, progress, marginal)
     if key in _VI_RUNNERS:
         return _VI_RUNNERS[key]
     from functools import partial
-    svi = SVI(partial(_vi_model, bm.spec), partial(_vi_guide, kind, rank, bm.spec),
+    svi = SVI(partial(_vi_model, bm.spec, marginal), partial(_vi_guide, kind, rank, bm.spec),
               optax_to_numpyro(optax.adam(lr)), Trace_ELBO())
     bar, tick = _progress_bar(steps, progress, "VI")
 
@@ -213,30 +232,33 @@ def run_vi(model, options: dict):
     kind = options.get("guide", "meanfield")
     if kind not in ("meanfield", "lowrank"):
         raise ValueError(f"guide must be 'meanfield' or 'lowrank', got {kind!r}")
-    dim = dimension(bm.blocks())
+    marginal = _marginalize(bm, options)
+    dim = dimension(bm.blocks(marginal))
     rank = int(options.get("rank") or max(int(round(dim ** 0.5)), 1))
     steps = int(options.get("steps", 20000))
+    draws = int(options.get("draws", 1000))
+    seed = int(options.get("seed", 0))
     fn, bar = _vi_runner(bm, kind, rank, steps, float(options.get("learning_rate", 0.01)),
-                                   bool(options.get("progress", True)))
-    key = jax.random.PRNGKey(int(options.get("seed", 0)))
+                         bool(options.get("progress", True)), marginal)
+    key = jax.random.PRNGKey(seed)
     fn.prepare(key, bm.data, np.zeros(dim))
-    bm.prepare_draws((1, int(options.get("draws", 1000))))
-    z0 = _starts(model, bm, options.get("init", "centre"), 1, 0, jitter=False)[0]
+    bm.prepare_draws((1, draws), marginal, draw_u=marginal)
+    z0 = _starts(model, bm, options.get("init", "centre"), 1, 0, jitter=False,
+                 marginal=marginal)[0]
     if bar is not None:
         bar.reset()
     params, losses = jax.device_get(fn(key, bm.data, z0))
     if bar is not None:
         bar.n = bar.total
         bar.refresh()
-    draws = int(options.get("draws", 1000))
     zs = np.asarray(_guide_dist(kind, params).sample(jax.random.fold_in(key, 1), (1, draws)))
     elbo = -np.asarray(losses)
     window = max(steps // 10, 10)
     late, early = elbo[-window:].mean(), elbo[-2 * window:-window].mean()
     rel = abs(late - early) / max(abs(late), 1.0)
     diag = {"elbo_trace": elbo, "elbo_relative_change": float(rel), "guide": kind,
-            "converged": bool(rel < 1e-3)}
-    return (bm,) + bm.draws_from_z(zs) + (diag,)
+            "converged": bool(rel < 1e-3), "marginalized": marginal}
+    return (bm,) + bm.draws_from_z(zs, marginal, draw_u=marginal, seed=seed + 1) + (diag,)
 
 
 # --------------------------------------------------------------------------- MAP

@@ -87,3 +87,62 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
                 vcov=parts.vcov, deviance=parts.deviance, loglik=-0.5 * parts.deviance,
                 x=opt.x, grad=opt.grad, hessian=opt.hessian, n_iter=opt.n_iter, status=opt.status,
                 family_params=jnp.zeros(0), objective0=opt.value0)
+
+
+# ----------------------------------------------------------------------------- not profiled
+class LmmData(NamedTuple):
+    """What the unprofiled LMM density needs of one dataset, computed once: the weighted
+    cross-products, the number of rows with positive weight and the sum of their log weights."""
+
+    cp: rs.CrossProducts
+    n: jnp.ndarray
+    sum_log_w: jnp.ndarray
+
+
+def lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> LmmData:
+    positive = a.weights > 0
+    n = jnp.sum(positive).astype(a.y.dtype)
+    sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
+    return LmmData(cross_products(structure, a), n, sum_log_w)
+
+
+def _factor(structure, cp, theta) -> rs.BlockedCholesky:
+    return rs.factor(*rs.scaled_system(structure, rs.lambdas(structure, theta), cp))
+
+
+def marginal_loglik(structure: rs.ReStructure, d: LmmData, theta, beta, sigma) -> jnp.ndarray:
+    """``log p(y | beta, theta, sigma)`` with the random effects integrated out exactly::
+
+        -2 log p = n log(2 pi sigma^2) + log|A| + r^2(beta) / sigma^2 - sum log w,
+        r^2(beta) = r^2_min + |R_X beta - c_y|^2
+
+    from the blocked Cholesky of the augmented system (the X and y rows of its dense block
+    give R_X and c_y); each evaluation costs O(levels q^3 + m^3), not O(n)."""
+    ch = _factor(structure, d.cp, theta)
+    p2, p = structure.p2, beta.shape[0]
+    L22 = ch.L22
+    resid = L22[-1, p2:p2 + p] - L22[p2:p2 + p, p2:p2 + p].T @ beta
+    prss = jnp.square(L22[-1, -1]) + jnp.dot(resid, resid)
+    return -0.5 * (d.n * jnp.log(2 * jnp.pi * jnp.square(sigma)) + rs.logdet_z(ch, p2)
+                   + prss / jnp.square(sigma)) + 0.5 * d.sum_log_w
+
+
+def conditional_u(structure: rs.ReStructure, d: LmmData, theta, beta, sigma, eps) -> jnp.ndarray:
+    """A draw of the random effects from their exact conditional distribution, on lme4's
+    scale (``b = Lambda(theta) u``, ``u ~ N(0, sigma^2 I)`` a priori, as ``fit_lmm``'s u):
+    ``u | y, beta, theta, sigma ~ N(u_hat(beta), sigma^2 A^{-1})`` given standard normal
+    ``eps`` (n_u,), by back-substitution through L_ZZ' of ``c - L_XZ' beta + sigma eps``."""
+    ch = _factor(structure, d.cp, theta)
+    p2, p = structure.p2, beta.shape[0]
+    G1, q1 = ch.L11.shape[:2]
+    e1, e2 = eps[:G1 * q1].reshape(G1, q1), eps[G1 * q1:]
+    L22 = ch.L22
+    if p2:
+        rhs2 = L22[-1, :p2] - L22[p2:p2 + p, :p2].T @ beta + sigma * e2
+        x2 = rs.linalg.solve_upper_t(L22[:p2, :p2], rhs2[:, None])[:, 0]
+    else:
+        x2 = jnp.zeros(0, beta.dtype)
+    rhs1 = ch.C[:, :, -1] - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1],
+                                        jnp.concatenate([x2, beta])) + sigma * e1
+    x1 = rs.linalg.solve_upper_t(ch.L11, rhs1[..., None])[..., 0]
+    return jnp.concatenate([x1.reshape(-1), x2])

@@ -47,6 +47,31 @@ def test_nuts_sleepstudy_matches_brms(sleep_nuts):
     assert sleep_nuts.loglik is None and sleep_nuts.aic is None
 
 
+def test_collapsed_and_joint_nuts_agree(sleep_nuts):
+    """The default for a gaussian model samples (beta, theta, sigma) with u integrated out
+    and draws u from its exact conditional; marginalize=False samples u jointly
+    (non-centred).  Same posterior: population means within the MCSE rule, random-effect
+    means within a fifth of their posterior SD."""
+    model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))
+    joint = model.fit("nuts", marginalize=False, seed=2, progress=False, target_accept=0.9)
+    assert sleep_nuts.diagnostics["marginalized"] and not joint.diagnostics["marginalized"]
+    a, b = sleep_nuts.posterior_summary, joint.posterior_summary
+    assert b.loc[list(SLEEP.values()), "rhat"].max() <= 1.01
+    for name in SLEEP.values():
+        tol = max(4 * np.hypot(a.loc[name, "mcse_mean"], b.loc[name, "mcse_mean"]),
+                  0.05 * a.loc[name, "sd"])
+        assert abs(a.loc[name, "mean"] - b.loc[name, "mean"]) <= tol, name
+    ra, rb = sleep_nuts.ranef["Subject"], joint.ranef["Subject"]
+    for col in ("Intercept", "Days"):
+        assert np.all(np.abs(ra[col] - rb[col]) <= 0.2 * ra[f"{col}_sd"]), col
+        # and near the REML conditional modes (shrinkage differs a little under the priors)
+    reml = model.fit("reml").ranef["Subject"]
+    assert np.all(np.abs(ra["Intercept"] - reml["Intercept"]) <= 0.5 * ra["Intercept_sd"])
+    with pytest.raises(ValueError, match="marginalize=True integrates"):
+        jg.Model("TICKS ~ YEAR + (1 | LOCATION)", jg.load_dataset("grouseticks"),
+                 family="poisson").fit("nuts", marginalize=True)
+
+
 def test_nuts_result_accessors_and_record(sleep_nuts):
     fit = sleep_nuts
     draws = fit.posterior.posterior

@@ -125,3 +125,61 @@ def test_diagnostics_match_arviz(case):
     assert dg.ess_bulk(x) == pytest.approx(float(az.ess(ds, method="bulk")["x"]), rel=1e-10)
     assert dg.ess_tail(x) == pytest.approx(float(az.ess(ds, method="tail")["x"]), rel=1e-10)
     assert dg.mcse_mean(x) == pytest.approx(float(az.mcse(ds)["x"]), rel=1e-10)
+
+
+@pytest.mark.parametrize("formula,dataset", [
+    ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+    ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin")])     # a dense second factor
+def test_exact_marginal_likelihood_and_conditional_draws(formula, dataset):
+    """The unprofiled LMM density equals the ML log-likelihood at the ML estimates; the
+    conditional draw with eps = 0 is the conditional mode, and the draws' covariance is
+    sigma^2 A^{-1} (its diagonal blocks against resystem.conditional_covariances)."""
+    from jaxglmm import lmm
+    from jaxglmm import resystem as rs
+    model = jg.Model(formula, jg.load_dataset(dataset))
+    fit = model.fit("ml")
+    s = model.structure
+    d = lmm.lmm_data(s, model.arrays)
+    theta, beta = jnp.asarray(fit.optinfo["x"]), jnp.asarray(fit.fixef.values)
+    ll = lmm.marginal_loglik(s, d, theta, beta, fit.sigma)
+    assert float(ll) == pytest.approx(fit.loglik, rel=1e-12)
+    u0 = lmm.conditional_u(s, d, theta, beta, fit.sigma, jnp.zeros(s.n_u))
+    np.testing.assert_allclose(u0, fit.optinfo["u"], atol=1e-9)
+    # u(eps) - u(0) = sigma L^{-T} eps: its columns give the covariance exactly
+    cols = jax.vmap(lambda e: lmm.conditional_u(s, d, theta, beta, fit.sigma, e))(jnp.eye(s.n_u))
+    M = np.asarray(cols - u0).T
+    cov = M @ M.T
+    lams = rs.lambdas(s, theta)
+    ch = rs.factor(*rs.scaled_system(s, lams, d.cp))
+    blocks = rs.conditional_covariances(ch, s)
+    G1, q1 = blocks[0].shape[:2]
+    for g in range(G1):
+        np.testing.assert_allclose(cov[g * q1:(g + 1) * q1, g * q1:(g + 1) * q1],
+                                   fit.sigma ** 2 * np.asarray(blocks[0][g]), rtol=1e-8, atol=1e-12)
+
+
+def test_exact_marginal_posterior_equals_the_joint_density_integrated():
+    """For a gaussian model the collapsed log posterior equals the joint one with u
+    integrated out: log p(theta | y) = log p(theta, u | y) - log p(u | theta, y), at any u."""
+    from jaxglmm import lmm
+    model, bm = _sleep_bm()
+    rng = np.random.default_rng(3)
+    zm = bm.unconstrain(bm.centre_values(), marginal=True) + rng.uniform(-0.5, 0.5, 6)
+    sites, _ = constrain(bm.blocks(True), jnp.asarray(zm))
+    collapsed = float(log_posterior(bm.spec, jnp.asarray(zm), bm.data, marginal=True))
+    # joint at u = the conditional mode: log p(theta, u_hat | y) - log N(u_hat; u_hat, A^-1)
+    # (u on the unit scale of the joint density, b = Lambda u)
+    from jaxglmm.bayes import _conditional_u
+    u_hat = _conditional_u(bm.spec, sites, bm.x_means, bm.data["lmm"], jnp.zeros(36))
+    zj = np.concatenate([zm[:5], np.asarray(u_hat), zm[5:]])
+    joint = float(log_posterior(bm.spec, jnp.asarray(zj), bm.data))
+    sigma = float(jnp.exp(sites["phi"][0]))
+    L, sd = np.asarray(sites["L_0"]), np.asarray(sites["sd_0"])
+    lam = np.diag(sd) @ L / sigma
+    theta = jnp.asarray([lam[0, 0], lam[1, 0], lam[1, 1]])
+    from jaxglmm import resystem as rs
+    ch = rs.factor(*rs.scaled_system(model.structure, rs.lambdas(model.structure, theta),
+                                     bm.data["lmm"].cp))
+    logdet_a = float(rs.logdet_z(ch, 0))
+    log_cond = -0.5 * 36 * np.log(2 * np.pi) + 0.5 * logdet_a
+    assert collapsed == pytest.approx(joint - log_cond, rel=1e-10)
