@@ -28,7 +28,8 @@ NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_
 VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors",
               "init", "marginalize"}
 INITS = ("centre", "ml")
-MAP_OPTIONS = {"draws", "seed", "priors", "maxiter"}
+MAP_OPTIONS = {"draws", "seed", "priors", "maxiter", "optimizer", "init"}
+MAP_OPTIMIZERS = ("bfgs", "optax")
 
 
 def _start(model, bm: BayesModel) -> dict:
@@ -265,16 +266,18 @@ def run_vi(model, options: dict):
 _MAP_RUNNERS: dict = {}
 
 
-def _map_runner(bm: BayesModel, maxiter: int):
+def _map_runner(bm: BayesModel, maxiter: int, optimizer: str):
     """Compiled posterior-mode search for a model spec; data and start are its arguments."""
-    key = (bm.spec, maxiter)
+    key = (bm.spec, maxiter, optimizer)
     if key in _MAP_RUNNERS:
         return _MAP_RUNNERS[key]
-    from .optimize import minimize
+    from .optimize import minimize, minimize_optax
     spec = bm.spec
-    # The project's BFGS (one call site of the objective, which holds a whole inner Laplace
-    # solve) compiles in a fraction of optax L-BFGS's time with its zoom line search.
-    optimize = jax.jit(lambda x0, data: minimize(
+    # "bfgs": the project's BFGS, one call site of the objective (which, for a non-gaussian
+    # family, holds a whole inner Laplace solve); "optax": optax L-BFGS with its zoom line
+    # search, which traces the objective twice and compiles longer.
+    search = minimize if optimizer == "bfgs" else minimize_optax
+    optimize = jax.jit(lambda x0, data: search(
         lambda x: -log_posterior(spec, x, data, marginal=True), x0, maxiter=maxiter))
     _MAP_RUNNERS[key] = AheadOfTime(optimize)
     return _MAP_RUNNERS[key]
@@ -286,9 +289,12 @@ def run_map(model, options: dict):
     uncertainty from a normal approximation there (finite-difference Hessian of the exact
     gradient).  Random effects are the conditional modes at the posterior mode."""
     bm = BayesModel(model, options.get("priors"))
-    optimize = _map_runner(bm, int(options.get("maxiter", 500)))
+    optimizer = options.get("optimizer", "optax")
+    if optimizer not in MAP_OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {MAP_OPTIMIZERS}, got {optimizer!r}")
+    optimize = _map_runner(bm, int(options.get("maxiter", 500)), optimizer)
     optimize.prepare(np.zeros(dimension(bm.blocks(marginal=True))), bm.data)
-    x0 = bm.unconstrain(_start(model, bm), marginal=True)
+    x0 = _starts(model, bm, options.get("init", "centre"), 1, 0, jitter=False, marginal=True)[0]
     opt = optimize(x0, bm.data)
     x = np.asarray(opt.x)
     H = np.asarray(opt.hessian)
@@ -296,8 +302,11 @@ def run_map(model, options: dict):
     cov = np.linalg.inv(H)
     cov = 0.5 * (cov + cov.T)
     draws = int(options.get("draws", 1000))
-    z = np.random.default_rng(int(options.get("seed", 0))).multivariate_normal(
-        x, cov, size=draws, method="eigh")
+    rng = np.random.default_rng(int(options.get("seed", 0)))
+    if evals.min() > 0:    # Cholesky: draws change continuously with the mode and Hessian
+        z = x + rng.standard_normal((draws, x.size)) @ np.linalg.cholesky(cov).T
+    else:
+        z = rng.multivariate_normal(x, cov, size=draws, method="eigh")
     # the mode first, then the draws
     sites, report = bm.draws_from_z(np.concatenate([x[None], z])[None], marginal=True)
     # conditional modes of u at the posterior mode, shared by every draw
@@ -306,7 +315,7 @@ def run_map(model, options: dict):
     samples = {k: v[:, 1:] for k, v in sites.items()}
     samples["u"] = np.broadcast_to(u, (1, draws) + u.shape)
     diag = {"grad_max": float(jnp.max(jnp.abs(opt.grad))), "n_iter": int(opt.n_iter),
-            "hessian_pd": bool(evals.min() > 0)}
+            "hessian_pd": bool(evals.min() > 0), "optimizer": optimizer}
     return bm, samples, None, diag
 
 

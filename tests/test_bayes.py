@@ -176,3 +176,17 @@ def test_vi_reuses_its_compiled_program_for_a_same_shape_dataset(caplog):
     assert max(seconds, default=0.0) < 0.5, seconds
     assert abs(second.fixef["Intercept"] - (1.1 * first.fixef["Intercept"] + 3)) < 3.0
     assert second.diagnostics["elbo_trace"].shape == (3000,)
+
+
+def test_map_optax_and_bfgs_reach_the_same_mode():
+    """MAP's default optimizer is optax L-BFGS (zoom line search); the project's BFGS is the
+    faster-compiling alternative.  Same mode and Hessian, so (same seed) the same draws."""
+    model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))
+    a = model.fit("map")
+    b = model.fit("map", optimizer="bfgs")
+    assert a.diagnostics["optimizer"] == "optax" and b.diagnostics["optimizer"] == "bfgs"
+    assert a.converged and b.converged
+    np.testing.assert_allclose(a.fixef, b.fixef, rtol=1e-5)
+    np.testing.assert_allclose(a.varcorr.sd_or_cor, b.varcorr.sd_or_cor, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        model.fit("map", optimizer="adam")
