@@ -196,12 +196,26 @@ class FitResult:
 
         By default (``re_form="~0"``, lme4's ``re.form = NA``) new random effects are drawn
         from their fitted distribution; ``re_form=None`` conditions on the fitted modes.
+
+        Prior weights, as lme4: a gaussian model's are precision weights (residual SD
+        ``sigma / sqrt(w)``; rows of weight zero simulate as NaN); a binomial proportion's
+        weights are its trials (already in the design).  Other families' weights are
+        frequency weights, which one simulated response per row cannot honour: they are
+        ignored, with a warning (lme4 warns "ignoring prior weights" there too).
         """
         fam = self.model.family
         if fam.simulate is None:
             raise NotImplementedError(f"family {fam.name!r} has no simulator")
         key = jax.random.PRNGKey(0 if seed is None else seed)
         design = self.model.design
+        w = np.asarray(design.weights, float)
+        weighted = bool(np.any(w != 1.0))
+        precision = weighted and fam.name == "gaussian" and fam.link.name == "identity"
+        if weighted and not precision:
+            import warnings
+            warnings.warn(f"simulate ignores the prior weights of this {fam.name} model: they "
+                          "are frequency weights, and each row gets one simulated response",
+                          stacklevel=2)
         eta_fixed = self.linear_predictor(re_form="~0")
         fp = self._natural_family_params()
         trials = jnp.asarray(design.trials if design.trials is not None else np.ones(design.nobs))
@@ -212,7 +226,11 @@ class FitResult:
                 eta = eta_fixed + self._draw_re_predictor(k_re)
             else:
                 eta = self.linear_predictor(re_form=None)
-            cols[f"sim_{k + 1}"] = np.asarray(fam.simulate(k_y, jnp.asarray(eta), trials, fp))
+            y = np.asarray(fam.simulate(k_y, jnp.asarray(eta), trials, fp))
+            if precision:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    y = np.where(w > 0, eta + (y - eta) / np.sqrt(w), np.nan)
+            cols[f"sim_{k + 1}"] = y
         return pd.DataFrame(cols)
 
     # ------------------------------------------------------------------ internals

@@ -400,6 +400,26 @@ def test_offsets_add_up_and_take_expressions():
     np.testing.assert_allclose(m.design.offset, np.log(df["w"] + 1), rtol=1e-15)
 
 
+def test_simulate_uses_precision_weights_and_warns_on_frequency_weights(gaussian_data):
+    """lme4's simulate: a gaussian LMM's weights scale the residual SD by 1/sqrt(w) (zero
+    weight: NaN); other families' frequency weights are ignored with a warning."""
+    df = gaussian_data.copy()
+    df["w4"] = np.where(np.arange(len(df)) % 2 == 0, 4.0, 1.0)
+    df.loc[df.index[:2], "w4"] = 0.0
+    fit = jg.fit("y ~ x + (1 | g)", df, weights="w4")
+    sims = fit.simulate(n=400, seed=1, re_form=None)
+    resid = sims.sub(np.asarray(fit.predict()), axis=0)
+    assert resid.iloc[:2].isna().all().all()
+    sd_heavy = resid[(df.w4 == 4.0).values].stack().std()
+    sd_light = resid[(df.w4 == 1.0).values].stack().std()
+    assert sd_heavy == pytest.approx(fit.sigma / 2.0, rel=0.05)
+    assert sd_light == pytest.approx(fit.sigma, rel=0.05)
+    counts = simulate("poisson")
+    pfit = jg.fit("y ~ x + (1 | g)", counts, family="poisson", weights="w")
+    with pytest.warns(UserWarning, match="ignores the prior weights"):
+        pfit.simulate(seed=0)
+
+
 def test_all_zero_weights_are_refused():
     df = simulate("poisson").assign(w=0.0)
     with pytest.raises(ValueError, match="weight"):
