@@ -283,8 +283,11 @@ class Model:
         n_family = 1 if gaussian_exact else int(np.size(raw["family_params"]))
         n_params = d.n_fixef + s.n_theta + n_family
         b_terms, ranef = self._ranef(raw)
+        fparams_se = {} if gaussian_exact else _family_params_se(
+            fam, raw, s.n_theta + d.n_fixef, drop_sigma=fam.name == "gaussian")
         return FitResult(model=self, method=method, fixef=fixef, fixef_se=se, vcov=vcov,
                          varcorr=vc, sigma=sigma, family_params=fparams,
+                         family_params_se=fparams_se,
                          loglik=float(raw["loglik"]), df=n_params, ranef=ranef,
                          converged=verdict.converged, singular=verdict.singular,
                          messages=messages, seconds=seconds, theta=theta,
@@ -327,6 +330,32 @@ def joint_log_density(structure, family: Family, a: ProblemArrays, params: dict)
     ll = jnp.sum(a.weights * family.loglik(a.y, eta, a.trials, fp))
     u = params["u"]
     return ll - 0.5 * jnp.dot(u, u) - 0.5 * u.shape[0] * jnp.log(2 * jnp.pi)
+
+
+def _family_params_se(fam: Family, raw, start: int, drop_sigma: bool) -> dict:
+    """Standard errors of the natural family parameters (thresholds, shape, ...): the delta
+    method on the inverse Hessian of the deviance in the outer vector (theta, beta, phi), as
+    ordinal::clmm and glmmTMB report them.  NaN where that Hessian is not positive definite."""
+    phi = jnp.asarray(raw["family_params"])
+    if phi.shape[0] == 0:
+        return {}
+    H = np.asarray(raw["hessian"], float)
+    values = fam.natural_params(phi)
+    if not (np.all(np.isfinite(H)) and np.linalg.eigvalsh(H).min() > 0):
+        out = {k: np.full(np.shape(v), np.nan) for k, v in values.items()}
+    else:
+        cov = 2.0 * np.linalg.inv(H)[start:, start:]
+        J = np.asarray(jax.jacfwd(lambda z: jnp.concatenate(
+            [jnp.ravel(v) for v in fam.natural_params(z).values()]))(phi))
+        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", J, cov, J), 0.0))
+        out, pos = {}, 0
+        for k, v in values.items():
+            size = int(np.size(v))
+            out[k] = se[pos:pos + size].reshape(np.shape(v)) if np.ndim(v) else float(se[pos])
+            pos += size
+    if drop_sigma:
+        out.pop("sigma", None)
+    return out
 
 
 def canonical_theta(structure, theta: np.ndarray) -> np.ndarray:

@@ -27,7 +27,8 @@ class FitResult:
         vcov, sd_or_cor).
     sigma: residual SD of a gaussian model, else None.
     family_params: the family's own parameters (negbinomial ``shape``, cumulative
-        ``thresholds``...).
+        ``thresholds``...); ``family_params_se`` their standard errors (delta method on the
+        inverse Hessian, as ordinal::clmm and glmmTMB; likelihood fits other than REML/ML).
     ranef: dict group -> DataFrame indexed by level: conditional modes and ``<term>_sd``
         conditional SDs.
     loglik: maximized log-likelihood (REML criterion -REMLcrit/2 for REML).
@@ -58,6 +59,7 @@ class FitResult:
     theta: np.ndarray
     n_iter: int
     b: tuple = field(repr=False, default=())
+    family_params_se: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     optinfo: dict = field(repr=False, default_factory=dict)
     draws: dict | None = field(repr=False, default=None)
@@ -117,7 +119,11 @@ class FitResult:
             "fixef": {k: _num(v) for k, v in self.fixef.items()},
             "fixef_se": {k: _num(v) for k, v in self.fixef_se.items()},
             "varcorr": vc, "sigma": None if self.sigma is None else float(self.sigma),
-            "family_params": fp, "loglik": _num(self.loglik), "aic": _num(self.aic),
+            "family_params": fp,
+            **({"family_params_se": {k: (np.asarray(v).tolist() if np.ndim(v) else _num(v))
+                                     for k, v in self.family_params_se.items()}}
+               if self.family_params_se else {}),
+            "loglik": _num(self.loglik), "aic": _num(self.aic),
             "bic": _num(self.bic), "converged": bool(self.converged),
             "messages": list(self.messages), "seconds": float(self.seconds),
         }

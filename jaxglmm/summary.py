@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ class Summary(_Rendered):
     coefficients: pd.DataFrame
     family_params: dict
     messages: tuple
+    family_params_se: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_fit(cls, fit):
@@ -80,7 +82,8 @@ class Summary(_Rendered):
         for name, text in fit.model.dpars.items():
             formula += f"\n         {name} ~ {text.split('~', 1)[-1].strip()}"
         return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
-                   groups, coef, dict(fit.family_params), tuple(fit.messages))
+                   groups, coef, dict(fit.family_params), tuple(fit.messages),
+                   dict(fit.family_params_se))
 
     def __str__(self) -> str:
         out = [self.title]
@@ -104,7 +107,11 @@ class Summary(_Rendered):
             out.append("Family parameters:")
             for k, v in self.family_params.items():
                 vals = np.atleast_1d(np.asarray(v, float))
-                out.append(f"  {k}: " + " ".join(f"{x:.4g}" for x in vals))
+                line = f"  {k}: " + " ".join(f"{x:.4g}" for x in vals)
+                if k in self.family_params_se:
+                    ses = np.atleast_1d(np.asarray(self.family_params_se[k], float))
+                    line += "  (Std. Error " + " ".join(f"{x:.4g}" for x in ses) + ")"
+                out.append(line)
         out.append("")
         out.append("Fixed effects:")
         out.append(_coef_table(self.coefficients))

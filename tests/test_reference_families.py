@@ -47,6 +47,10 @@ def test_cumulative_matches_clmm(wine):
         assert close(fit.fixef_se[ours], ref["se"][r_name], 1e-3)
     np.testing.assert_allclose(fit.family_params["thresholds"], list(ref["thresholds"].values()),
                                rtol=1e-3, atol=1e-4)
+    # threshold standard errors: clmm's, by the delta method on the outer Hessian
+    np.testing.assert_allclose(fit.family_params_se["thresholds"],
+                               [ref["se"][k] for k in ref["thresholds"]], rtol=1e-3)
+    assert "Std. Error 0.6824" in str(fit.summary())
     sd = fit.varcorr.set_index("group").sd_or_cor["judge"]
     assert close(sd, ref["re_sd"]["judge"], 1e-3)
     assert fit.loglik >= ref["logLik"] - 1e-4
