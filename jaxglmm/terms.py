@@ -34,7 +34,7 @@ _FUNCTIONS = {"log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log
 _BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
            ast.Div: np.divide, ast.Pow: np.power}
 _PLACEHOLDER = "JGv{}Z"
-_PLACEHOLDER_RE = re.compile(r"poly\(JGv(\d+)Z[^)]*\)|JGv(\d+)Z")
+_PLACEHOLDER_RE = re.compile(r"poly\(JGv(\d+)Z[^)]*\)(?:\[(\d+)\])?|JGv(\d+)Z")
 
 
 # ----------------------------------------------------------------------------- records
@@ -369,8 +369,13 @@ def _formulae_text(state: _AtomState) -> str:
 
 
 def _rename(label: str, states: list[_AtomState]) -> str:
+    """Placeholders back to what the user wrote; poly() columns numbered from 1, as R's
+    ``poly(x, 2)1``, ``poly(x, 2)2`` (formulae numbers them from 0)."""
     def display(m):
-        return states[int(m.group(1) or m.group(2))].atom.display
+        if m.group(1) is not None:
+            text = states[int(m.group(1))].atom.display
+            return text if m.group(2) is None else f"{text}[{int(m.group(2)) + 1}]"
+        return states[int(m.group(3))].atom.display
     return _PLACEHOLDER_RE.sub(display, label)
 
 
