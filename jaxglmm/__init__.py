@@ -17,12 +17,12 @@ from .formula import FormulaError  # noqa: E402
 from .many import ManyFits, fit_many, refit_many  # noqa: E402
 from .model import Model, fit  # noqa: E402
 from .result import FitResult  # noqa: E402
-from .cache import enable_compilation_cache  # noqa: E402
+from .cache import clear_caches, enable_compilation_cache  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model", "fit", "fit_many", "refit_many", "FitResult", "ManyFits", "Design", "RandomTerm",
     "build_design", "Family", "get_family", "register_family", "FormulaError",
-    "load_dataset", "list_datasets", "read_table", "enable_compilation_cache", "__version__",
+    "load_dataset", "list_datasets", "read_table", "enable_compilation_cache", "clear_caches", "__version__",
 ]

@@ -125,6 +125,8 @@ def refit_many(model: Model, responses: np.ndarray, method: str | None = None, *
 
 
 def _run_many(models, method, options, arrays) -> ManyFits:
+    from .cache import relieve_map_pressure
+    relieve_map_pressure()
     model = models[0]
     method = model.check_method(method or model.default_method(), options)
     B = arrays.y.shape[0]

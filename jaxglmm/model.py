@@ -19,6 +19,7 @@ import pandas as pd
 from . import resystem as rs
 from .convergence import judge
 from .design import Design
+from .cache import relieve_map_pressure
 from .families import Family, get_family
 from . import channels
 from . import dpars as dpar_mod
@@ -235,6 +236,7 @@ class Model:
         ``{"b": "normal(0, 5)", "sd_Subject": "student_t(3, 0, 10)"}``.
         """
         method = self.check_method(method or self.default_method(), options)
+        relieve_map_pressure()
         if method in BAYES:
             from .bayes_fit import fit_bayes
             return fit_bayes(self, method, options)

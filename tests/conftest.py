@@ -24,6 +24,16 @@ def _seed():
     np.random.seed(20261125)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Each test module compiles dozens of model shapes, and every compiled CPU program
+    holds hundreds of memory mappings: the whole suite in one process would pass Linux's
+    cap (vm.max_map_count), where XLA crashes.  Free them after each module (jaxglmm's own
+    guard, tested in test_cache.py, would otherwise do it with a warning)."""
+    yield
+    jaxglmm.clear_caches()
+
+
 _FIT_CACHE: dict = {}
 
 
