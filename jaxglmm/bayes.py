@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .cache import compiled_cache
 from .priors import kernel, lkj_log_normalizer, log_normalizer, resolve_priors
 
 # priors on parameters bounded below by zero (renormalised over the positive half)
@@ -86,6 +87,19 @@ def _theta(layout: Layout, sds, Ls):
         lam = sd[:, None] * L if L is not None else jnp.diag(sd)
         parts.append(lam[np.array(t.theta_rows) - t.col0, np.array(t.theta_cols) - t.col0])
     return jnp.concatenate(parts)
+
+
+def _intercepts(layout: Layout, sites: dict):
+    return jnp.stack([sites[f"Intercept_{k}"] for k in range(len(layout.intercept_cols))]) \
+        if layout.intercept_cols else jnp.zeros(0)
+
+
+def _beta_theta(layout: Layout, sites: dict, x_means):
+    """The uncentred coefficients and theta (absolute scale) of one draw of the sites."""
+    beta = _beta_raw(layout, _intercepts(layout, sites), sites.get("b", jnp.zeros(0)), x_means)
+    theta = _theta(layout, [sites[f"sd_{k}"] for k in range(len(layout.terms))],
+                   [sites.get(f"L_{k}") for k in range(len(layout.terms))])
+    return beta, theta
 
 
 # ----------------------------------------------------------------------------- parameter vector
@@ -255,9 +269,7 @@ def log_posterior(spec: Spec, z, data, marginal: bool = False):
     from .model import joint_log_density
     L, keys = spec.layout, dict(spec.prior_dists)
     sites, lp = constrain(spec.blocks(marginal), z)
-    intercepts = jnp.stack([sites[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
-        if L.intercept_cols else jnp.zeros(0)
-    lp = lp + _prior_term(spec, data, "Intercept", intercepts)
+    lp = lp + _prior_term(spec, data, "Intercept", _intercepts(L, sites))
     b = sites.get("b", jnp.zeros(0))
     by_key: dict[str, list[int]] = {}
     for k, j in enumerate(L.slope_cols):
@@ -265,24 +277,19 @@ def log_posterior(spec: Spec, z, data, marginal: bool = False):
         by_key.setdefault(key if key in keys else "b", []).append(k)
     for key, idx in by_key.items():
         lp = lp + _prior_term(spec, data, key, b[np.array(idx)])
-    sds, Ls = [], []
     for k, t in enumerate(L.terms):
-        sd = sites[f"sd_{k}"]
         key = f"sd_{t.group}" if f"sd_{t.group}" in keys else "sd"
-        lp = lp + _prior_term(spec, data, key, sd)
-        sds.append(sd)
+        lp = lp + _prior_term(spec, data, key, sites[f"sd_{k}"])
         Lk = sites.get(f"L_{k}")
         if Lk is not None:     # LKJ(eta) on the Cholesky factor
             eta, q = data["priors"]["cor"][0], t.q
             order = 2.0 * eta - 3.0 + q - np.arange(1, q)
             i = np.arange(1, q)
             lp = lp + jnp.sum(order * jnp.log(Lk[i, i])) + data["lkj_const"][k]
-        Ls.append(Lk)
     phi = sites.get("phi", jnp.zeros(0))
-    beta = _beta_raw(L, intercepts, b, data["x_means"])
+    beta, theta = _beta_theta(L, sites, data["x_means"])
     if L.n_phi:
         lp = lp + _family_log_prior(spec, data, phi, beta)
-    theta = _theta(L, sds, Ls)
     if marginal and spec.exact_marginal:
         from .lmm import marginal_loglik
         sigma = spec.family.natural_params(phi)["sigma"]
@@ -431,23 +438,17 @@ def _report_one(spec: Spec, d: dict, x_means) -> dict:
     """Reported values of one draw of the sites."""
     from . import resystem as rs
     L, s = spec.layout, spec.structure
-    ints = jnp.stack([d[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
-        if L.intercept_cols else jnp.zeros(0)
-    b = d["b"] if L.slope_cols else jnp.zeros(0)
-    sds = [d[f"sd_{k}"] for k in range(len(L.terms))]
-    Ls = [d.get(f"L_{k}") for k in range(len(L.terms))]
     phi = d["phi"] if L.n_phi else jnp.zeros(0)
     u = d.get("u", jnp.zeros(L.n_u))
-    beta = _beta_raw(L, ints, b, x_means)
-    theta = _theta(L, sds, Ls)
+    beta, theta = _beta_theta(L, d, x_means)
     return {"beta": beta, "theta": theta, "phi": phi, "u": u,
             "natural": spec.family.natural_params(phi) if L.n_phi else {},
             "b": tuple(rs.random_effects(s, rs.lambdas(s, theta), u))}
 
 
 # compiled per model spec, so a same-shape dataset reuses them
-_REPORT_FNS: dict = {}
-_POST_FNS: dict = {}
+_REPORT_FNS: dict = compiled_cache()
+_POST_FNS: dict = compiled_cache()
 
 
 def _report_fn(spec: Spec):
@@ -462,12 +463,7 @@ def _conditional_u(spec: Spec, sites: dict, x_means, lmm, eps):
     """Random effects (unit scale, b = Lambda u) of a collapsed gaussian draw, from their
     exact conditional distribution."""
     from .lmm import conditional_u
-    L = spec.layout
-    ints = jnp.stack([sites[f"Intercept_{k}"] for k in range(len(L.intercept_cols))]) \
-        if L.intercept_cols else jnp.zeros(0)
-    beta = _beta_raw(L, ints, sites.get("b", jnp.zeros(0)), x_means)
-    theta = _theta(L, [sites[f"sd_{k}"] for k in range(len(L.terms))],
-                   [sites.get(f"L_{k}") for k in range(len(L.terms))])
+    beta, theta = _beta_theta(spec.layout, sites, x_means)
     sigma = spec.family.natural_params(sites["phi"])["sigma"]
     return conditional_u(spec.structure, lmm, theta / sigma, beta, sigma, eps) / sigma
 
@@ -495,7 +491,7 @@ def _post_fn(spec: Spec, marginal: bool, draw_u: bool = False):
     return _POST_FNS[key]
 
 
-_LMM_DATA_FNS: dict = {}
+_LMM_DATA_FNS: dict = compiled_cache()
 
 
 def _lmm_data_fn(structure):

@@ -21,6 +21,7 @@ from numpyro.infer.hmc import hmc
 from numpyro.optim import optax_to_numpyro
 
 from .aot import AheadOfTime
+from .cache import compiled_cache
 from .bayes import BayesModel, dimension, log_posterior
 
 NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
@@ -99,7 +100,7 @@ def _ticker(tick, total: int, chain, i):
 # arguments, so a same-shape dataset reuses one compiled program, with chains in parallel
 # across devices (pmap) or vectorized on one (vmap).  (numpyro's MCMC recompiles parallel
 # chains on every run: its jit_model_args does not cover them.)
-_RUNNERS: dict = {}
+_RUNNERS: dict = compiled_cache()
 
 
 def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool, marginal: bool):
@@ -198,7 +199,7 @@ def _vi_guide(kind: str, rank: int, spec, data, z0):
     numpyro.sample("z", _guide_dist(kind, params))
 
 
-_VI_RUNNERS: dict = {}
+_VI_RUNNERS: dict = compiled_cache()
 
 
 def _vi_runner(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, progress: bool,
@@ -263,7 +264,7 @@ def run_vi(model, options: dict):
 
 
 # --------------------------------------------------------------------------- MAP
-_MAP_RUNNERS: dict = {}
+_MAP_RUNNERS: dict = compiled_cache()
 
 
 def _map_runner(bm: BayesModel, maxiter: int, optimizer: str):
@@ -319,7 +320,7 @@ def run_map(model, options: dict):
     return bm, samples, None, diag
 
 
-_MAP_U: dict = {}
+_MAP_U: dict = compiled_cache()
 
 
 def _map_u(bm: BayesModel):

@@ -19,6 +19,14 @@ import jax
 
 _MAP_FRACTION = 0.6
 _state = {"pressure": False, "limit": None}
+_COMPILED_CACHES: list[dict] = []
+
+
+def compiled_cache() -> dict:
+    """A module-level dict of compiled functions that :func:`clear_caches` empties."""
+    cache: dict = {}
+    _COMPILED_CACHES.append(cache)
+    return cache
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
@@ -40,10 +48,7 @@ def clear_caches() -> None:
     samplers, optimizers and helpers); the next fit of each shape compiles again.  Results
     already returned stay valid."""
     import gc
-
-    from . import bayes, bayes_fit
-    for cache in (bayes_fit._RUNNERS, bayes_fit._VI_RUNNERS, bayes_fit._MAP_RUNNERS,
-                  bayes_fit._MAP_U, bayes._REPORT_FNS, bayes._POST_FNS, bayes._LMM_DATA_FNS):
+    for cache in _COMPILED_CACHES:
         cache.clear()
     jax.clear_caches()
     gc.collect()

@@ -37,8 +37,7 @@ def cross_products(structure: rs.ReStructure, a: ProblemArrays) -> rs.CrossProdu
 
 
 def _parts(structure, cp, theta, n, p, reml, sum_log_w, full: bool):
-    lams = rs.lambdas(structure, theta)
-    ch = rs.factor(*rs.scaled_system(structure, lams, cp))
+    ch = _factor(structure, cp, theta)
     p2 = structure.p2
     L22 = ch.L22
     ld = rs.logdet_z(ch, p2)
@@ -70,11 +69,7 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
             maxiter: int = 500) -> dict:
     """Fit a gaussian LMM by REML or ML.  Pure and jittable (``structure``/``reml`` static)."""
     p = a.X.shape[1]
-    # rows of weight zero carry no information (lme4 drops them): not counted in n
-    positive = a.weights > 0
-    n = jnp.sum(positive)
-    sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
-    cp = cross_products(structure, a)
+    cp, n, sum_log_w = lmm_data(structure, a)
     objective = lambda th: _parts(structure, cp, th, n, p, reml, sum_log_w, full=False)
     opt = minimize(objective, theta0, maxiter=maxiter)
     parts = _parts(structure, cp, opt.x, n, p, reml, sum_log_w, full=True)
@@ -100,6 +95,7 @@ class LmmData(NamedTuple):
 
 
 def lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> LmmData:
+    # rows of weight zero carry no information (lme4 drops them): not counted in n
     positive = a.weights > 0
     n = jnp.sum(positive).astype(a.y.dtype)
     sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
