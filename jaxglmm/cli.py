@@ -1,6 +1,6 @@
 """The ``jaxglmm`` command: ``jaxglmm fit CONFIG.yaml`` and ``jaxglmm fit-many CONFIG.yaml``.
 
-The run is I/O around the library: read and check the config (:mod:`jaxglmm.config`), read
+The run is I/O around the library: read and check the config (:mod:`jaxglmm.io.config`), read
 the data, build the model, fit, then write every output at once.  Outputs are built in
 memory and in a temporary folder beside the output folder, then moved into place, so a run
 that stops leaves nothing partial.  Input problems (a bad key, a missing file, an unknown
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import os
 import shutil
 import sys
@@ -26,7 +27,12 @@ from typing import Sequence
 import pandas as pd
 import yaml
 
-from .config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, expand_datasets, is_bundled,
+from . import __version__
+from .fit.cache import enable_compilation_cache
+from .io.datasets import load_dataset, read_table
+from .many import fit_many
+from .model import Model
+from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, expand_datasets, is_bundled,
                      load_config)
 
 __all__ = ["main"]
@@ -42,7 +48,6 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``jaxglmm`` command line; returns the exit status (0, or 2 on bad input)."""
     _cpu_devices_for_chains()
-    from . import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Generalized linear mixed models in JAX, run from a YAML config.")
@@ -56,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="output folder, overriding the config's 'output'")
     args = parser.parse_args(argv)
     if not os.environ.get("JAXGLMM_NO_CACHE"):
-        from .cache import enable_compilation_cache
         try:
             enable_compilation_cache()
         except OSError:   # an unwritable home: run without the cache
@@ -93,7 +97,6 @@ _INPUT_ERRORS = (ValueError, NotImplementedError, FileNotFoundError)
 
 # ----------------------------------------------------------------------------- fit
 def _run_fit(config_path: str, output: str | None) -> int:
-    from .model import Model
     try:
         config = _load(config_path, FitConfig, output)
         data = _read_data(config.data)
@@ -117,8 +120,6 @@ def _run_fit(config_path: str, output: str | None) -> int:
 
 # ----------------------------------------------------------------------------- fit-many
 def _run_fit_many(config_path: str, output: str | None) -> int:
-    from .many import fit_many
-    from .model import Model
     try:
         config = _load(config_path, FitManyConfig, output)
         ids, frames, sources = _many_datasets(config)
@@ -198,7 +199,6 @@ def _load(config_path: str, kind, output: str | None):
 
 
 def _read_data(source: str) -> pd.DataFrame:
-    from .datasets import load_dataset, read_table
     if is_bundled(source):
         return load_dataset(source[len(BUNDLED_PREFIX):])
     if os.path.isdir(source):
@@ -225,7 +225,6 @@ def _deliver(config, update: dict, files: dict[str, str | bytes], report: str) -
 
 
 def _netcdf_bytes(idata) -> bytes:
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "draws.nc"
         idata.to_netcdf(str(path))

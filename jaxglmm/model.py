@@ -1,86 +1,38 @@
 """The user-facing pipeline: formula -> design -> log-density -> fit -> result.
 
-``Model`` holds the immutable design and its device arrays; ``Model.fit`` dispatches to the
-fitters, and the compiled fit functions are cached by structure, family and shapes, so a second
+``Model`` holds the immutable design and its :class:`~jaxglmm.core.problem.Problem` (the plain
+value every fitter is handed); ``Model.fit`` checks the method, runs the likelihood or
+Bayesian fitter on the problem and hands the raw fit to the one result builder.  Compiled
+programs are cached by structure, family and shapes (:mod:`jaxglmm.fit.cache`), so a second
 dataset of the same shape does not recompile (``fit_many`` vmaps the same functions).
 """
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import replace
-from functools import lru_cache, partial
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pandas as pd
 
-from . import resystem as rs
-from .convergence import judge
-from .design import Design
-from .cache import relieve_map_pressure
+from .bayes.drivers import BAYES_METHODS, check_options, run_bayes
+from .core.predictor import joint_log_density
+from .core.problem import Problem, ProblemArrays, make_problem, problem_arrays
+from .core.resystem import build_structure
+from .design import Design, build_design, channels
+from .design import dpars as dpar_mod
 from .families import Family, get_family
-from . import channels
-from . import dpars as dpar_mod
-from . import families_categorical  # noqa: F401  (registers the family)
-from .laplace import fit_glmm, fixed_predictor
-from .lmm import fit_lmm
-from .problem import ProblemArrays, problem_from_design
-from .result import FitResult
-from .varcorr import varcorr_frame
+from .fit import likelihood
+from .fit.cache import relieve_map_pressure
+from .fit.convergence import ConvergenceWarning
+from .results.build import likelihood_result, posterior_result
+from .results.result import FitResult
 
 MODEL_KEYWORDS = ("categorical", "levels", "weights", "dpars")
-METHODS = ("reml", "ml", "laplace", "agq", "map", "vi", "nuts")
-BAYES = ("map", "vi", "nuts")
-# Compile with XLA's backend optimizations off: the fit graphs are many small ops in loops,
-# where optimization level 0 halves compile time and changes run time little (measured on
-# sleepstudy: 2.2 s vs 3.5 s cold, 1.0 ms vs 0.7 ms warm).
-COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
-
-
-def _lmm(arrays, theta0, structure, reml):
-    return fit_lmm(structure, arrays, reml, theta0)
-
-
-def _glmm(arrays, phi0, structure, family, n_agq):
-    return fit_glmm(structure, family, arrays, phi0, n_agq=n_agq)
-
-
-# Small problems compile at optimization level 0; from LARGE_N rows on, run time dominates
-# and XLA's fusion pays (200k-row bernoulli, (1 + x | g): 29 s vs 79 s warm).
-LARGE_N = 20_000
-_lmm_compiled = partial(jax.jit, static_argnames=("structure", "reml"),
-                        compiler_options=COMPILER_OPTIONS)(_lmm)
-_glmm_compiled = partial(jax.jit, static_argnames=("structure", "family", "n_agq"),
-                         compiler_options=COMPILER_OPTIONS)(_glmm)
-_lmm_compiled_large = partial(jax.jit, static_argnames=("structure", "reml"))(_lmm)
-_glmm_compiled_large = partial(jax.jit, static_argnames=("structure", "family", "n_agq"))(_glmm)
-
-
-# The batched fits keep XLA's default optimizations: fusing the vmapped elementwise work
-# matters there (sleepstudy bootstrap, 200 refits: 0.9 s vs 3.3 s at level 0).
-@partial(jax.jit, static_argnames=("structure", "reml"))
-def _lmm_many(arrays, theta0, structure, reml):
-    return jax.vmap(lambda a: fit_lmm(structure, a, reml, theta0))(arrays)
-
-
-@partial(jax.jit, static_argnames=("structure", "family", "n_agq"))
-def _glmm_many(arrays, phi0, structure, family, n_agq):
-    return jax.vmap(lambda a, p: fit_glmm(structure, family, a, p, n_agq=n_agq))(arrays, phi0)
-
-
-@lru_cache(maxsize=None)
-def _named_family(name: str, link: str | None) -> Family:
-    # One Family object per (name, link): the compiled fits take the family as a static
-    # argument, and a fresh object (new closures) would force a recompile per model.
-    return get_family(name, link)
-
-
-def _build_design(formula, data, family, categorical, levels, weights) -> Design:
-    from .design import build_design
-    return build_design(formula, data, family, categorical=categorical, levels=levels,
-                        weights=weights)
+METHODS = likelihood.LIKELIHOOD_METHODS + BAYES_METHODS
+BAYES = BAYES_METHODS
 
 
 class Model:
@@ -96,7 +48,7 @@ class Model:
     levels: ``{column: [level, ...]}`` level order; the first is the reference.
     weights: name of a column of prior weights.
     dpars: formulas for a family parameter, e.g. ``{"zi": "~ x + (1 | g)"}`` for the
-        zero-inflation probability (brms's ``zi ~ ...``); see :mod:`jaxglmm.dpars`.
+        zero-inflation probability (brms's ``zi ~ ...``); see :mod:`jaxglmm.design.dpars`.
 
     Examples
     --------
@@ -114,9 +66,9 @@ class Model:
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         self.formula = formula
-        self.family = (_named_family(family, link) if isinstance(family, str)
-                       else get_family(family, link))
-        build = lambda f, d: _build_design(f, d, self.family, tuple(categorical), levels, weights)
+        self.family = get_family(family, link)
+        build = lambda f, d: build_design(f, d, self.family, categorical=tuple(categorical),
+                                          levels=levels, weights=weights)
         self.dpars = dict(dpars or {})
         dpar_mod.check_dpars(self.family, self.dpars)
         self._extra = None
@@ -136,10 +88,22 @@ class Model:
         design, fixef_channels, self.n_channels = self._assemble(main, self._extra)
         if self.dpars:
             self.family = dpar_mod.with_dpar_predictor(self.family, next(iter(self.dpars)))
-        self.design = design
-        structure, self.arrays = problem_from_design(design)
-        self.structure = replace(structure, n_channels=self.n_channels,
-                                 fixef_channels=fixef_channels)
+        structure, arrays = problem_arrays(design)
+        structure = replace(structure, n_channels=self.n_channels, fixef_channels=fixef_channels)
+        self.problem: Problem = make_problem(design, self.family, structure, arrays)
+
+    # the problem's pieces, as attributes of the model
+    @property
+    def design(self) -> Design:
+        return self.problem.design
+
+    @property
+    def structure(self):
+        return self.problem.structure
+
+    @property
+    def arrays(self) -> ProblemArrays:
+        return self.problem.arrays
 
     def _assemble(self, main: Design, extra: Design | None):
         """The model's design from the main (and parameter-formula) designs: categorical
@@ -160,9 +124,10 @@ class Model:
         return design, fixef_channels, n_channels
 
     def new_arrays(self, data: pd.DataFrame, allow_new_levels: bool = True,
-                   random_effects: bool = True):
-        """X, offset and per-design-term (group index, Z) for new data, in this model's
-        (possibly expanded) columns and term order."""
+                   random_effects: bool = True) -> ProblemArrays:
+        """The model's arrays for new data (X, offset and, with ``random_effects``, each
+        grouping factor's index and Z), in this model's (possibly expanded) columns and
+        factor order; y, weights and trials are placeholders."""
         def rebuilt(design: Design) -> Design:
             nd = design.new_data(data, allow_new_levels=allow_new_levels,
                                  random_effects=random_effects)
@@ -171,7 +136,16 @@ class Model:
             return replace(design, X=nd.X, offset=nd.offset, terms=terms)
         extra = rebuilt(self._extra) if self._extra is not None else None
         design, _, _ = self._assemble(rebuilt(self._main), extra)
-        return design.X, design.offset, [(t.group_index, t.Z) for t in design.terms]
+        n = design.X.shape[0]
+        index, Z = (), ()
+        if random_effects:
+            _, index, Z = build_structure(design.terms)
+            index = tuple(jnp.asarray(i, jnp.int32) for i in index)
+            Z = tuple(jnp.asarray(z, jnp.float64) for z in Z)
+        ones = jnp.ones(n)
+        return ProblemArrays(y=ones, X=jnp.asarray(design.X, jnp.float64),
+                             offset=jnp.asarray(design.offset, jnp.float64), weights=ones,
+                             trials=ones, index=index, Z=Z)
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:
@@ -193,36 +167,24 @@ class Model:
 
     # ------------------------------------------------------------------ fitting
     def default_method(self) -> str:
-        return "reml" if self._exact_gaussian() else "laplace"
+        return "reml" if self.problem.exact_lmm else "laplace"
 
     def _exact_gaussian(self) -> bool:
-        return self.family.name == "gaussian" and self.family.link.name == "identity"
+        return self.problem.exact_lmm
+
+    def _phi0(self):
+        return jnp.asarray(self.problem.phi0, jnp.float64)
 
     def check_method(self, method: str, options: dict) -> str:
+        """The method's name, lower-cased, after checking the model can use it with these
+        options (a ValueError names the problem otherwise)."""
         method = method.lower()
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
         if method in BAYES:
-            from .bayes_fit import check_options
             check_options(method, options)
-            return method
-        if method in ("reml", "ml") and not self._exact_gaussian():
-            raise ValueError(f"method {method!r} is for gaussian models with the identity link; "
-                             f"use 'laplace' or 'agq' for family {self.family.name!r}")
-        if method == "agq":
-            if self._exact_gaussian():
-                raise ValueError("method 'agq' is for non-gaussian families; the gaussian "
-                                 "likelihood is exact with 'ml' or 'reml'")
-            s = self.structure
-            if len(s.factors) != 1 or s.factors[0].q != 1:
-                raise ValueError("method 'agq' needs a single grouping factor with one scalar "
-                                 "random effect (as lme4's nAGQ > 1); use 'laplace'")
-            n = int(options.get("agq_points", 25))
-            if n < 1:
-                raise ValueError("agq_points must be a positive integer")
-        unknown = set(options) - ({"agq_points"} if method == "agq" else set())
-        if unknown:
-            raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}")
+        else:
+            likelihood.check_method(self.problem, method, options)
         return method
 
     def fit(self, method: str | None = None, **options) -> FitResult:
@@ -238,141 +200,25 @@ class Model:
         method = self.check_method(method or self.default_method(), options)
         relieve_map_pressure()
         if method in BAYES:
-            from .bayes_fit import fit_bayes
-            return fit_bayes(self, method, options)
-        start = time.perf_counter()
-        raw = jax.device_get(self._run(method, options, self.arrays, many=False))
-        seconds = time.perf_counter() - start
-        return self._result(method, options, raw, seconds)
-
-    def _phi0(self):
-        d = self.design
-        return jnp.asarray(self.family.init_params(d.y, d.trials), jnp.float64)
-
-    def _run(self, method, options, arrays, many: bool, phi0=None):
-        s = self.structure
-        large = self.design.nobs >= LARGE_N
-        if method in ("reml", "ml") or (method == "laplace" and self._exact_gaussian()):
-            fn = _lmm_many if many else (_lmm_compiled_large if large else _lmm_compiled)
-            return fn(arrays, jnp.asarray(s.theta_init()), structure=s, reml=(method == "reml"))
-        n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
-        fn = _glmm_many if many else (_glmm_compiled_large if large else _glmm_compiled)
-        if phi0 is None:
-            phi0 = self._phi0()
-        return fn(arrays, phi0, structure=s, family=self.family, n_agq=n_agq)
-
-    def _result(self, method, options, raw, seconds) -> FitResult:
-        d, s, fam = self.design, self.structure, self.family
-        gaussian_exact = "sigma" in raw
-        sigma = float(raw["sigma"]) if gaussian_exact else None
-        theta = canonical_theta(s, np.asarray(raw["theta"], float))
-        fparams = {} if gaussian_exact else {
-            k: np.asarray(v) for k, v in fam.natural_params(jnp.asarray(raw["family_params"])).items()}
-        if fam.name == "gaussian" and not gaussian_exact:
-            sigma = float(fparams.pop("sigma"))
-        names = list(d.fixef_names)
-        vcov = pd.DataFrame(np.asarray(raw["vcov"]), index=names, columns=names)
-        fixef = pd.Series(np.asarray(raw["beta"], float), index=names, name="fixef")
-        se = pd.Series(np.sqrt(np.diag(vcov.to_numpy())), index=names, name="fixef_se")
-        # Exact gaussian: Lambda is relative to sigma (lme4).  Otherwise Lambda is absolute and
-        # a gaussian family's sigma (non-identity link) is one of the family parameters.
-        vc = varcorr_frame(s, theta, sigma if gaussian_exact else None)
-        if not gaussian_exact and sigma is not None:
-            vc.loc[len(vc)] = ("Residual", None, None, sigma ** 2, sigma)
-        verdict = judge(int(raw["status"]), raw["grad"], raw["hessian"], theta,
-                        s.theta_diagonal(), int(raw["n_iter"]))
-        messages = tuple(d.messages) + verdict.messages
-        n_family = 1 if gaussian_exact else int(np.size(raw["family_params"]))
-        n_params = d.n_fixef + s.n_theta + n_family
-        b_terms, ranef = self._ranef(raw)
-        fparams_se = {} if gaussian_exact else _family_params_se(
-            fam, raw, s.n_theta + d.n_fixef, drop_sigma=fam.name == "gaussian")
-        return FitResult(model=self, method=method, fixef=fixef, fixef_se=se, vcov=vcov,
-                         varcorr=vc, sigma=sigma, family_params=fparams,
-                         family_params_se=fparams_se,
-                         loglik=float(raw["loglik"]), df=n_params, ranef=ranef,
-                         converged=verdict.converged, singular=verdict.singular,
-                         messages=messages, seconds=seconds, theta=theta,
-                         n_iter=int(raw["n_iter"]), b=tuple(b_terms), options=dict(options),
-                         optinfo=self._optinfo(raw))
-
-    @staticmethod
-    def _optinfo(raw) -> dict:
-        keys = ("x", "grad", "hessian", "n_iter", "status", "objective0", "deviance", "u")
-        info = {k: np.asarray(raw[k]) for k in keys if k in raw}
-        info["objective"] = info.pop("deviance")
-        return info
-
-    def _ranef(self, raw):
-        """Per design term (levels, q) modes, and per group a DataFrame with conditional SDs."""
-        s = self.structure
-        b_terms, frames = [], {}
-        by_label = {}
-        for f, b, cov in zip(s.factors, raw["b"], raw["b_cov"]):
-            b = np.asarray(b)
-            sd = np.sqrt(np.clip(np.diagonal(np.asarray(cov), axis1=1, axis2=2), 0, None))
-            for t in f.terms:
-                by_label[(t.label, t.names)] = (b[:, t.col0:t.col0 + t.q], sd[:, t.col0:t.col0 + t.q])
-        for t in self.design.terms:
-            bt, sdt = by_label[(t.label, tuple(t.names))]
-            b_terms.append(bt)
-            frame = frames.setdefault(t.group, pd.DataFrame(index=pd.Index(t.levels, name="level")))
-            for k, name in enumerate(t.names):
-                frame[name] = bt[:, k]
-                frame[f"{name}_sd"] = sdt[:, k]
-        return b_terms, frames
+            result = posterior_result(self, self.problem, method, options,
+                                      run_bayes(self.problem, method, options))
+        else:
+            start = time.perf_counter()
+            raw = jax.device_get(likelihood.run(self.problem, method, options))
+            result = likelihood_result(self, self.problem, method, options, raw,
+                                       time.perf_counter() - start)
+        warn_of(result)
+        return result
 
 
-def joint_log_density(structure, family: Family, a: ProblemArrays, params: dict) -> jnp.ndarray:
-    """``log p(y, u | beta, theta, phi)`` for one dataset's arrays (see Model.log_density)."""
-    lams = rs.lambdas(structure, params["theta"])
-    eta = fixed_predictor(structure, a, params["beta"]) + \
-        rs.re_linear_predictor(structure, lams, params["u"], a.index, a.Z)
-    fp = family.natural_params(params["phi"])
-    ll = jnp.sum(a.weights * family.loglik(a.y, eta, a.trials, fp))
-    u = params["u"]
-    return ll - 0.5 * jnp.dot(u, u) - 0.5 * u.shape[0] * jnp.log(2 * jnp.pi)
-
-
-def _family_params_se(fam: Family, raw, start: int, drop_sigma: bool) -> dict:
-    """Standard errors of the natural family parameters (thresholds, shape, ...): the delta
-    method on the inverse Hessian of the deviance in the outer vector (theta, beta, phi), as
-    ordinal::clmm and glmmTMB report them.  NaN where that Hessian is not positive definite."""
-    phi = jnp.asarray(raw["family_params"])
-    if phi.shape[0] == 0:
-        return {}
-    H = np.asarray(raw["hessian"], float)
-    values = fam.natural_params(phi)
-    if not (np.all(np.isfinite(H)) and np.linalg.eigvalsh(H).min() > 0):
-        out = {k: np.full(np.shape(v), np.nan) for k, v in values.items()}
-    else:
-        cov = 2.0 * np.linalg.inv(H)[start:, start:]
-        J = np.asarray(jax.jacfwd(lambda z: jnp.concatenate(
-            [jnp.ravel(v) for v in fam.natural_params(z).values()]))(phi))
-        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", J, cov, J), 0.0))
-        out, pos = {}, 0
-        for k, v in values.items():
-            size = int(np.size(v))
-            out[k] = se[pos:pos + size].reshape(np.shape(v)) if np.ndim(v) else float(se[pos])
-            pos += size
-    if drop_sigma:
-        out.pop("sigma", None)
-    return out
-
-
-def canonical_theta(structure, theta: np.ndarray) -> np.ndarray:
-    """theta with every Cholesky column's diagonal made non-negative, as lme4 reports it
-    (``Lambda`` and ``Lambda D`` with D = diag(+-1) give the same covariance)."""
-    theta = theta.copy()
-    for t in structure.terms:
-        rows, cols = np.array(t.theta_rows), np.array(t.theta_cols)
-        vals = theta[t.theta_start:t.theta_start + t.n_theta]
-        for c in np.unique(cols):
-            diag = vals[(rows == c) & (cols == c)]
-            if diag.size and diag[0] < 0:
-                vals[cols == c] *= -1
-        theta[t.theta_start:t.theta_start + t.n_theta] = vals
-    return theta
+def warn_of(result: FitResult) -> None:
+    """A :class:`ConvergenceWarning` for each problem of a fit, as lme4 warns: not converged
+    (the verdict's messages), a singular fit, a confounded design."""
+    design = result.model.design
+    notes = [m for m in result.messages if m not in design.messages] if not result.converged \
+        else [m for m in result.messages if m.startswith("boundary (singular) fit")]
+    for message in tuple(design.warnings) + tuple(notes):
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
 
 
 def fit(formula: str, data: pd.DataFrame, family: str | Family = "gaussian",

@@ -44,7 +44,7 @@ def r_name(name: str, factors=()) -> str:
 
 
 def r_group(group: str) -> str:
-    """lme4 names the nested group ``cask:batch``; INTERFACE.md names it ``batch:cask``."""
+    """lme4 names the nested group ``cask:batch``; docs/INTERFACE.md names it ``batch:cask``."""
     if ":" in group:
         return ":".join(reversed(group.split(":")))
     return group

@@ -16,8 +16,8 @@ from numpyro.distributions.transforms import CorrCholeskyTransform
 from scipy import stats
 
 import jaxglmm as jg
-from jaxglmm import diagnostics as dg
-from jaxglmm.bayes import (BayesModel, constrain, corr_cholesky, corr_cholesky_inverse,
+from jaxglmm.bayes import diagnostics as dg
+from jaxglmm.bayes.density import (BayesModel, constrain, corr_cholesky, corr_cholesky_inverse,
                            dimension, log_posterior)
 from jaxglmm.families import FAMILIES, get_family
 
@@ -134,8 +134,8 @@ def test_exact_marginal_likelihood_and_conditional_draws(formula, dataset):
     """The unprofiled LMM density equals the ML log-likelihood at the ML estimates; the
     conditional draw with eps = 0 is the conditional mode, and the draws' covariance is
     sigma^2 A^{-1} (its diagonal blocks against resystem.conditional_covariances)."""
-    from jaxglmm import lmm
-    from jaxglmm import resystem as rs
+    from jaxglmm.core import lmm
+    from jaxglmm.core import resystem as rs
     model = jg.Model(formula, jg.load_dataset(dataset))
     fit = model.fit("ml")
     s = model.structure
@@ -161,7 +161,7 @@ def test_exact_marginal_likelihood_and_conditional_draws(formula, dataset):
 def test_exact_marginal_posterior_equals_the_joint_density_integrated():
     """For a gaussian model the collapsed log posterior equals the joint one with u
     integrated out: log p(theta | y) = log p(theta, u | y) - log p(u | theta, y), at any u."""
-    from jaxglmm import lmm
+    from jaxglmm.core import lmm
     model, bm = _sleep_bm()
     rng = np.random.default_rng(3)
     zm = bm.unconstrain(bm.centre_values(), marginal=True) + rng.uniform(-0.5, 0.5, 6)
@@ -169,7 +169,7 @@ def test_exact_marginal_posterior_equals_the_joint_density_integrated():
     collapsed = float(log_posterior(bm.spec, jnp.asarray(zm), bm.data, marginal=True))
     # joint at u = the conditional mode: log p(theta, u_hat | y) - log N(u_hat; u_hat, A^-1)
     # (u on the unit scale of the joint density, b = Lambda u)
-    from jaxglmm.bayes import _conditional_u
+    from jaxglmm.bayes.density import _conditional_u
     u_hat = _conditional_u(bm.spec, sites, bm.x_means, bm.data["lmm"], jnp.zeros(36))
     zj = np.concatenate([zm[:5], np.asarray(u_hat), zm[5:]])
     joint = float(log_posterior(bm.spec, jnp.asarray(zj), bm.data))
@@ -177,7 +177,7 @@ def test_exact_marginal_posterior_equals_the_joint_density_integrated():
     L, sd = np.asarray(sites["L_0"]), np.asarray(sites["sd_0"])
     lam = np.diag(sd) @ L / sigma
     theta = jnp.asarray([lam[0, 0], lam[1, 0], lam[1, 1]])
-    from jaxglmm import resystem as rs
+    from jaxglmm.core import resystem as rs
     ch = rs.factor(*rs.scaled_system(model.structure, rs.lambdas(model.structure, theta),
                                      bm.data["lmm"].cp))
     logdet_a = float(rs.logdet_z(ch, 0))

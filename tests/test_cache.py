@@ -4,7 +4,7 @@ import jax
 import pytest
 
 import jaxglmm as jg
-from jaxglmm import bayes_fit, cache
+from jaxglmm.fit import cache
 
 
 def test_clear_caches_frees_memory_mappings():
@@ -30,10 +30,10 @@ def test_guard_frees_compiled_programs_near_the_mapping_cap(monkeypatch):
         pytest.skip("no /proc on this system")
     monkeypatch.setitem(cache._state, "limit", 100)      # any process has more than 60 maps
     monkeypatch.setitem(cache._state, "pressure", False)  # and False again afterwards
-    bayes_fit._RUNNERS["marker"] = object()
+    cache.program(("marker",), object)
     jax.jit(lambda x: x * 0.98765 + 0.4321)(1.0)          # a fresh compile: the guard looks
     assert cache._state["pressure"]
     model = jg.Model("Reaction ~ Days + (1 | Subject)", jg.load_dataset("sleepstudy"))
     with pytest.warns(RuntimeWarning, match="vm.max_map_count"):
         fit = model.fit("reml")
-    assert fit.converged and "marker" not in bayes_fit._RUNNERS
+    assert fit.converged and ("marker",) not in cache._PROGRAMS

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import jaxglmm as jg
-from jaxglmm.laplace import GlmmModel
+from jaxglmm.core.laplace import GlmmModel
 from reference_cases import load_reference
 from test_properties import central_differences
 

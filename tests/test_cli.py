@@ -20,7 +20,7 @@ import yaml
 
 import jaxglmm
 from jaxglmm.cli import main
-from jaxglmm.config import FitConfig, FitManyConfig, expand_datasets, load_config
+from jaxglmm.io.config import FitConfig, FitManyConfig, expand_datasets, load_config
 from reference_cases import load_reference
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -271,3 +271,25 @@ def test_shipped_configs_run(path, tmp_path, capsys):
         assert json.loads((tmp_path / "out" / "fit.json").read_text())["converged"] is True
     else:
         assert pd.read_csv(tmp_path / "out" / "fits.csv")["converged"].all()
+
+
+@pytest.mark.parametrize("method", ["nuts", "vi", "map"])
+def test_fit_many_refuses_bayesian_methods(method, tmp_path, capsys):
+    """fit-many runs likelihood fits only: a Bayesian method is refused, not run as ML and
+    labelled with its name."""
+    write_csv(tmp_path / "sims.csv", simulated_replicates(2))
+    config = write_config(tmp_path / "many.yaml",
+                          {"data": "sims.csv", "split_by": "sim", **MANY, "method": method})
+    assert main(["fit-many", str(config)]) == 2
+    line = error_line(capsys)
+    assert f"method '{method}' cannot be batched" in line and "likelihood fits" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_only_csv_says_the_data_has_no_rows(tmp_path, capsys):
+    (tmp_path / "empty.csv").write_text("Reaction,Days,Subject\n")
+    config = write_config(tmp_path / "fit.yaml", {**SLEEPSTUDY, "data": "empty.csv",
+                                                  "output": "out"})
+    assert main(["fit", str(config)]) == 2
+    line = error_line(capsys)
+    assert "the data has no rows" in line and "missing value" not in line

@@ -1,19 +1,18 @@
 """build_design on small frames: every column name and value written out."""
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import jaxglmm  # noqa: F401  (enables float64)
-from jaxglmm.datasets import list_datasets, load_dataset, read_table
+from jaxglmm.io.datasets import list_datasets, load_dataset, read_table
 from jaxglmm.design import Design, NewData, build_design
 from jaxglmm.families import get_family
 from jaxglmm.formula import FormulaError
 
-# build_design reads only these three attributes of a family
-CUMULATIVE = SimpleNamespace(name="cumulative", needs_trials=False, has_intercept=False)
-CATEGORICAL = SimpleNamespace(name="categorical", needs_trials=False, has_intercept=True)
+# build_design asks the family (a Family value) how to code the response, never its name
+CUMULATIVE = get_family("cumulative")
+CATEGORICAL = get_family("categorical")
 
 
 @pytest.fixture

@@ -31,8 +31,9 @@ import pytest
 
 import jaxglmm as jg
 from jaxglmm.families import get_family
-from jaxglmm.laplace import GlmmModel, fixed_predictor
-from jaxglmm.model import COMPILER_OPTIONS
+from jaxglmm.core.laplace import GlmmModel
+from jaxglmm.core.predictor import fixed_predictor
+from jaxglmm.fit.likelihood import COMPILER_OPTIONS
 
 LAPLACE_FAMILIES = ["bernoulli", "binomial", "poisson", "negbinomial", "Gamma", "lognormal",
                     "beta", "student", "zero_inflated_poisson", "zero_inflated_negbinomial",

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import jaxglmm as jg
-from jaxglmm import lmm
-from jaxglmm.laplace import GlmmModel
+from jaxglmm.core import lmm
+from jaxglmm.core.laplace import GlmmModel
 
 
 def central_differences(f, x, h=1e-5):
@@ -106,14 +106,14 @@ def test_recovers_simulated_crossed_lmm():
 
 
 def test_same_shape_dataset_does_not_recompile():
-    from jaxglmm import model as model_module
+    from jaxglmm.fit import cache
     rng = np.random.default_rng(3)
     df1 = simulate_bernoulli(rng, n_groups=20, per_group=10)
     df2 = simulate_bernoulli(rng, n_groups=20, per_group=10)
     jg.fit("y ~ x + (1 | g)", df1, family="bernoulli")
-    before = model_module._glmm_compiled._cache_size()
+    before = cache.n_compiled()
     fit2 = jg.fit("y ~ x + (1 | g)", df2, family="bernoulli")
-    assert model_module._glmm_compiled._cache_size() == before
+    assert cache.n_compiled() == before
     assert fit2.converged
 
 

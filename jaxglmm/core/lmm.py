@@ -1,0 +1,124 @@
+"""Linear mixed models: exact REML and ML through the profiled deviance.
+
+With ``A = Lambda' Z' W Z Lambda + I`` and the blocked Cholesky of the augmented system
+``[Z Lambda | X | y]`` (lme4 / MixedModels.jl), the fixed effects and the residual scale are
+profiled out, leaving a function of theta alone::
+
+    ML:   -2 l(theta)  = log|A| + n (1 + log(2 pi r^2 / n))               - sum log w
+    REML: -2 lR(theta) = log|A| + log|R_X|^2 + (n-p) (1 + log(2 pi r^2/(n-p))) - sum log w
+
+where ``r^2`` is the penalized residual sum of squares and ``R_X`` the Cholesky factor of the
+Schur complement of the X block.  The weighted cross-products are computed once per dataset
+(segment sums over observations); each evaluation then costs O(levels * q^3 + m^3), not O(n).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+from . import resystem as rs
+from .problem import ProblemArrays
+
+
+class LmmParts(NamedTuple):
+    deviance: jnp.ndarray
+    beta: jnp.ndarray
+    sigma: jnp.ndarray
+    u: jnp.ndarray
+    vcov: jnp.ndarray
+    chol: rs.BlockedCholesky
+
+
+def cross_products(structure: rs.ReStructure, a: ProblemArrays) -> rs.CrossProducts:
+    extra = jnp.concatenate([a.X, (a.y - a.offset)[:, None]], axis=1)
+    return rs.cross_products(structure, a.index, a.Z, a.weights, extra)
+
+
+def profiled_parts(structure, cp, theta, n, p, reml, sum_log_w, full: bool):
+    ch = _factor(structure, cp, theta)
+    p2 = structure.p2
+    L22 = ch.L22
+    ld = rs.logdet_z(ch, p2)
+    LX = L22[p2:p2 + p, p2:p2 + p]
+    r2 = jnp.square(L22[-1, -1])
+    if reml:
+        dof = n - p
+        dev = ld + 2.0 * jnp.sum(jnp.log(jnp.diagonal(LX))) + dof * (1.0 + jnp.log(2 * jnp.pi * r2 / dof))
+    else:
+        dof = n
+        dev = ld + n * (1.0 + jnp.log(2 * jnp.pi * r2 / n))
+    dev = dev - sum_log_w
+    if not full:
+        return dev
+    sigma2 = r2 / dof
+    # [u; beta] solves L_aug' x = (y row of L), by back substitution through both blocks.
+    Laug = L22[:-1, :-1]
+    x2 = rs.linalg.solve_upper_t(Laug, L22[-1, :-1, None])[:, 0]
+    cy = ch.C[:, :, -1]
+    x1 = rs.linalg.solve_upper_t(ch.L11, (cy - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1], x2))[..., None])[..., 0]
+    beta = x2[p2:]
+    u = jnp.concatenate([x1.reshape(-1), x2[:p2]])
+    LXinv = rs.linalg.solve_lower(LX, jnp.eye(p))
+    vcov = sigma2 * LXinv.T @ LXinv
+    return LmmParts(dev, beta, jnp.sqrt(sigma2), u, vcov, ch)
+
+
+# ----------------------------------------------------------------------------- not profiled
+class LmmData(NamedTuple):
+    """What the unprofiled LMM density needs of one dataset, computed once: the weighted
+    cross-products, the number of rows with positive weight and the sum of their log weights."""
+
+    cp: rs.CrossProducts
+    n: jnp.ndarray
+    sum_log_w: jnp.ndarray
+
+
+def lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> LmmData:
+    # rows of weight zero carry no information (lme4 drops them): not counted in n
+    positive = a.weights > 0
+    n = jnp.sum(positive).astype(a.y.dtype)
+    sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
+    return LmmData(cross_products(structure, a), n, sum_log_w)
+
+
+def _factor(structure, cp, theta) -> rs.BlockedCholesky:
+    return rs.factor(*rs.scaled_system(structure, rs.lambdas(structure, theta), cp))
+
+
+def marginal_loglik(structure: rs.ReStructure, d: LmmData, theta, beta, sigma) -> jnp.ndarray:
+    """``log p(y | beta, theta, sigma)`` with the random effects integrated out exactly::
+
+        -2 log p = n log(2 pi sigma^2) + log|A| + r^2(beta) / sigma^2 - sum log w,
+        r^2(beta) = r^2_min + |R_X beta - c_y|^2
+
+    from the blocked Cholesky of the augmented system (the X and y rows of its dense block
+    give R_X and c_y); each evaluation costs O(levels q^3 + m^3), not O(n)."""
+    ch = _factor(structure, d.cp, theta)
+    p2, p = structure.p2, beta.shape[0]
+    L22 = ch.L22
+    resid = L22[-1, p2:p2 + p] - L22[p2:p2 + p, p2:p2 + p].T @ beta
+    prss = jnp.square(L22[-1, -1]) + jnp.dot(resid, resid)
+    return -0.5 * (d.n * jnp.log(2 * jnp.pi * jnp.square(sigma)) + rs.logdet_z(ch, p2)
+                   + prss / jnp.square(sigma)) + 0.5 * d.sum_log_w
+
+
+def conditional_u(structure: rs.ReStructure, d: LmmData, theta, beta, sigma, eps) -> jnp.ndarray:
+    """A draw of the random effects from their exact conditional distribution, on lme4's
+    scale (``b = Lambda(theta) u``, ``u ~ N(0, sigma^2 I)`` a priori, as ``fit_lmm``'s u):
+    ``u | y, beta, theta, sigma ~ N(u_hat(beta), sigma^2 A^{-1})`` given standard normal
+    ``eps`` (n_u,), by back-substitution through L_ZZ' of ``c - L_XZ' beta + sigma eps``."""
+    ch = _factor(structure, d.cp, theta)
+    p2, p = structure.p2, beta.shape[0]
+    G1, q1 = ch.L11.shape[:2]
+    e1, e2 = eps[:G1 * q1].reshape(G1, q1), eps[G1 * q1:]
+    L22 = ch.L22
+    if p2:
+        rhs2 = L22[-1, :p2] - L22[p2:p2 + p, :p2].T @ beta + sigma * e2
+        x2 = rs.linalg.solve_upper_t(L22[:p2, :p2], rhs2[:, None])[:, 0]
+    else:
+        x2 = jnp.zeros(0, beta.dtype)
+    rhs1 = ch.C[:, :, -1] - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1],
+                                        jnp.concatenate([x2, beta])) + sigma * e1
+    x1 = rs.linalg.solve_upper_t(ch.L11, rhs1[..., None])[..., 0]
+    return jnp.concatenate([x1.reshape(-1), x2])

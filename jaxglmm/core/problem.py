@@ -1,0 +1,87 @@
+"""A design on the device: the arrays every fitter takes, and the static structure beside them.
+
+``ProblemArrays`` is a pytree of arrays whose shapes are fixed by the design (n, p, levels), so
+a fit is a pure function of it and ``fit_many`` can stack same-shape datasets on a leading
+axis and ``vmap``.  ``Problem`` is the plain value a fitter is handed: the static structure,
+the family, the arrays, the design they came from and the few flags fitters need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from .resystem import ReStructure, build_structure
+
+# From this many rows on, run time dominates compile time: fits are compiled with XLA's
+# full optimizations (see jaxglmm.fit.likelihood).
+LARGE_N = 20_000
+
+
+class ProblemArrays(NamedTuple):
+    y: jnp.ndarray
+    X: jnp.ndarray
+    offset: jnp.ndarray
+    weights: jnp.ndarray
+    trials: jnp.ndarray
+    index: tuple
+    Z: tuple
+
+
+@dataclass(frozen=True, eq=False)
+class Problem:
+    """Everything a fitter needs, as one value.
+
+    structure: the static random-effect structure (hashable; part of compiled programs' keys).
+    family: the :class:`~jaxglmm.families.Family` (a value: hashable).
+    arrays: the device arrays.
+    design: the :class:`~jaxglmm.design.Design` the arrays came from (names, levels, y).
+    phi0: the family parameters' unconstrained starting values.
+    """
+
+    structure: ReStructure
+    family: Any
+    arrays: ProblemArrays
+    design: Any
+    phi0: np.ndarray
+
+    @property
+    def exact_lmm(self) -> bool:
+        """A linear mixed model: fitted exactly by REML/ML (gaussian, identity link)."""
+        return bool(self.family.exact_lmm)
+
+    @property
+    def large(self) -> bool:
+        return self.design.nobs >= LARGE_N
+
+    @property
+    def n_phi(self) -> int:
+        return int(np.size(self.phi0))
+
+    @property
+    def n_params(self) -> int:
+        """Estimated parameters: fixed effects, covariance parameters, family parameters."""
+        return int(self.design.n_fixef + self.structure.n_theta + self.n_phi)
+
+
+def problem_arrays(design) -> tuple[ReStructure, ProblemArrays]:
+    """The random-effect structure and device arrays of a design."""
+    structure, index, Z = build_structure(design.terms)
+    trials = design.trials if design.trials is not None else np.ones_like(design.y)
+    arrays = ProblemArrays(
+        y=jnp.asarray(design.y, jnp.float64),
+        X=jnp.asarray(design.X, jnp.float64),
+        offset=jnp.asarray(design.offset, jnp.float64),
+        weights=jnp.asarray(design.weights, jnp.float64),
+        trials=jnp.asarray(trials, jnp.float64),
+        index=tuple(jnp.asarray(i, jnp.int32) for i in index),
+        Z=tuple(jnp.asarray(z, jnp.float64) for z in Z),
+    )
+    return structure, arrays
+
+
+def make_problem(design, family, structure: ReStructure, arrays: ProblemArrays) -> Problem:
+    phi0 = np.asarray(family.init_params(design.y, design.trials), np.float64)
+    return Problem(structure, family, arrays, design, phi0)

@@ -1,0 +1,544 @@
+"""Design stage: a parsed formula applied to data becomes arrays the log-density needs.
+
+The pipeline is formula -> design -> log-density -> fit -> result.  This module holds the
+design records.  They are plain immutable containers of NumPy arrays (moved to the device by
+the fitters) plus the labels needed to name results and to rebuild X/Z for new data.
+
+Nothing here is dense ``n x (levels * q)``: each random-effect term keeps its per-observation
+group index and its own ``n x q`` model columns.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..families import Family, get_family
+from ..formula import FormulaError, ParsedFormula, PyExpr, parse_formula
+from .matrices import (FactorCoding, GroupingFactor, ModelMatrix, aliased_columns,
+                    evaluate_expr, factor_levels, format_label, is_numeric, natural_key)
+
+__all__ = ["RandomTerm", "Design", "DesignSpec", "NewData", "NewTerm", "build_design"]
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effect term, e.g. ``(1 + Days | Subject)``.
+
+    Attributes
+    ----------
+    group:
+        Name of the grouping factor as reported in varcorr (``"Subject"``,
+        ``"batch:cask"``).  Terms from ``(x || g)`` share the grouping factor but are
+        separate terms (lme4 reports them as ``g`` and ``g.1``); ``group`` stays ``"g"``
+        and ``label`` carries the suffix.
+    label:
+        Unique label of the term for varcorr (``"Subject"``, ``"Subject.1"``).
+    names:
+        Names of the q model columns (``("Intercept", "Days")``).
+    correlated:
+        True for a full q x q covariance (``|``), False for a diagonal one (``||`` yields
+        q = 1 terms anyway, but ``(0 + a + b || g)`` style diagonal blocks are allowed).
+    levels:
+        Level labels of the grouping factor, in index order.
+    group_index:
+        int32 array (n,), index into ``levels`` for each observation.
+    Z:
+        float64 array (n, q), the term's model columns.
+    channel:
+        The linear predictor the term feeds (0 unless the model has several, as the
+        categorical family has one per non-reference category), or one per column for a
+        term merged across predictors by a brms correlation ID.
+    id:
+        brms's correlation ID of ``(terms | ID | g)``: terms with the same ID and grouping
+        factor are modelled as one correlated block, also across linear predictors.
+    """
+
+    group: str
+    label: str
+    names: tuple[str, ...]
+    correlated: bool
+    levels: tuple[str, ...]
+    group_index: np.ndarray
+    Z: np.ndarray
+    channel: int | tuple[int, ...] = 0
+    id: str | None = None
+
+    @property
+    def column_channels(self) -> tuple[int, ...]:
+        """The linear predictor each of the q columns feeds."""
+        if isinstance(self.channel, tuple):
+            return self.channel
+        return (int(self.channel),) * len(self.names)
+
+    @property
+    def q(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything a family's log-density needs, for one dataset.
+
+    Attributes
+    ----------
+    y:
+        float64 (n,) response.  bernoulli: 0/1; binomial: successes; cumulative and
+        categorical: integer codes 0..K-1 stored as float.
+    trials:
+        float64 (n,) number of trials for binomial, else None.
+    X:
+        float64 (n, p) fixed-effect model matrix.
+    fixef_names:
+        Column names of X, formulae's conventions (``Intercept``, ``period[2]``, ``a:b``).
+    offset, weights:
+        float64 (n,).  Zeros / ones when not given.
+    terms:
+        Random-effect terms, ordered as lme4 orders them (decreasing number of levels,
+        stable).
+    response_name:
+        Name of the response expression.
+    response_levels:
+        Labels of a categorical/ordinal response (in code order), or for bernoulli the
+        (failure, success) labels when the response was not numeric 0/1; else None.
+    n_dropped:
+        Rows dropped because a used column had a missing value.
+    messages:
+        Notes produced while building (dropped rows, dropped rank-deficient columns...).
+    warnings:
+        The messages a fit warns of (a confounded design: rank-deficient columns dropped).
+    proportion:
+        True when a binomial response was read as a proportion of the weights (lme4's
+        ``prop ~ ..., weights = n``): ``y`` and ``trials`` are then counts, and simulated
+        responses are given back as proportions.
+    """
+
+    y: np.ndarray
+    X: np.ndarray
+    fixef_names: tuple[str, ...]
+    terms: tuple[RandomTerm, ...]
+    offset: np.ndarray
+    weights: np.ndarray
+    trials: np.ndarray | None = None
+    response_name: str = "y"
+    response_levels: tuple[str, ...] | None = None
+    n_dropped: int = 0
+    messages: tuple[str, ...] = field(default_factory=tuple)
+    spec: "DesignSpec | None" = field(default=None, repr=False, compare=False)
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+    proportion: bool = False
+
+    @property
+    def nobs(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_fixef(self) -> int:
+        return int(self.X.shape[1])
+
+    def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True,
+                 random_effects: bool = True) -> "NewData":
+        """Rebuild X, the offset and every term's (group index, Z) for new data.
+
+        See :meth:`DesignSpec.new_data`.
+        """
+        if self.spec is None:
+            raise ValueError("this Design was not made by build_design, so it cannot be "
+                             "rebuilt for new data")
+        return self.spec.new_data(data, allow_new_levels=allow_new_levels,
+                                  random_effects=random_effects)
+
+
+# ----------------------------------------------------------------------------- new data
+@dataclass(frozen=True)
+class NewTerm:
+    """One random-effect term evaluated on new data.
+
+    Attributes
+    ----------
+    label: the term's label in the training design (``"Subject"``, ``"Subject.1"``).
+    group_index: int32 (n,); -1 where the group level was not in the training data (a
+        prediction then uses zero random effects).
+    Z: float64 (n, q).
+    """
+
+    label: str
+    group_index: np.ndarray
+    Z: np.ndarray
+
+
+@dataclass(frozen=True)
+class NewData:
+    """Model arrays for new data, in the training design's columns and term order.
+
+    Attributes
+    ----------
+    X: float64 (n, p), columns ``fixef_names``.
+    fixef_names: as in the training design.
+    offset: float64 (n,).
+    terms: one :class:`NewTerm` per training term, same order (empty when built with
+        ``random_effects=False``).
+    trials: float64 (n,) for a binomial model when the trials columns are in the data, else
+        None.
+    """
+
+    X: np.ndarray
+    fixef_names: tuple[str, ...]
+    offset: np.ndarray
+    terms: tuple[NewTerm, ...]
+    trials: np.ndarray | None = None
+
+    @property
+    def nobs(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass(frozen=True)
+class RandomTermSpec:
+    """How to rebuild one random-effect term: its Z builder and its grouping factor."""
+
+    label: str
+    matrix: ModelMatrix
+    factor: GroupingFactor
+
+
+@dataclass(frozen=True)
+class DesignSpec:
+    """What :func:`build_design` learned from the training data, to rebuild arrays.
+
+    Attributes
+    ----------
+    parsed: the read formula.
+    fixed: builder of the full fixed-effect matrix.
+    keep: indices of its columns kept in ``Design.X`` (intercept removed for families
+        without one, aliased columns dropped).
+    offsets: offset expressions, summed.
+    terms: per random term, in ``Design.terms`` order.
+    """
+
+    parsed: ParsedFormula
+    fixed: ModelMatrix
+    keep: tuple[int, ...]
+    offsets: tuple[PyExpr, ...]
+    terms: tuple[RandomTermSpec, ...]
+
+    @property
+    def fixef_names(self) -> tuple[str, ...]:
+        return tuple(self.fixed.names[i] for i in self.keep)
+
+    def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True,
+                 random_effects: bool = True) -> NewData:
+        """Rebuild the model arrays for ``data``.
+
+        Parameters
+        ----------
+        data:
+            New observations; the response is not needed.
+        allow_new_levels:
+            When False, a grouping level not seen in training is an error; when True it gets
+            group index -1.
+        random_effects:
+            When False (population-level predictions, lme4's ``re.form = NA``) the random
+            terms are skipped, so their columns need not be in ``data``; ``terms`` is empty.
+
+        Raises
+        ------
+        ValueError
+            A needed column is missing or has missing values, or a factor has a level that
+            was not in the training data (named in the message).
+        """
+        data = _as_frame(data)
+        random = self.terms if random_effects else ()
+        needed = list(self.fixed.columns) + [n for o in self.offsets for n in o.names]
+        needed += [c for t in random for c in t.matrix.columns]
+        _require_columns(needed + [c for t in random for c in t.factor.columns], data,
+                         self.parsed.formula)
+        frame = data.reset_index(drop=True)
+        for col in dict.fromkeys(needed):
+            if frame[col].isna().any():
+                raise ValueError(f"column {col!r} of the new data has missing values")
+        X = self.fixed.evaluate(frame)[:, list(self.keep)]
+        terms = tuple(NewTerm(t.label, t.factor.index(frame, allow_new_levels),
+                              t.matrix.evaluate(frame)) for t in random)
+        return NewData(X, self.fixef_names, _offset(self.offsets, frame), terms,
+                       self._trials(frame))
+
+    def _trials(self, frame: pd.DataFrame) -> np.ndarray | None:
+        response = self.parsed.response
+        if response.kind == "plain":
+            return None
+        exprs = response.exprs if response.kind == "cbind" else response.exprs[1:]
+        if not all(n in frame.columns for e in exprs for n in e.names):
+            return None
+        return sum(evaluate_expr(e, frame) for e in exprs)
+
+
+# ----------------------------------------------------------------------------- building
+def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(),
+                 levels: dict | None = None, weights: str | None = None) -> Design:
+    """Apply a formula to data: the arrays and labels a model needs.
+
+    Parameters
+    ----------
+    formula:
+        An lme4/brms formula, read strictly by :func:`jaxglmm.formula.parse_formula`.
+    data:
+        A pandas DataFrame (or anything ``pd.DataFrame`` accepts).
+    family:
+        A :class:`~jaxglmm.families.Family`, a family name, or None (treated as gaussian).
+        Used for the response: ``needs_trials`` (binomial), ``has_intercept`` (False for
+        cumulative: X gets no intercept column but factors keep reduced-rank coding), and
+        ``name`` (bernoulli accepts booleans and two-level factors; cumulative and
+        categorical code the response 0..K-1).
+    categorical:
+        Columns to treat as factors even when numeric.
+    levels:
+        ``{column: [level, ...]}`` level order; the first level is the reference.  Also
+        orders a categorical or ordinal response, and for bernoulli sets which label is the
+        failure (first) and the success (second).
+    weights:
+        Name of a column of prior weights (ones when None).
+
+    Returns
+    -------
+    Design
+        With ``spec`` set, so that ``design.new_data(df)`` rebuilds X and Z for prediction.
+
+    Raises
+    ------
+    FormulaError
+        A malformed formula or a column that is not in ``data``.
+    ValueError
+        Data that cannot be used: a grouping factor with one level, a non-numeric column in
+        arithmetic, non-finite transformed values, a response the family cannot take.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"y": [1., 2, 3, 5], "x": [0., 1, 2, 3], "g": list("aabb")})
+    >>> d = build_design("y ~ x + (1 | g)", df)
+    >>> d.fixef_names, d.terms[0].levels, d.terms[0].group_index.tolist()
+    (('Intercept', 'x'), ('a', 'b'), [0, 0, 1, 1])
+    """
+    parsed = parse_formula(formula)
+    family = _resolve_family(family)
+    data = _as_frame(data)
+    if len(data) == 0:
+        raise ValueError("the data has no rows")
+    levels = dict(levels or {})
+    coding = FactorCoding(frozenset(categorical), levels)
+    used = list(parsed.columns) + ([weights] if weights else [])
+    _require_columns(used, data, formula)
+    for option, cols in (("categorical", list(categorical)), ("levels", list(levels))):
+        missing = [c for c in cols if c not in data.columns]
+        if missing:
+            raise ValueError(f"{option} names column(s) not in the data: {missing}")
+    complete = data[list(dict.fromkeys(used))].notna().all(axis=1).to_numpy()
+    frame = data.loc[complete].reset_index(drop=True)
+    messages: list[str] = []
+    n_dropped = int((~complete).sum())
+    if n_dropped:
+        messages.append(f"dropped {n_dropped} row(s) with missing values in the columns the "
+                        "model uses")
+    if len(frame) == 0:
+        raise ValueError("no complete rows: every row has a missing value in a used column")
+
+    w = _weights(frame, weights)
+    y, trials, response_levels = _response(parsed, frame, family, levels, messages,
+                                           w if weights else None)
+    proportion = trials is not None and bool(weights) and trials is w
+    if proportion:
+        w = np.ones(len(frame))      # the weights were the trials of a proportion response
+    has_intercept = family.has_intercept
+    fixed = ModelMatrix.fit(parsed.fixed, parsed.intercept or not has_intercept, frame, coding)
+    keep = [j for j, name in enumerate(fixed.names) if has_intercept or name != "Intercept"]
+    aliased = {keep[j] for j in aliased_columns(fixed.values[:, keep])}
+    warned: list[str] = []
+    if aliased:
+        dropped = [fixed.names[j] for j in sorted(aliased)]
+        warned.append(f"fixed-effect model matrix is rank deficient so dropping "
+                      f"{len(dropped)} columns: {', '.join(dropped)}")
+        messages.append(warned[-1])
+        keep = [j for j in keep if j not in aliased]
+
+    term_specs, terms = _random_terms(parsed, frame, coding, family, messages)
+    _check_every_column_used(parsed, data, fixed, term_specs)
+    offset = _offset(parsed.offsets, frame)
+    _check_finite({"response": y, "trials": trials, "offset": offset})
+
+    spec = DesignSpec(parsed, fixed, tuple(keep), parsed.offsets, term_specs)
+    return Design(
+        y=y, X=np.ascontiguousarray(fixed.values[:, keep]), fixef_names=spec.fixef_names,
+        terms=terms, offset=offset, weights=w, trials=trials,
+        response_name=parsed.response.text, response_levels=response_levels,
+        n_dropped=n_dropped, messages=tuple(messages), spec=spec, warnings=tuple(warned),
+        proportion=proportion)
+
+
+def _as_frame(data) -> pd.DataFrame:
+    return data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+
+
+def _resolve_family(family) -> Family:
+    return family if isinstance(family, Family) else get_family(family or "gaussian")
+
+
+def _require_columns(columns, data: pd.DataFrame, formula: str) -> None:
+    for col in dict.fromkeys(columns):
+        if col not in data.columns:
+            close = difflib.get_close_matches(col, [str(c) for c in data.columns], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise FormulaError(f"unknown column {col!r}{hint} (in formula {formula!r})")
+
+
+def _offset(offsets, frame: pd.DataFrame) -> np.ndarray:
+    total = np.zeros(len(frame))
+    for expr in offsets:
+        total = total + evaluate_expr(expr, frame)
+    return total
+
+
+def _weights(frame: pd.DataFrame, column: str | None) -> np.ndarray:
+    if column is None:
+        return np.ones(len(frame))
+    w = evaluate_expr(PyExpr.of_column(column), frame)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights column {column!r} must be finite and non-negative")
+    if not np.any(w > 0):
+        raise ValueError(f"weights column {column!r} is zero in every row: nothing to fit")
+    return w
+
+
+def _check_finite(arrays: dict) -> None:
+    for name, values in arrays.items():
+        if values is not None and not np.all(np.isfinite(values)):
+            raise ValueError(f"the {name} has non-finite values")
+
+
+def _check_every_column_used(parsed: ParsedFormula, data, fixed, term_specs) -> None:
+    """Defense in depth: each column written in the formula must feed a built piece."""
+    built = set(parsed.response.names) | set(fixed.columns)
+    built |= {n for o in parsed.offsets for n in o.names}
+    for t in term_specs:
+        built |= set(t.matrix.columns) | set(t.factor.columns)
+    for name in parsed.mentioned:
+        if name in data.columns and name not in built:
+            raise FormulaError(f"column {name!r} is written in the formula but no term uses "
+                               "it", parsed.formula)
+
+
+def _random_terms(parsed, frame, coding, family: Family, messages):
+    built = []
+    for r in parsed.random:
+        matrix = ModelMatrix.fit(r.terms, r.intercept, frame, coding)
+        factor, index = GroupingFactor.fit(r.group, frame, coding)
+        if len(factor.levels) < 2:
+            raise ValueError(f"grouping factor {factor.name!r} in {r.source} has a single "
+                             f"level ({factor.levels[0]!r}); a random effect needs at least "
+                             "two levels")
+        if len(factor.levels) == len(frame) and family.residual is not None:
+            messages.append(f"grouping factor {factor.name!r} has as many levels as "
+                            f"observations ({len(frame)}), so its variance is confounded "
+                            "with the residual variance (lme4 refuses this model)")
+        built.append((r, matrix, factor, index))
+    # lme4's mkReTrms: reorder only if some term has more levels than the one before it,
+    # and then by rev(order(nl)), which also reverses ties.
+    nl = [len(b[2].levels) for b in built]
+    order = list(range(len(built)))
+    if any(b > a for a, b in zip(nl, nl[1:])):
+        order = list(np.argsort(nl, kind="stable")[::-1])
+    seen: dict[str, int] = {}
+    specs, terms = [], []
+    for i in order:
+        r, matrix, factor, index = built[i]
+        k = seen.get(factor.name, 0)
+        seen[factor.name] = k + 1
+        label = factor.name if k == 0 else f"{factor.name}.{k}"
+        specs.append(RandomTermSpec(label, matrix, factor))
+        terms.append(RandomTerm(
+            group=factor.name, label=label, names=matrix.names,
+            correlated=r.correlated or matrix.values.shape[1] > 1,
+            levels=factor.levels, group_index=index,
+            Z=np.ascontiguousarray(matrix.values, dtype=np.float64), id=r.id))
+    return tuple(specs), tuple(terms)
+
+
+# ----------------------------------------------------------------------------- response
+def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=None):
+    """``(y, trials, response_levels)`` for the family."""
+    spec = parsed.response
+    name = family.name
+    needs_trials = family.needs_trials
+    if spec.kind in ("cbind", "trials"):
+        if not needs_trials:
+            raise ValueError(f"the response {spec.text!r} gives numbers of trials, which only "
+                             f"a binomial family takes (family: {name})")
+        successes = evaluate_expr(spec.exprs[0], frame)
+        other = evaluate_expr(spec.exprs[1], frame)
+        trials = successes + other if spec.kind == "cbind" else other
+        return successes, trials, None
+    expr = spec.exprs[0]
+    raw = frame[expr.column] if expr.column is not None else None
+    if family.response in ("ordered", "unordered"):
+        return _coded_response(raw if raw is not None else
+                               pd.Series(evaluate_expr(expr, frame), name=spec.text),
+                               family, levels, messages)
+    if raw is not None and (not is_numeric(raw) or raw.dtype == bool):
+        if family.response != "binary":
+            raise ValueError(f"the response {spec.text!r} is not numeric (dtype {raw.dtype}); "
+                             f"family {name} needs numbers")
+        if raw.dtype == bool:
+            y, labels = raw.to_numpy(dtype=float), ("False", "True")
+        else:
+            given = levels.get(expr.column)
+            labels = factor_levels(raw, given, observed_only=given is None)
+            if len(labels) != 2:
+                raise ValueError(f"a {name} response needs exactly two levels; "
+                                 f"{spec.text!r} has {len(labels)}: {list(labels)}")
+            y = np.array([format_label(v) == labels[1] for v in raw], dtype=float)
+        return y, (np.ones(len(y)) if needs_trials else None), labels
+    y = evaluate_expr(expr, frame)
+    if needs_trials and weights is not None and np.all((y >= 0) & (y <= 1)):
+        # lme4's glmer(prop ~ ..., weights = n, family = binomial): a proportion of n trials
+        successes = y * weights
+        if np.any(np.abs(successes - np.round(successes)) > 1e-6 * np.maximum(weights, 1.0)):
+            raise ValueError(f"binomial proportion {spec.text!r} times the weights is not a "
+                             "whole number of successes in every row")
+        messages.append(f"binomial response {spec.text!r} read as a proportion of the "
+                        "weights (trials), as lme4 does")
+        return np.round(successes), weights, None
+    if needs_trials:
+        if not np.all((y == 0) | (y == 1)):
+            raise ValueError(f"a binomial response {spec.text!r} without cbind() or trials() "
+                             "must be 0/1; write cbind(successes, failures) or "
+                             "successes | trials(n)")
+        return y, np.ones(len(y)), None
+    return y, None, None
+
+
+def _coded_response(raw: pd.Series, family: Family, levels: dict, messages):
+    """Ordinal/categorical response: codes 0..K-1 in level order (first = reference)."""
+    name = family.name
+    given = levels.get(raw.name)
+    if (given is None and not is_numeric(raw)
+            and not isinstance(raw.dtype, pd.CategoricalDtype)):
+        labels = factor_levels(raw)
+        ordered = tuple(sorted(labels, key=natural_key))
+        if family.response == "ordered" and any(natural_key(lv)[0] for lv in labels):
+            messages.append(f"response levels ordered alphabetically: {' < '.join(ordered)}; "
+                            "pass levels={column: [...]} to set the order")
+        labels = ordered
+    else:
+        labels = factor_levels(raw, given)
+    if len(labels) < 2:
+        raise ValueError(f"a {name} response needs at least two levels; {raw.name!r} has "
+                         f"{list(labels)}")
+    lookup = {lv: k for k, lv in enumerate(labels)}
+    y = np.array([lookup[format_label(v)] for v in raw.to_numpy()], dtype=float)
+    return y, None, labels

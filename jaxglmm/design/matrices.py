@@ -1,0 +1,404 @@
+"""Terms: the atoms a formula is made of, and how they become model-matrix columns.
+
+The formula reader (:mod:`jaxglmm.formula`) produces :class:`Atom` and :class:`PyExpr`
+records; this module evaluates them on data.  It is the bridge between a :class:`~jaxglmm.formula.ParsedFormula` and NumPy arrays.  It
+uses :mod:`formulae` for what formulae does well -- treatment coding, interactions, column
+names, orthogonal polynomials -- and does the rest itself, because formulae 0.9 gets it wrong:
+
+* ``scale(x)`` divides by the population SD; R divides by the sample SD (``ddof=1``).
+* ``I(-x**2)`` evaluates to ``x**2``; its own expression parser drops the unary minus.
+* An unordered pandas Categorical is re-sorted alphabetically, losing the level order.
+
+So every atom of a term is evaluated here (with its training state kept for new data) and
+handed to formulae as a plain placeholder column; formulae only sees names, ordered
+categoricals and ``poly()``.  The placeholders are renamed back in the column labels.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from formulae import design_matrices
+from formulae.environment import Environment
+
+from ..formula.terms import Atom, PyExpr, Term, term_key
+
+__all__ = ["PyExpr", "Atom", "Term", "term_key", "FactorCoding", "ModelMatrix",
+           "GroupingFactor", "evaluate_expr", "format_label", "factor_levels",
+           "aliased_columns"]
+
+_FUNCTIONS = {"log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p,
+              "exp": np.exp, "expm1": np.expm1, "sqrt": np.sqrt, "abs": np.abs,
+              "I": lambda v: v}
+_BINOPS = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply,
+           ast.Div: np.divide, ast.Pow: np.power}
+_PLACEHOLDER = "JGv{}Z"
+_PLACEHOLDER_RE = re.compile(r"poly\(JGv(\d+)Z[^)]*\)(?:\[(\d+)\])?|JGv(\d+)Z")
+
+
+# ----------------------------------------------------------------------------- values
+def format_label(value) -> str:
+    """A level label as R prints it: ``2`` not ``2.0``, strings unchanged."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)
+
+
+def is_numeric(series: pd.Series) -> bool:
+    """Numbers or booleans (a boolean column is 0/1, as formulae treats it)."""
+    return (pd.api.types.is_numeric_dtype(series.dtype)
+            and not isinstance(series.dtype, pd.CategoricalDtype))
+
+
+def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    series = frame[name]
+    if not is_numeric(series):
+        raise ValueError(f"column {name!r} is not numeric (dtype {series.dtype}); it cannot "
+                         "be used in arithmetic")
+    return series.to_numpy(dtype=float)
+
+
+def evaluate_expr(expr: PyExpr, frame: pd.DataFrame) -> np.ndarray:
+    """Evaluate an arithmetic expression over numeric columns (no ``eval``).
+
+    Parameters
+    ----------
+    expr:
+        From the formula reader: a column, or ``+ - * / **``, numbers and the functions in
+        :data:`jaxglmm.formula.MATH_FUNCTIONS` (``I`` is the identity).
+    frame:
+        The data.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (n,).
+    """
+    if expr.column is not None:
+        return _numeric_column(frame, expr.column)
+    n = len(frame)
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Name):
+            return _numeric_column(frame, node.id)
+        if isinstance(node, ast.Constant):
+            return np.full(n, float(node.value))
+        if isinstance(node, ast.BinOp):
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp):
+            value = ev(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.Call):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
+            return _FUNCTIONS[func](*[ev(a) for a in node.args])
+        raise ValueError(f"cannot evaluate {expr.source!r}")
+
+    with np.errstate(all="ignore"):
+        return np.asarray(ev(expr.tree), dtype=float)
+
+
+def natural_key(label: str):
+    """Sort key putting number-like labels first, in numeric order."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True
+                  ) -> tuple[str, ...]:
+    """Level labels of a factor, in coding order (the first is the reference).
+
+    ``given`` (from ``levels={col: [...]}``) sets the order; otherwise a pandas Categorical
+    keeps its categories' order, numbers sort numerically and strings alphabetically (as R's
+    ``factor()`` does).  Unobserved levels are left out unless ``observed_only`` is False.
+    """
+    labels = pd.Series([format_label(v) for v in series.to_numpy()], dtype=object)
+    seen = set(labels)
+    if given is not None:
+        order = [format_label(v) for v in given]
+        unknown = sorted(seen - set(order), key=natural_key)
+        if unknown:
+            raise ValueError(f"value(s) {unknown} of {series.name!r} are not in the levels "
+                             f"given for it: {order}")
+    elif isinstance(series.dtype, pd.CategoricalDtype):
+        order = [format_label(v) for v in series.cat.categories]
+    elif is_numeric(series):
+        order = [format_label(v) for v in np.unique(series.to_numpy())]
+    else:
+        order = sorted(seen)
+    return tuple(lv for lv in order if lv in seen or not observed_only)
+
+
+def _labels(values) -> np.ndarray:
+    return np.array([format_label(v) for v in np.asarray(values, dtype=object)], dtype=object)
+
+
+@dataclass(frozen=True)
+class FactorCoding:
+    """Which columns are factors: string/categorical columns, plus those named by the user.
+
+    Attributes
+    ----------
+    categorical: columns to treat as factors even when numeric.
+    levels: level order per column, first is the reference.
+    """
+
+    categorical: frozenset = frozenset()
+    levels: dict | None = None
+
+    def is_factor(self, series: pd.Series, name: str) -> bool:
+        return (name in self.categorical or name in (self.levels or {})
+                or not is_numeric(series))
+
+    def given(self, name: str | None):
+        return (self.levels or {}).get(name)
+
+
+def _check_known_levels(labels: np.ndarray, levels: tuple[str, ...], what: str) -> None:
+    unknown = sorted(set(labels) - set(levels), key=natural_key)
+    if unknown:
+        raise ValueError(f"level(s) {unknown} of {what!r} were not in the data the model was "
+                         f"built from (known: {list(levels)})")
+
+
+# ----------------------------------------------------------------------------- model matrix
+@dataclass(frozen=True)
+class _AtomState:
+    """What an atom learned from the training data (for new data)."""
+
+    atom: Atom
+    placeholder: str
+    is_factor: bool = False
+    levels: tuple[str, ...] = ()
+    center: float = 0.0
+    scale: float = 1.0
+
+
+class ModelMatrix:
+    """A model matrix for a list of terms, rebuildable on new data.
+
+    Use :meth:`fit` on the training frame; :attr:`values` and :attr:`names` are then the
+    matrix and its column labels, and :meth:`evaluate` builds the same columns for new data
+    (same factor levels, training mean/SD for ``scale``, same ``poly`` basis).
+    """
+
+    def __init__(self, terms, intercept: bool, states: list[_AtomState], matrix, values,
+                 names):
+        self.terms, self.intercept, self.states = tuple(terms), intercept, states
+        self._matrix, self.values, self.names = matrix, values, tuple(names)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The data columns the atoms read."""
+        return tuple(dict.fromkeys(n for s in self.states for n in s.atom.names))
+
+    @classmethod
+    def fit(cls, terms, intercept: bool, frame: pd.DataFrame, coding: FactorCoding
+            ) -> "ModelMatrix":
+        """Build the matrix of ``terms`` (tuples of atoms) on ``frame``.
+
+        Parameters
+        ----------
+        terms:
+            Terms from :func:`~jaxglmm.formula.parse_formula`, in column order.
+        intercept:
+            Whether to add an ``Intercept`` column (it also decides factor coding: without
+            one the first factor is coded in full, as in R).
+        frame:
+            Complete-case training data.
+        coding:
+            Which columns are factors and their level order.
+        """
+        states: dict = {}
+        for term in terms:
+            for atom in term:
+                if atom.key not in states:
+                    states[atom.key] = _fit_atom(atom, frame, coding,
+                                                 _PLACEHOLDER.format(len(states)))
+        states = list(states.values())
+        n = len(frame)
+        if not terms and not intercept:
+            return cls(terms, intercept, states, None, np.zeros((n, 0)), ())
+        placeholders = {s.atom.key: s for s in states}
+        rhs = " + ".join(["1" if intercept else "0"] + [
+            ":".join(_formulae_text(placeholders[a.key]) for a in term) for term in terms])
+        data = _placeholder_frame(states, frame, check_levels=False)
+        dm = design_matrices(rhs, data, na_action="error", env=Environment([{}]))
+        matrix = dm.common
+        _cross_check(matrix, terms, intercept, placeholders, rhs)
+        names = [_rename(c, states) for c in matrix.as_dataframe().columns]
+        values = np.asarray(matrix.design_matrix, dtype=float).reshape(n, len(names))
+        return cls(terms, intercept, states, matrix, values, names)
+
+    def evaluate(self, frame: pd.DataFrame) -> np.ndarray:
+        """The same columns for new data (float64, shape ``(len(frame), len(names))``)."""
+        n = len(frame)
+        if self._matrix is None:
+            return np.zeros((n, 0))
+        data = _placeholder_frame(self.states, frame, check_levels=True)
+        out = self._matrix.evaluate_new_data(data)
+        return np.asarray(out.design_matrix, dtype=float).reshape(n, len(self.names))
+
+
+def _fit_atom(atom: Atom, frame: pd.DataFrame, coding: FactorCoding, placeholder: str
+              ) -> _AtomState:
+    expr = atom.expr
+    if atom.kind == "factor" or (atom.kind == "column"
+                                 and coding.is_factor(frame[expr.column], expr.column)):
+        source = frame[expr.column] if expr.column else pd.Series(evaluate_expr(expr, frame),
+                                                                   name=atom.display)
+        return _AtomState(atom, placeholder, True,
+                          factor_levels(source, coding.given(expr.column)))
+    if atom.kind in ("scale", "center"):
+        value = evaluate_expr(expr, frame)
+        sd = float(np.std(value, ddof=1)) if atom.kind == "scale" else 1.0
+        if not sd > 0:
+            raise ValueError(f"{atom.display}: the values have no spread, so they cannot be "
+                             "scaled")
+        return _AtomState(atom, placeholder, center=float(np.mean(value)), scale=sd)
+    return _AtomState(atom, placeholder)
+
+
+def _atom_values(state: _AtomState, frame: pd.DataFrame, check_levels: bool):
+    atom = state.atom
+    if state.is_factor:
+        raw = (frame[atom.expr.column] if atom.expr.column is not None
+               else evaluate_expr(atom.expr, frame))
+        labels = _labels(raw)
+        if check_levels:
+            _check_known_levels(labels, state.levels, atom.display)
+        return pd.Categorical(labels, categories=list(state.levels), ordered=True)
+    value = evaluate_expr(atom.expr, frame)
+    if atom.kind in ("scale", "center"):
+        value = (value - state.center) / state.scale
+    return value
+
+
+def _placeholder_frame(states, frame: pd.DataFrame, check_levels: bool) -> pd.DataFrame:
+    data = {s.placeholder: _atom_values(s, frame, check_levels) for s in states}
+    for s in states:
+        if not s.is_factor and not np.all(np.isfinite(data[s.placeholder])):
+            bad = int(np.sum(~np.isfinite(data[s.placeholder])))
+            raise ValueError(f"{s.atom.display!r} has {bad} non-finite value(s) (for example "
+                             "the log of zero or of a negative number)")
+    return pd.DataFrame(data, index=range(len(frame)))
+
+
+def _formulae_text(state: _AtomState) -> str:
+    atom = state.atom
+    if atom.kind == "poly":
+        return f"poly({state.placeholder}, {atom.degree}{', raw=True' if atom.raw else ''})"
+    return state.placeholder
+
+
+def _rename(label: str, states: list[_AtomState]) -> str:
+    """Placeholders back to what the user wrote; poly() columns numbered from 1, as R's
+    ``poly(x, 2)1``, ``poly(x, 2)2`` (formulae numbers them from 0)."""
+    def display(m):
+        if m.group(1) is not None:
+            text = states[int(m.group(1))].atom.display
+            return text if m.group(2) is None else f"{text}[{int(m.group(2)) + 1}]"
+        return states[int(m.group(3))].atom.display
+    return _PLACEHOLDER_RE.sub(display, label)
+
+
+def _cross_check(matrix, terms, intercept, placeholders, rhs) -> None:
+    """formulae must have built exactly the terms it was given (nothing silently dropped)."""
+    built = [t for name, t in matrix.terms.items() if name != "Intercept"]
+    expected = [{placeholders[a.key].placeholder for a in term} for term in terms]
+    got = [set(getattr(t, "var_names", ())) - {""} for t in built]  # poly() adds ''.
+    if got != expected or intercept != ("Intercept" in matrix.terms):
+        raise RuntimeError(f"internal error: formulae built {list(matrix.terms)} from {rhs!r}")
+
+
+# ----------------------------------------------------------------------------- groups
+@dataclass(frozen=True)
+class GroupingFactor:
+    """A grouping factor (``g`` or ``a:b``) with its levels, for training and new data."""
+
+    columns: tuple[str, ...]
+    levels: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return ":".join(self.columns)
+
+    def labels(self, frame: pd.DataFrame) -> np.ndarray:
+        parts = [_labels(frame[c].to_numpy()) for c in self.columns]
+        out = parts[0]
+        for p in parts[1:]:
+            out = np.array([f"{a}:{b}" for a, b in zip(out, p)], dtype=object)
+        return out
+
+    @classmethod
+    def fit(cls, columns: tuple[str, ...], frame: pd.DataFrame, coding: FactorCoding
+            ) -> tuple["GroupingFactor", np.ndarray]:
+        """Levels in R's order for ``factor(a:b)``: the first factor varies slowest, only
+        combinations that occur; returns the factor and the int32 group index."""
+        per_col = [factor_levels(frame[c], coding.given(c)) for c in columns]
+        codes = [pd.Categorical(_labels(frame[c].to_numpy()), categories=list(lv)).codes
+                 for c, lv in zip(columns, per_col)]
+        combos = sorted(set(zip(*codes)))
+        levels = tuple(":".join(per_col[j][k] for j, k in enumerate(combo)) for combo in combos)
+        factor = cls(tuple(columns), levels)
+        index = {combo: i for i, combo in enumerate(combos)}
+        group_index = np.fromiter((index[c] for c in zip(*codes)), dtype=np.int32,
+                                  count=len(frame))
+        return factor, group_index
+
+    def index(self, frame: pd.DataFrame, allow_new_levels: bool) -> np.ndarray:
+        """Group index of new data; unseen levels get -1 (or raise)."""
+        lookup = {lv: i for i, lv in enumerate(self.levels)}
+        missing = np.zeros(len(frame), dtype=bool)
+        for c in self.columns:
+            missing |= frame[c].isna().to_numpy()
+        labels = self.labels(frame)
+        out = np.array([-1 if m else lookup.get(lv, -1) for lv, m in zip(labels, missing)],
+                       dtype=np.int32)
+        if not allow_new_levels and np.any(out < 0):
+            new = sorted({str(lv) for lv, i in zip(labels, out) if i < 0}, key=natural_key)
+            raise ValueError(f"new level(s) {new[:10]} of grouping factor {self.name!r}; pass "
+                             "allow_new_levels=True to predict them with zero random effects")
+        return out
+
+
+# ----------------------------------------------------------------------------- rank
+def aliased_columns(X: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns of ``X`` that are linear combinations of earlier columns.
+
+    Mirrors R's ``qr(X, tol = 1e-7)`` (LINPACK ``dqrdc2``, which lme4 uses to drop
+    rank-deficient columns): columns are taken in order and a column is aliased when the
+    norm left after projecting out the kept columns is below ``tol`` times its own norm.
+    Unlike a LAPACK pivoted QR this keeps the earliest columns, so the dropped ones are those
+    R drops.
+
+    Examples
+    --------
+    >>> aliased_columns(np.array([[1., 1, 2], [1, 2, 3], [1, 3, 4]]))
+    [2]
+    """
+    X = np.asarray(X, dtype=float)
+    basis: list[np.ndarray] = []
+    dropped = []
+    for j in range(X.shape[1]):
+        v = X[:, j].copy()
+        norm0 = np.linalg.norm(v)
+        for _ in range(2):  # twice: re-orthogonalisation keeps Gram-Schmidt stable
+            for q in basis:
+                v -= (q @ v) * q
+        norm = np.linalg.norm(v)
+        if norm0 == 0 or norm <= tol * norm0:
+            dropped.append(j)
+        else:
+            basis.append(v / norm)
+    return dropped

@@ -1,0 +1,49 @@
+"""The family registry: every family by name, and :func:`get_family`.
+
+The table is built here from each family module's ``FACTORIES`` (name -> (factory, default
+link)); the family modules import only :mod:`~jaxglmm.families.base` and
+:mod:`~jaxglmm.families.links`, so loading the registry has no cycles.  A new family goes in
+a module of its own (or an existing one) with an entry in its ``FACTORIES``, or is added at
+run time with :func:`register_family`.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from . import categorical, continuous, count, glm, ordinal
+from .base import Family
+from .links import Link, get_link
+
+FAMILIES: dict[str, Callable[[Link], Family]] = {}
+DEFAULT_LINKS: dict[str, str] = {}
+for _module in (glm, count, continuous, ordinal, categorical):
+    for _name, (_factory, _link) in _module.FACTORIES.items():
+        FAMILIES[_name] = _factory
+        DEFAULT_LINKS[_name] = _link
+
+ALIASES = {"normal": "gaussian", "gamma_poisson": "negbinomial", "nbinom2": "negbinomial",
+           "ordinal": "cumulative", "multinomial": "categorical", "gamma": "Gamma"}
+
+
+def register_family(name: str, factory: Callable[[Link], Family], default_link: str) -> None:
+    """Add a family: ``factory(link) -> Family``."""
+    FAMILIES[name] = factory
+    DEFAULT_LINKS[name] = default_link
+
+
+def get_family(family: str | Family, link: str | None = None) -> Family:
+    """Look up a family by name (``"binomial"``) with an optional link name."""
+    if isinstance(family, Family):
+        return family.with_link(link)
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a name or a Family, got {type(family).__name__}")
+    name = ALIASES.get(family, family)
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    factory = FAMILIES[name]
+    fam = replace(factory(get_link(DEFAULT_LINKS[name])), factory=factory)
+    return fam.with_link(link)
+
+
+__all__ = ["FAMILIES", "DEFAULT_LINKS", "ALIASES", "register_family", "get_family"]

@@ -1,0 +1,116 @@
+"""Compiled programs: a persistent XLA cache on disk, and freeing the in-memory ones.
+
+Every model shape compiles its own programs, and each compiled CPU program keeps hundreds
+of memory mappings (about 400 to 1400 per fit on this project's machines).  Linux caps a
+process at ``vm.max_map_count`` mappings (65530 by default), and XLA crashes the process
+(a segmentation fault) when a compile runs past the cap.  A process that fits many
+*differently shaped* models (a long notebook, a test suite) reaches it after about a
+hundred fits; same-shape refits reuse one program and never do.  So jaxglmm watches the
+count after every compile and, when it passes 60% of the cap, frees the compiled programs
+at the start of the next fit (with a warning), as :func:`clear_caches` does.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+
+_MAP_FRACTION = 0.6
+_state = {"pressure": False, "limit": None}
+# Every compiled program jaxglmm keeps, by key: the one place they are cached.
+_PROGRAMS: dict = {}
+
+
+def program(key: tuple, build: Callable[[], Any]):
+    """The program for ``key``, built by ``build()`` on first use and kept until
+    :func:`clear_caches`.
+
+    ``key`` names the program and holds everything static it closes over (a name string
+    first, then the random-effect structure, the family, flags); ``build`` returns a jitted
+    function, an :class:`~jaxglmm.fit.aot.AheadOfTime` or a tuple holding one.  Same-shape
+    data then reuse the compiled program: the data are its arguments, never part of the key.
+    """
+    try:
+        return _PROGRAMS[key]
+    except KeyError:
+        made = _PROGRAMS[key] = build()
+        return made
+
+
+def n_compiled() -> int:
+    """How many compiled executables the cached programs hold (a jitted function holds one
+    per argument shapes; for tests and diagnostics: a same-shape dataset adds none)."""
+    total = 0
+    for made in _PROGRAMS.values():
+        fn = made[0] if isinstance(made, tuple) else made
+        compiled = getattr(fn, "compiled", None)            # an AheadOfTime
+        total += len(compiled) if compiled is not None else fn._cache_size()
+    return total
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+    """Keep compiled programs on disk (``~/.cache/jaxglmm/xla`` or ``JAXGLMM_CACHE_DIR``).
+
+    A fit is compiled once per model shape; with the cache a later process loads it instead
+    of compiling again.  This sets JAX's process-wide cache directory.
+    """
+    folder = Path(path or os.environ.get("JAXGLMM_CACHE_DIR")
+                  or Path.home() / ".cache" / "jaxglmm" / "xla")
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return folder
+
+
+def clear_caches() -> None:
+    """Free every compiled program this process holds (JAX's caches and jaxglmm's compiled
+    samplers, optimizers and helpers); the next fit of each shape compiles again.  Results
+    already returned stay valid."""
+    _PROGRAMS.clear()
+    jax.clear_caches()
+    gc.collect()
+    _state["pressure"] = False
+
+
+def memory_map_count() -> int | None:
+    """Memory mappings of this process (Linux), else None."""
+    try:
+        with open(f"/proc/{os.getpid()}/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return None
+
+
+def _map_limit() -> int:
+    if _state["limit"] is None:
+        try:
+            _state["limit"] = int(Path("/proc/sys/vm/max_map_count").read_text())
+        except (OSError, ValueError):
+            _state["limit"] = 0
+    return _state["limit"]
+
+
+def _after_compile(event: str, duration: float, **kwargs) -> None:
+    if event != "/jax/core/compile/backend_compile_duration" or not _map_limit():
+        return
+    count = memory_map_count()
+    if count is not None and count > _MAP_FRACTION * _map_limit():
+        _state["pressure"] = True
+
+
+def relieve_map_pressure() -> None:
+    """Called at the start of each fit: frees the compiled programs when the process nears
+    its memory-mapping cap (see the module docstring)."""
+    if _state["pressure"]:
+        warnings.warn(f"this process holds {memory_map_count()} memory mappings, near the "
+                      f"system's cap of {_map_limit()} (vm.max_map_count) past which XLA "
+                      "crashes: freeing compiled programs (jaxglmm.clear_caches()); models "
+                      "fitted before compile again", RuntimeWarning, stacklevel=3)
+        clear_caches()
+
+
+jax.monitoring.register_event_duration_secs_listener(_after_compile)

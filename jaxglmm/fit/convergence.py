@@ -1,0 +1,111 @@
+"""One convergence verdict, from one place, for every method.
+
+For likelihood fits (:func:`judge`) it combines the optimizer's status, the gradient scaled by the inverse Hessian (lme4's
+``checkConv`` criterion: the Newton step that remains), the Hessian's positive definiteness and
+the singular-fit check (a variance or a Cholesky diagonal at its boundary).  lme4 issues #783
+and #599 show users confused by two sources that disagree; here ``converged`` and ``messages``
+are the only verdict.  Bayesian fits are judged here too (:func:`judge_posterior`): R-hat,
+divergences and tree depth for NUTS, the ELBO's last change for VI, and the gradient and
+Hessian at the posterior mode for MAP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .optimize import LINESEARCH, MAXITER, NONFINITE
+
+SCALED_GRAD_TOL = 2e-3   # lme4: check.conv.grad tol 0.002
+SINGULAR_TOL = 1e-4      # lme4: isSingular tol
+RHAT_MAX = 1.01          # Vehtari et al. (2021); brms/Stan warn above it
+ELBO_RTOL = 1e-3         # relative ELBO change over the last tenth of the VI steps
+MAP_GRAD_TOL = 1e-3
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit that did not converge, a singular (boundary) fit, or a confounded design (a
+    rank-deficient fixed-effect matrix whose columns were dropped).  lme4 warns of the same
+    on the console; filter it as any warning class:
+    ``warnings.simplefilter("ignore", jg.ConvergenceWarning)``."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    converged: bool
+    singular: bool
+    messages: tuple[str, ...]
+
+
+def judge(status: int, grad: np.ndarray, hessian: np.ndarray, theta: np.ndarray,
+          theta_diagonal: np.ndarray, n_iter: int) -> Verdict:
+    """Decide whether a fit converged and say why not in words."""
+    msgs = []
+    grad = np.asarray(grad, float)
+    H = np.asarray(hessian, float)
+    singular = bool(np.any(np.abs(np.asarray(theta)[theta_diagonal]) < SINGULAR_TOL))
+    if singular:
+        msgs.append("boundary (singular) fit: a random-effect variance is estimated at zero "
+                    "or correlations at +/-1; see the varcorr table")
+    if status == NONFINITE:
+        msgs.append("optimizer reached a non-finite objective")
+    elif status == MAXITER:
+        msgs.append(f"optimizer stopped at its iteration limit ({n_iter} iterations)")
+    elif status == LINESEARCH:
+        msgs.append("line search could not decrease the objective further")
+    ok = status not in (NONFINITE, MAXITER)
+    hess_ok = bool(np.all(np.isfinite(H))) and H.size > 0
+    if hess_ok:
+        evals = np.linalg.eigvalsh(H)
+        pd = evals.min() > 1e-10 * max(1.0, abs(evals.max()))
+    else:
+        pd = False
+    if pd:
+        scaled = np.linalg.solve(H, grad)
+        gmax = float(np.max(np.abs(scaled))) if scaled.size else 0.0
+        if gmax > SCALED_GRAD_TOL:
+            msgs.append(f"model failed to converge: max |scaled gradient| = {gmax:.3g} "
+                        f"(tolerance {SCALED_GRAD_TOL})")
+            ok = False
+    else:
+        gmax = float(np.max(np.abs(grad))) if grad.size else 0.0
+        if gmax > 1e-3:
+            msgs.append(f"model failed to converge: max |gradient| = {gmax:.3g}")
+            ok = False
+        if not singular and H.size:
+            msgs.append("Hessian of the objective is not positive definite: the model may be "
+                        "unidentifiable or very large eigenvalue ratio; rescale variables?")
+            ok = False
+    if status == LINESEARCH and ok:
+        # a stalled line search at a point that passes the gradient test is a converged fit
+        msgs.pop(msgs.index("line search could not decrease the objective further"))
+    return Verdict(bool(ok), singular, tuple(msgs))
+
+
+def judge_posterior(method: str, rhat_max: float, diag: dict) -> Verdict:
+    """The verdict of a Bayesian fit from its sampler's (or optimizer's) record ``diag``
+    and the largest R-hat over the reported quantities (NaN with one chain)."""
+    msgs = []
+    if method == "nuts":
+        ok = not (rhat_max > RHAT_MAX) and diag["divergences"] == 0
+        if rhat_max > RHAT_MAX:
+            msgs.append(f"R-hat up to {rhat_max:.3f} (> {RHAT_MAX}): the chains have not mixed; "
+                        "run longer warmup/draws")
+        if diag["divergences"]:
+            msgs.append(f"{diag['divergences']} divergent transitions after warmup: raise "
+                        "target_accept (e.g. 0.95) or reparameterize")
+        if diag["max_tree_depth_hits"]:
+            msgs.append(f"{diag['max_tree_depth_hits']} transitions hit the maximum tree depth")
+    elif method == "vi":
+        ok = diag["elbo_relative_change"] < ELBO_RTOL
+        if not ok:
+            msgs.append(f"ELBO still changing (relative change {diag['elbo_relative_change']:.2e} "
+                        "over the last tenth of the steps): run more steps")
+    elif method == "map":
+        ok = diag["grad_max"] < MAP_GRAD_TOL and diag["hessian_pd"]
+        if not ok:
+            msgs.append("posterior mode not reached or Hessian not positive definite "
+                        f"(max |grad| {diag['grad_max']:.2e})")
+    else:
+        raise ValueError(f"no posterior verdict for method {method!r}")
+    return Verdict(bool(ok), False, tuple(msgs))

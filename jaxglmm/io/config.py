@@ -1,0 +1,279 @@
+"""The YAML run configs of ``jaxglmm fit`` and ``jaxglmm fit-many`` (docs/INTERFACE.md).
+
+A config is a pydantic model with ``extra="forbid"``: a misspelt key stops the run instead of
+being ignored.  :func:`load_config` reads the file, validates it and resolves every relative
+path against the config file's folder, so a config runs the same from any directory.
+
+Data sources (the ``data`` key, and each entry of ``datasets``):
+
+* a CSV or Parquet file, ``data: data/cbpp.csv`` (relative to the config file);
+* a bundled dataset, ``data: bundled:sleepstudy`` (see :func:`jaxglmm.list_datasets`).
+
+``fit-many`` takes its datasets in one of two ways:
+
+* ``datasets:`` a list of files, or one glob pattern (``sims/sim_*.csv``), one dataset per
+  file, in natural order (``sim_2`` before ``sim_10``);
+* ``data:`` one long table plus ``split_by: sim``, one dataset per value of that column, in
+  order of first appearance (the layout of ``simulate()`` output stacked with a replicate id).
+
+Examples
+--------
+>>> cfg = FitConfig(data="bundled:sleepstudy", formula="Reaction ~ Days + (Days | Subject)",
+...                 method="reml", output="out/sleepstudy")
+>>> cfg.family, cfg.data
+('gaussian', 'bundled:sleepstudy')
+"""
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from ..families import get_family
+from .datasets import list_datasets
+
+__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "ConfigError", "load_config",
+           "format_validation_error", "is_bundled", "expand_datasets"]
+
+#: Prefix of a bundled dataset in ``data``: ``bundled:sleepstudy``.
+BUNDLED_PREFIX = "bundled:"
+
+Method = Literal["reml", "ml", "laplace", "agq", "map", "vi", "nuts"]
+Label = str | int | float | bool
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the problem."""
+
+
+def is_bundled(source: str) -> bool:
+    """Whether a data source names a bundled dataset (``bundled:NAME``)."""
+    return source.startswith(BUNDLED_PREFIX)
+
+
+def _check_source(source: str) -> str:
+    if not source.strip():
+        raise ValueError("a data source must be a file path or 'bundled:NAME'")
+    if is_bundled(source):
+        name = source[len(BUNDLED_PREFIX):]
+        names = list_datasets()
+        if name not in names:
+            raise ValueError(f"unknown bundled dataset {name!r}; choose one of {names}")
+    return source
+
+
+class _ModelSpec(BaseModel):
+    """Keys shared by ``fit`` and ``fit-many``: the model, the method and the output folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    formula: str
+    family: str = "gaussian"
+    link: str | None = None
+    method: Method | None = None
+    categorical: list[str] = []
+    levels: dict[str, list[Label]] = {}
+    weights: str | None = None
+    dpars: dict[str, str] = {}
+    options: dict[str, Any] = {}
+    output: str | None = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _lower_method(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value):
+        get_family(value)  # ValueError listing the registered families
+        return value
+
+    @model_validator(mode="after")
+    def _known_link(self):
+        if self.link is not None:
+                get_family(self.family, self.link)  # ValueError listing the family's links
+        return self
+
+    def model_kwargs(self) -> dict:
+        """Keyword arguments of :class:`jaxglmm.Model` besides formula, data and family."""
+        return {"link": self.link, "categorical": tuple(self.categorical),
+                "levels": {k: list(v) for k, v in self.levels.items()} or None,
+                "weights": self.weights, "dpars": dict(self.dpars) or None}
+
+    def config_columns(self) -> list[tuple[str, str]]:
+        """``(key, column)`` for every data column the config names outside the formula."""
+        cols = [("categorical", c) for c in self.categorical]
+        cols += [("levels", c) for c in self.levels]
+        if self.weights:
+            cols.append(("weights", self.weights))
+        return cols
+
+
+class FitConfig(_ModelSpec):
+    """Config of ``jaxglmm fit``: one model on one dataset."""
+
+    data: str
+
+    @field_validator("data")
+    @classmethod
+    def _data_source(cls, value):
+        return _check_source(value)
+
+
+class FitManyConfig(_ModelSpec):
+    """Config of ``jaxglmm fit-many``: one model on many same-shape datasets.
+
+    Give ``datasets`` (a list of files or one glob pattern), or ``data`` with ``split_by``.
+    """
+
+    data: str | None = None
+    split_by: str | None = None
+    datasets: list[str] | str | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _data_source(cls, value):
+        return None if value is None else _check_source(value)
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_sources(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("the list of datasets is empty")
+            for source in value:
+                _check_source(source)
+        elif value is not None:
+            _check_source(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_many(self):
+        if self.datasets is not None and (self.data is not None or self.split_by is not None):
+            raise ValueError("give either 'datasets' (files or a glob pattern) or 'data' with "
+                             "'split_by', not both")
+        if self.datasets is None and (self.data is None or self.split_by is None):
+            raise ValueError("fit-many needs 'datasets' (a list of files or a glob pattern), "
+                             "or 'data' with 'split_by' (a column: one dataset per value)")
+        return self
+
+    def config_columns(self) -> list[tuple[str, str]]:
+        cols = super().config_columns()
+        return cols + ([("split_by", self.split_by)] if self.split_by else [])
+
+
+# ----------------------------------------------------------------------------- loading
+def load_config(path: str | os.PathLike, kind: type[_ModelSpec] = FitConfig) -> _ModelSpec:
+    """Read, validate and resolve a YAML config.
+
+    Relative ``data``, ``datasets`` and ``output`` paths are made absolute against the config
+    file's folder; a missing ``output`` becomes ``out/<config name>`` there.
+
+    Raises
+    ------
+    FileNotFoundError
+        The config file does not exist.
+    ConfigError
+        The YAML cannot be read, or a key is unknown, missing or has a bad value (one line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a YAML mapping of keys "
+                          "(data, formula, family, method, ...)")
+    try:
+        config = kind.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, kind)) from None
+    return _resolve_paths(config, path.resolve().parent, path.stem)
+
+
+def _resolve_paths(config: _ModelSpec, base: Path, stem: str) -> _ModelSpec:
+    def absolute(source: str | None) -> str | None:
+        if source is None or is_bundled(source):
+            return source
+        return str((base / os.path.expanduser(source)).resolve())
+
+    update = {"output": absolute(config.output or f"out/{stem}")}
+    if config.data is not None:
+        update["data"] = absolute(config.data)
+    if isinstance(config, FitManyConfig) and config.datasets is not None:
+        ds = config.datasets
+        update["datasets"] = [absolute(s) for s in ds] if isinstance(ds, list) else absolute(ds)
+    return config.model_copy(update=update)
+
+
+def expand_datasets(config: FitManyConfig) -> list[str]:
+    """The data sources of a ``datasets`` key: the list itself, or a glob's matches in
+    natural order.  Raises :class:`FileNotFoundError` when a pattern matches nothing."""
+    if isinstance(config.datasets, list):
+        return list(config.datasets)
+    source = config.datasets
+    if is_bundled(source) or not glob.has_magic(source):
+        return [source]
+    matches = sorted((m for m in glob.glob(source, recursive=True) if os.path.isfile(m)),
+                     key=_natural_key)
+    if not matches:
+        raise FileNotFoundError(f"no files match the datasets pattern {source}")
+    return matches
+
+
+def _natural_key(text: str):
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
+
+
+# ----------------------------------------------------------------------------- messages
+def format_validation_error(err: ValidationError, kind: type[BaseModel]) -> str:
+    """One line naming each problem of a pydantic error, e.g.
+    ``config key 'formul' is not allowed (did you mean 'formula'?)``.
+
+    Unknown keys come first, and a missing key that one of them was meant to be is not
+    repeated."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    meant = {_close_key(str(e["loc"][0]), kind) for e in errors
+             if e["type"] == "extra_forbidden" and len(e["loc"]) == 1}
+    return "; ".join(_describe(e, kind) for e in errors
+                     if not (e["type"] == "missing" and e["loc"][0] in meant))
+
+
+def _describe(error: dict, kind: type[BaseModel]) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    kind_of = error["type"]
+    if kind_of == "extra_forbidden" and len(error["loc"]) == 1:
+        return f"config key {loc!r} is not allowed{_hint(loc, kind)}"
+    if kind_of == "missing":
+        return f"config key {loc!r} is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    if kind_of == "literal_error":
+        message += f", not {error['input']!r}"
+    return f"config key {loc!r}: {message}" if loc else message
+
+
+def _hint(key: str, kind: type[BaseModel]) -> str:
+    if kind is FitConfig and key in ("datasets", "split_by"):
+        return f" in a 'jaxglmm fit' config ({key!r} is for 'jaxglmm fit-many')"
+    close = _close_key(key, kind)
+    if close:
+        return f" (did you mean {close!r}?)"
+    return f"; the keys are {', '.join(kind.model_fields)}"
+
+
+def _close_key(key: str, kind: type[BaseModel]) -> str | None:
+    close = difflib.get_close_matches(key, list(kind.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None

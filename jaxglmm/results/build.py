@@ -1,0 +1,172 @@
+"""The one result builder: a likelihood fit's :class:`~jaxglmm.fit.likelihood.RawFit`, or a
+Bayesian fit's :class:`~jaxglmm.bayes.drivers.BayesRun`, becomes a :class:`FitResult`.
+
+Each kind of fit reduces to the same estimates (fixed effects with their covariance, the
+variance components, sigma and family parameters, per grouping factor the random effects
+and their conditional or posterior SDs, and a convergence verdict from
+:mod:`jaxglmm.fit.convergence`); :func:`_assemble` turns those into the record, the same way
+for both.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..bayes.drivers import BayesRun
+from ..bayes.posterior import named_draws, summarize
+from ..bayes.priors import describe
+from ..core.problem import Problem
+from ..core.resystem import canonical_theta
+from ..fit.convergence import Verdict, judge, judge_posterior
+from ..fit.likelihood import RawFit, uses_lmm
+from .result import FitResult
+from .varcorr import varcorr_frame
+
+
+def likelihood_result(model, problem: Problem, method: str, options: dict, raw: RawFit,
+                      seconds: float) -> FitResult:
+    """The result of a likelihood fit (host arrays of one dataset)."""
+    d, s, fam = problem.design, problem.structure, problem.family
+    lmm = uses_lmm(problem, method)
+    theta = canonical_theta(s, np.asarray(raw.theta, float))
+    if lmm:
+        sigma, fparams, fparams_se = float(raw.sigma), {}, {}
+    else:
+        fparams = {k: np.asarray(v) for k, v in
+                   fam.natural_params(jnp.asarray(raw.family_params)).items()}
+        sigma = float(fparams.pop(fam.residual)) if fam.residual in fparams else None
+        fparams_se = _family_params_se(fam, raw, s.n_theta + d.n_fixef)
+    names = list(d.fixef_names)
+    vcov = pd.DataFrame(np.asarray(raw.vcov), index=names, columns=names)
+    # An LMM's Lambda is relative to sigma (lme4).  Otherwise Lambda is absolute and a
+    # gaussian family's sigma (non-identity link) is one of the family parameters.
+    vc = varcorr_frame(s, theta, sigma if lmm else None)
+    if not lmm and sigma is not None:
+        vc.loc[len(vc)] = ("Residual", None, None, sigma ** 2, sigma)
+    verdict = judge(int(raw.status), raw.grad, raw.hessian, theta, s.theta_diagonal(),
+                    int(raw.n_iter))
+    b = [np.asarray(x) for x in raw.b]
+    b_sd = [np.sqrt(np.clip(np.diagonal(np.asarray(c), axis1=1, axis2=2), 0, None))
+            for c in raw.b_cov]
+    optinfo = {"x": np.asarray(raw.x), "grad": np.asarray(raw.grad),
+               "hessian": np.asarray(raw.hessian), "n_iter": np.asarray(raw.n_iter),
+               "status": np.asarray(raw.status), "objective0": np.asarray(raw.objective0),
+               "u": np.asarray(raw.u), "objective": np.asarray(raw.deviance)}
+    return _assemble(model, problem, method, options, seconds, verdict,
+                     fixef=np.asarray(raw.beta, float), vcov=vcov, varcorr=vc, sigma=sigma,
+                     family_params=fparams, family_params_se=fparams_se,
+                     loglik=float(raw.loglik), theta=theta, n_iter=int(raw.n_iter),
+                     b=b, b_sd=b_sd, optinfo=optinfo)
+
+
+def posterior_result(model, problem: Problem, method: str, options: dict,
+                     run: BayesRun) -> FitResult:
+    """The result of a Bayesian fit: posterior means and SDs in the usual accessors."""
+    bm, diag = run.bm, run.diag
+    draws, b_draws = named_draws(bm, run.samples, run.report)
+    summary = summarize(draws)
+    s = problem.structure
+    names = list(problem.design.fixef_names)
+    beta = np.stack([draws[f"b_{n}"].reshape(-1) for n in names], axis=1)
+    vcov = pd.DataFrame(np.atleast_2d(np.cov(beta, rowvar=False)), index=names, columns=names)
+    sigma = float(np.mean(draws["sigma"])) if "sigma" in draws else None
+    fparams = {}
+    for name in bm.family_param_names:
+        if name == problem.family.residual:
+            continue
+        if name in draws:
+            fparams[name] = np.asarray(np.mean(draws[name]))
+        else:
+            prefix = "threshold[" if name == "thresholds" else f"{name}["
+            fparams[name] = np.array([np.mean(draws[k]) for k in draws if k.startswith(prefix)])
+    b = [x.mean(axis=(0, 1)) for x in b_draws]
+    b_sd = [x.reshape((-1,) + x.shape[2:]).std(0, ddof=1) for x in b_draws]
+    verdict = judge_posterior(method, float(np.nanmax(summary["rhat"]))
+                              if np.any(np.isfinite(summary["rhat"])) else np.nan, diag)
+    return _assemble(model, problem, method, options, run.seconds, verdict,
+                     fixef=beta.mean(0), vcov=vcov, varcorr=_posterior_varcorr(bm, draws, sigma),
+                     sigma=sigma, family_params=fparams, family_params_se={}, loglik=None,
+                     theta=np.full(s.n_theta, np.nan), n_iter=0, b=b, b_sd=b_sd, optinfo={},
+                     draws=draws, posterior_summary=summary, priors=tuple(describe(bm.priors)),
+                     diagnostics=diag, fixef_se=beta.std(0, ddof=1))
+
+
+def _assemble(model, problem: Problem, method: str, options: dict, seconds: float,
+              verdict: Verdict, *, fixef, vcov, b, b_sd, fixef_se=None, **fields) -> FitResult:
+    names = list(problem.design.fixef_names)
+    if fixef_se is None:
+        fixef_se = np.sqrt(np.diag(vcov.to_numpy()))
+    ranef, b_terms = _ranef_frames(problem, b, b_sd)
+    return FitResult(model=model, method=method,
+                     fixef=pd.Series(fixef, index=names, name="fixef"),
+                     fixef_se=pd.Series(fixef_se, index=names, name="fixef_se"), vcov=vcov,
+                     df=problem.n_params, ranef=ranef, converged=verdict.converged,
+                     singular=verdict.singular,
+                     messages=tuple(problem.design.messages) + verdict.messages,
+                     seconds=seconds, b=tuple(b_terms), b_factors=tuple(b),
+                     options=dict(options), **fields)
+
+
+def _ranef_frames(problem: Problem, b, b_sd):
+    """Per design term its (levels, q) block of effects, and per group a DataFrame of the
+    effects with their SDs (``<term>_sd``), from per-factor arrays."""
+    by_label = {}
+    for f, bf, sf in zip(problem.structure.factors, b, b_sd):
+        for t in f.terms:
+            by_label[(t.label, t.names)] = (bf[:, t.col0:t.col0 + t.q], sf[:, t.col0:t.col0 + t.q])
+    b_terms, frames = [], {}
+    for t in problem.design.terms:
+        bt, sdt = by_label[(t.label, tuple(t.names))]
+        b_terms.append(bt)
+        frame = frames.setdefault(t.group, pd.DataFrame(index=pd.Index(t.levels, name="level")))
+        for k, name in enumerate(t.names):
+            frame[name] = bt[:, k]
+            frame[f"{name}_sd"] = sdt[:, k]
+    return frames, b_terms
+
+
+def _posterior_varcorr(bm, draws: dict, sigma) -> pd.DataFrame:
+    """Posterior means in lme4's VarCorr layout: SDs (with the mean of the variance) and
+    correlations, then the residual."""
+    rows = []
+    for t in bm.layout.terms:
+        for n in t.names:
+            v = draws[f"sd_{t.label}__{n}"]
+            rows.append((t.label, n, None, float(np.mean(v ** 2)), float(np.mean(v))))
+        for i in range(t.q):
+            for j in range(i + 1, t.q):
+                key = f"cor_{t.label}__{t.names[i]}__{t.names[j]}"
+                if key in draws:
+                    rows.append((t.label, t.names[i], t.names[j], np.nan, float(np.mean(draws[key]))))
+    if sigma is not None:
+        rows.append(("Residual", None, None, float(np.mean(draws["sigma"] ** 2)), sigma))
+    return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sd_or_cor"])
+
+
+def _family_params_se(fam, raw: RawFit, start: int) -> dict:
+    """Standard errors of the natural family parameters (thresholds, shape, ...): the delta
+    method on the inverse Hessian of the deviance in the outer vector (theta, beta, phi), as
+    ordinal::clmm and glmmTMB report them.  NaN where that Hessian is not positive definite.
+    A residual SD reported as the fit's ``sigma`` gets none here."""
+    phi = jnp.asarray(raw.family_params)
+    if phi.shape[0] == 0:
+        return {}
+    H = np.asarray(raw.hessian, float)
+    values = fam.natural_params(phi)
+    if not (np.all(np.isfinite(H)) and np.linalg.eigvalsh(H).min() > 0):
+        out = {k: np.full(np.shape(v), np.nan) for k, v in values.items()}
+    else:
+        cov = 2.0 * np.linalg.inv(H)[start:, start:]
+        J = np.asarray(jax.jacfwd(lambda z: jnp.concatenate(
+            [jnp.ravel(v) for v in fam.natural_params(z).values()]))(phi))
+        se = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", J, cov, J), 0.0))
+        out, pos = {}, 0
+        for k, v in values.items():
+            size = int(np.size(v))
+            out[k] = se[pos:pos + size].reshape(np.shape(v)) if np.ndim(v) else float(se[pos])
+            pos += size
+    if fam.residual is not None:
+        out.pop(fam.residual, None)
+    return out

@@ -1,0 +1,248 @@
+"""``fit.summary()``: a data object, and its lme4-style rendering."""
+from __future__ import annotations
+
+import math
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from jax.scipy.stats import norm
+
+METHOD_TITLES = {
+    "reml": "Linear mixed model fit by REML",
+    "ml": "Linear mixed model fit by maximum likelihood",
+    "laplace": "Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)",
+    "agq": "Generalized linear mixed model fit by maximum likelihood (Adaptive Gauss-Hermite Quadrature, nAGQ = {n})",
+}
+
+
+class _Rendered:
+    """Display shared by the summaries: ``str()`` renders, IPython shows the same text."""
+
+    def _repr_pretty_(self, p, cycle):  # IPython
+        p.text(str(self))
+
+    @staticmethod
+    def _close(out: list, messages) -> str:
+        if messages:
+            out.append("")
+            out.extend(messages)
+        return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Summary(_Rendered):
+    """The pieces of lme4's printed summary, as data.  ``str(summary)`` renders them."""
+
+    title: str
+    formula: str
+    family: str
+    link: str
+    response_note: str | None
+    criteria: pd.Series
+    random: pd.DataFrame
+    nobs: int
+    groups: pd.Series
+    coefficients: pd.DataFrame
+    family_params: dict
+    messages: tuple
+    family_params_se: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_fit(cls, fit):
+        if fit.posterior_summary is not None:
+            return BayesSummary.from_fit(fit)
+        design = fit.model.design
+        title = METHOD_TITLES.get(fit.method, f"Mixed model fit by {fit.method}")
+        title = title.format(n=fit.options.get("agq_points", ""))
+        if fit.method == "laplace" and fit.model.family.exact_lmm:
+            title = METHOD_TITLES["ml"]
+        if fit.method == "reml":
+            crit = pd.Series({"REML criterion": -2 * fit.loglik})
+        else:
+            crit = pd.Series({"AIC": fit.aic, "BIC": fit.bic, "logLik": fit.loglik,
+                              "deviance": -2 * fit.loglik, "df.resid": fit.nobs - fit.df})
+        vc = fit.varcorr
+        est = fit.fixef
+        se = fit.fixef_se
+        z = est / se
+        coef = pd.DataFrame({"Estimate": est, "Std. Error": se})
+        if fit.model.family.residual is not None:     # an estimated residual scale: t
+            coef["t value"] = z
+        else:
+            coef["z value"] = z
+            coef["Pr(>|z|)"] = 2 * np.asarray(norm.sf(np.abs(z.to_numpy())))
+        groups = pd.Series({t.label: t.n_levels for t in design.terms})
+        note = None
+        if design.response_levels is not None and fit.model.family.response == "binary":
+            note = (f"response '{design.response_name}': modelling P({design.response_levels[1]!r})"
+                    f" against {design.response_levels[0]!r}")
+        formula = fit.model.formula
+        for name, text in fit.model.dpars.items():
+            formula += f"\n         {name} ~ {text.split('~', 1)[-1].strip()}"
+        return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
+                   groups, coef, dict(fit.family_params), tuple(fit.messages),
+                   dict(fit.family_params_se))
+
+    def __str__(self) -> str:
+        out = [self.title]
+        if self.family != "gaussian" or self.link != "identity":
+            out.append(f" Family: {self.family}  ( {self.link} )")
+        out.append(f"Formula: {self.formula}")
+        if self.response_note:
+            out.append(self.response_note)
+        out.append("")
+        if list(self.criteria.index) == ["REML criterion"]:
+            out.append(f"REML criterion at convergence: {self.criteria.iloc[0]:.1f}")
+        else:
+            out.append(_criteria(self.criteria))
+        out.append("")
+        out.append("Random effects:")
+        out.append(_render_random(self.random))
+        grp = ", ".join(f"{k}, {v}" for k, v in self.groups.items())
+        out.append(f"Number of obs: {self.nobs}, groups:  {grp}")
+        if self.family_params:
+            out.append("")
+            out.append("Family parameters:")
+            for k, v in self.family_params.items():
+                vals = np.atleast_1d(np.asarray(v, float))
+                line = f"  {k}: " + " ".join(f"{x:.4g}" for x in vals)
+                if k in self.family_params_se:
+                    ses = np.atleast_1d(np.asarray(self.family_params_se[k], float))
+                    line += "  (Std. Error " + " ".join(f"{x:.4g}" for x in ses) + ")"
+                out.append(line)
+        out.append("")
+        out.append("Fixed effects:")
+        out.append(_coef_table(self.coefficients))
+        return self._close(out, self.messages)
+
+
+def _criteria(crit: pd.Series) -> str:
+    """lme4's row of AIC, BIC, logLik, deviance, df.resid (one decimal, df.resid whole)."""
+    cells = [f"{v:.0f}" if k == "df.resid" else f"{v:.1f}" for k, v in crit.items()]
+    width = max(max(len(c) for c in cells), max(len(k) for k in crit.index)) + 1
+    return "\n".join(["".join(k.rjust(width) for k in crit.index),
+                      "".join(c.rjust(width) for c in cells)])
+
+
+def _decimals(values) -> int:
+    """Decimals so that a column's largest entry shows about six significant digits."""
+    v = np.abs(np.asarray(values, float))
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return 3
+    return int(np.clip(5 - np.floor(np.log10(v.max())), 1, 4))
+
+
+def _pvalue(p: float) -> str:
+    if not np.isfinite(p):
+        return ""
+    return "<2e-16" if p < 2e-16 else (f"{p:.3g}" if p >= 1e-4 else f"{p:.2e}")
+
+
+def _coef_table(coef: pd.DataFrame) -> str:
+    """The fixed-effect table, each column with one number of decimals (as lme4)."""
+    cols = {}
+    for c in coef.columns:
+        if c.startswith("Pr("):
+            cols[c] = [_pvalue(v) for v in coef[c]]
+        else:
+            d = _decimals(coef[c])
+            cols[c] = [f"{v:.{d}f}" for v in coef[c]]
+    names = [str(i) for i in coef.index]
+    wn = max(len(n) for n in names)
+    widths = {c: max(len(c), *(len(x) for x in cols[c])) for c in cols}
+    lines = [" " * wn + " " + " ".join(c.rjust(widths[c]) for c in cols)]
+    for k, n in enumerate(names):
+        lines.append(n.ljust(wn) + " " + " ".join(cols[c][k].rjust(widths[c]) for c in cols))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    v = float(v)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
+        return f"{v:.3e}"
+    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(1, 6 - len(str(int(abs(v)))))}f}".rstrip("0").rstrip(".")
+
+
+def _table(df: pd.DataFrame, index: bool = True) -> str:
+    cols = list(df.columns)
+    rows = [[str(i) if index else "" for i in df.index]] if index else []
+    body = [[_fmt(v) for v in df[c]] for c in cols]
+    header = ([""] if index else []) + [str(c) for c in cols]
+    columns = (rows + body)
+    widths = [max(len(h), *(len(x) for x in col)) if len(col) else len(h)
+              for h, col in zip(header, columns)]
+    lines = [" ".join(h.rjust(w) if k else h.ljust(w) for k, (h, w) in enumerate(zip(header, widths)))]
+    for r in range(len(df)):
+        cells = [col[r] for col in columns]
+        lines.append(" ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(cells, widths))))
+    return "\n".join(lines)
+
+
+def _render_random(vc: pd.DataFrame) -> str:
+    lines = [f" {'Groups':<10} {'Name':<16} {'Variance':>10} {'Std.Dev.':>10}  Corr"]
+    for group, block in vc.groupby("group", sort=False):
+        sds = block[block.var2.isna()]
+        cors = block[block.var2.notna()]
+        names = list(sds.var1)
+        for k, r in enumerate(sds.itertuples(index=False)):
+            name = r.var1 if isinstance(r.var1, str) else ""
+            corr = []
+            for j in range(k):
+                hit = cors[(cors.var1 == names[j]) & (cors.var2 == r.var1)]
+                corr.append(f"{hit.sd_or_cor.iloc[0]:5.2f}" if len(hit) else "")
+            g = group if k == 0 else ""
+            lines.append(f" {g:<10} {name:<16} {r.vcov:>10.4g} {r.sd_or_cor:>10.4g}  {' '.join(corr)}")
+    return "\n".join(lines)
+
+
+BAYES_TITLES = {"nuts": "Bayesian mixed model fit by NUTS (NumPyro)",
+                "vi": "Bayesian mixed model fit by variational inference (NumPyro SVI)",
+                "map": "Bayesian mixed model: posterior mode with a Laplace approximation"}
+
+
+@dataclass(frozen=True)
+class BayesSummary(_Rendered):
+    """brms-style summary of a Bayesian fit, as data; ``str()`` renders it."""
+
+    title: str
+    formula: str
+    family: str
+    link: str
+    nobs: int
+    groups: pd.Series
+    priors: tuple
+    table: pd.DataFrame
+    diagnostics: dict
+    messages: tuple
+
+    @classmethod
+    def from_fit(cls, fit) -> "BayesSummary":
+        groups = pd.Series({t.label: t.n_levels for t in fit.model.design.terms})
+        return cls(BAYES_TITLES[fit.method], fit.model.formula, fit.family, fit.link, fit.nobs,
+                   groups, tuple(fit.priors), fit.posterior_summary,
+                   {k: v for k, v in fit.diagnostics.items() if np.isscalar(v) or isinstance(v, str)},
+                   tuple(fit.messages))
+
+    def __str__(self) -> str:
+        out = [self.title, f" Family: {self.family}  ( {self.link} )", f"Formula: {self.formula}"]
+        grp = ", ".join(f"{k}, {v}" for k, v in self.groups.items())
+        out.append(f"Number of obs: {self.nobs}, groups:  {grp}")
+        out.append("")
+        out.append("Priors:")
+        out.extend(f"  {p}" for p in self.priors)
+        out.append("")
+        out.append("Posterior:")
+        out.append(_table(self.table))
+        if self.diagnostics:
+            out.append("")
+            out.append("Diagnostics: " + ", ".join(
+                f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}"
+                for k, v in self.diagnostics.items()))
+        return self._close(out, self.messages)
