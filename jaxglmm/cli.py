@@ -4,8 +4,12 @@ The run is I/O around the library: read and check the config (:mod:`jaxglmm.io.c
 the data, build the model, fit, then write every output at once.  Outputs are built in
 memory and in a temporary folder beside the output folder, then moved into place, so a run
 that stops leaves nothing partial.  Input problems (a bad key, a missing file, an unknown
-column, a malformed formula, an unsupported method) end the run with one line on stderr and
-exit status 2; anything else is a bug and shows its traceback.
+column, a malformed formula, an unsupported method, a method option of the wrong type) end
+the run with one line on stderr and exit status 2; anything else is a bug and shows its
+traceback.  A :class:`~jaxglmm.ConvergenceWarning` (a fit that did not converge, a singular
+fit, a rank-deficient design) is printed as one line, ``jaxglmm: warning: ...``; with
+``--strict`` a fit that did not converge (for ``fit-many``: any dataset) exits with status 3
+once its outputs are written.
 
 Examples
 --------
@@ -15,12 +19,14 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import os
 import shutil
 import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -29,16 +35,18 @@ import yaml
 
 from . import __version__
 from .fit.cache import enable_compilation_cache
+from .fit.convergence import ConvergenceWarning
 from .io.datasets import load_dataset, read_table
 from .many import fit_many
 from .model import Model
-from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, expand_datasets, is_bundled,
-                     load_config)
+from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, check_options,
+                        expand_datasets, is_bundled, load_config)
 
 __all__ = ["main"]
 
 PROG = "jaxglmm"
 EXIT_USAGE = 2
+EXIT_NOT_CONVERGED = 3   # with --strict
 
 
 class UsageError(ValueError):
@@ -46,7 +54,8 @@ class UsageError(ValueError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``jaxglmm`` command line; returns the exit status (0, or 2 on bad input)."""
+    """Run the ``jaxglmm`` command line; returns the exit status: 0, 2 on bad input, 3 with
+    ``--strict`` when a fit did not converge."""
     _cpu_devices_for_chains()
 
     parser = argparse.ArgumentParser(
@@ -59,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("config", metavar="CONFIG.yaml", help="the run config (see README)")
         p.add_argument("-o", "--output", metavar="FOLDER",
                        help="output folder, overriding the config's 'output'")
+        p.add_argument("--strict", action="store_true",
+                       help="exit with status 3 (after writing the outputs) when a fit did not "
+                            "converge")
     args = parser.parse_args(argv)
     if not os.environ.get("JAXGLMM_NO_CACHE"):
         try:
@@ -66,7 +78,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:   # an unwritable home: run without the cache
             pass
     run = _run_fit if args.command == "fit" else _run_fit_many
-    return run(args.config, args.output)
+    with _warnings_on_stderr():
+        return run(args.config, args.output, args.strict)
+
+
+@contextlib.contextmanager
+def _warnings_on_stderr():
+    """Each :class:`ConvergenceWarning` as one line on stderr, ``jaxglmm: warning: ...``
+    (every one, not once per place); other warnings as Python shows them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ConvergenceWarning)
+        show = warnings.showwarning
+
+        def one_line(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ConvergenceWarning):
+                _warn(str(message))
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = one_line
+        yield
 
 
 def _cpu_devices_for_chains(n: int = 4) -> None:
@@ -85,10 +116,14 @@ def _cpu_devices_for_chains(n: int = 4) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
     first_line = " ".join(str(message).split())
     print(f"{PROG}: error: {first_line}", file=sys.stderr)
-    return EXIT_USAGE
+    return status
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {' '.join(message.split())}", file=sys.stderr)
 
 
 # Input problems: a formula error is a ValueError; a pydantic ValidationError too.
@@ -96,13 +131,13 @@ _INPUT_ERRORS = (ValueError, NotImplementedError, FileNotFoundError)
 
 
 # ----------------------------------------------------------------------------- fit
-def _run_fit(config_path: str, output: str | None) -> int:
+def _run_fit(config_path: str, output: str | None, strict: bool = False) -> int:
     try:
         config = _load(config_path, FitConfig, output)
         data = _read_data(config.data)
         _check_columns(config, data, config.data)
         model = Model(config.formula, data, config.family, **config.model_kwargs())
-        method = model.check_method(config.method or model.default_method(), config.options)
+        method = _check_method(model, config)
     except _INPUT_ERRORS as err:
         return _fail(err)
 
@@ -115,16 +150,20 @@ def _run_fit(config_path: str, output: str | None) -> int:
     }
     if fit.posterior is not None:   # NUTS/VI/MAP draws, as ArviZ InferenceData
         files["draws.nc"] = _netcdf_bytes(fit.posterior)
-    return _deliver(config, {"method": method, "link": fit.link}, files, summary)
+    _deliver(config, {"method": method, "link": fit.link}, files, summary)
+    if strict and not fit.converged:
+        return _fail(f"the fit did not converge (--strict); its outputs are in {config.output}",
+                     EXIT_NOT_CONVERGED)
+    return 0
 
 
 # ----------------------------------------------------------------------------- fit-many
-def _run_fit_many(config_path: str, output: str | None) -> int:
+def _run_fit_many(config_path: str, output: str | None, strict: bool = False) -> int:
     try:
         config = _load(config_path, FitManyConfig, output)
         ids, frames, sources = _many_datasets(config)
         first = Model(config.formula, frames[0], config.family, **config.model_kwargs())
-        method = first.check_method(config.method or first.default_method(), config.options)
+        method = _check_method(first, config)
         kwargs = config.model_kwargs()
         link = kwargs.pop("link")
         # fit_many raises ValueError when the datasets do not share one shape.
@@ -138,7 +177,15 @@ def _run_fit_many(config_path: str, output: str | None) -> int:
     if sources is not None:
         update["datasets"] = sources  # a glob pattern expanded: the config says what ran
     files = {"fits.csv": table.to_csv(index=False)}
-    return _deliver(config, update, files, _many_report(table, fits, method))
+    _deliver(config, update, files, _many_report(table, fits, method))
+    failed = [str(d) for d, ok in zip(table["dataset"], table["converged"]) if not ok]
+    if failed:
+        _warn(f"{len(failed)} of {len(table)} datasets did not converge ({', '.join(failed)}); "
+              "see the 'converged' column of fits.csv")
+    if strict and failed:
+        return _fail(f"{len(failed)} of {len(table)} datasets did not converge (--strict); "
+                     f"the outputs are in {config.output}", EXIT_NOT_CONVERGED)
+    return 0
 
 
 def _many_datasets(config: FitManyConfig):
@@ -188,6 +235,14 @@ def _many_report(table: pd.DataFrame, fits, method: str) -> str:
 
 
 # ----------------------------------------------------------------------------- shared steps
+def _check_method(model: Model, config) -> str:
+    """The method (the config's, or the model's default) after checking its options' types
+    (config) and that the model can use it with these options (model)."""
+    method = (config.method or model.default_method()).lower()
+    check_options(method, config.options)
+    return model.check_method(method, config.options)
+
+
 def _load(config_path: str, kind, output: str | None):
     config = load_config(config_path, kind)
     if output is not None:
@@ -214,14 +269,13 @@ def _check_columns(config, data: pd.DataFrame, source: str) -> None:
                              f"the data {source} (columns: {', '.join(map(str, data.columns))})")
 
 
-def _deliver(config, update: dict, files: dict[str, str | bytes], report: str) -> int:
+def _deliver(config, update: dict, files: dict[str, str | bytes], report: str) -> None:
     """Write ``files`` and the resolved config (``update``: what the run chose) into the
     output folder at once, then print ``report`` and where the outputs went."""
     files = files | {"config.yaml": _dump_config(config.model_copy(update=update))}
     _write_folder(Path(config.output), files)
     print(report)
     print(f"\n{PROG}: wrote {', '.join(files)} to {config.output}")
-    return 0
 
 
 def _netcdf_bytes(idata) -> bytes:

@@ -15,13 +15,15 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 
 from .bayes.drivers import BAYES_METHODS, check_options, run_bayes
 from .core.predictor import joint_log_density
 from .core.problem import Problem, ProblemArrays, make_problem, problem_arrays
 from .core.resystem import build_structure
-from .design import Design, build_design, channels
+from .design import Design, build_design, channels, check_identifiable
+from .formula import parse_formula, term_key
 from .design import dpars as dpar_mod
 from .families import Family, get_family
 from .fit import likelihood
@@ -66,6 +68,9 @@ class Model:
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         self.formula = formula
+        self.weights = weights
+        self.data_name = data.attrs.get("name") or \
+            f"DataFrame ({data.shape[0]} rows, {data.shape[1]} columns)"
         self.family = get_family(family, link)
         build = lambda f, d: build_design(f, d, self.family, categorical=tuple(categorical),
                                           levels=levels, weights=weights)
@@ -84,6 +89,9 @@ class Model:
         else:
             main = build(formula, data)
         self.family.validate(main.y, main.trials)
+        for part in (main, self._extra):
+            if part is not None:
+                check_identifiable(part, self.family)
         self._main = main
         design, fixef_channels, self.n_channels = self._assemble(main, self._extra)
         if self.dpars:
@@ -133,7 +141,7 @@ class Model:
                                  random_effects=random_effects)
             terms = tuple(replace(t, group_index=n.group_index, Z=n.Z)
                           for t, n in zip(design.terms, nd.terms)) if random_effects else ()
-            return replace(design, X=nd.X, offset=nd.offset, terms=terms)
+            return replace(design, X=nd.X, offset=nd.offset, terms=terms, trials=nd.trials)
         extra = rebuilt(self._extra) if self._extra is not None else None
         design, _, _ = self._assemble(rebuilt(self._main), extra)
         n = design.X.shape[0]
@@ -143,9 +151,76 @@ class Model:
             index = tuple(jnp.asarray(i, jnp.int32) for i in index)
             Z = tuple(jnp.asarray(z, jnp.float64) for z in Z)
         ones = jnp.ones(n)
+        trials = design.trials
+        if self.design.proportion and self.weights in data:    # prop ~ ..., weights = trials
+            trials = np.asarray(data[self.weights], float)
         return ProblemArrays(y=ones, X=jnp.asarray(design.X, jnp.float64),
                              offset=jnp.asarray(design.offset, jnp.float64), weights=ones,
-                             trials=ones, index=index, Z=Z)
+                             trials=ones if trials is None else jnp.asarray(trials, jnp.float64),
+                             index=index, Z=Z)
+
+    def _specs(self):
+        return [d.spec for d in (self._main, self._extra) if d is not None]
+
+    def used_columns(self, random_effects: bool = True) -> list[str]:
+        """The data columns a prediction reads (fixed effects, offsets and, with
+        ``random_effects``, the random terms and grouping factors)."""
+        cols = []
+        for spec in self._specs():
+            cols += list(spec.fixed.columns) + [n for o in spec.offsets for n in o.names]
+            if random_effects:
+                for t in spec.terms:
+                    cols += list(t.matrix.columns) + list(t.factor.columns)
+        return list(dict.fromkeys(cols))
+
+    def group_labels(self, data: pd.DataFrame) -> list[np.ndarray]:
+        """Each grouping factor's level labels in ``data`` (in the model's factor order)."""
+        factors = {t.factor.name: t.factor for spec in self._specs() for t in spec.terms}
+        frame = data.reset_index(drop=True)
+        return [factors[f.group].labels(frame) for f in self.structure.factors]
+
+    def re_selection(self, re_form) -> tuple | None:
+        """Which random-effect columns a prediction conditions on, as lme4's ``re.form``:
+        ``None`` all of them; ``"~0"``, ``NA`` or ``"~1"`` none (returns None); a formula of
+        random terms, e.g. ``"~(1 | LOCATION)"``, those terms only.  Returns per grouping
+        factor a 0/1 mask over its columns."""
+        s = self.structure
+        if re_form is None:
+            return tuple(np.ones(f.q) for f in s.factors)
+        if isinstance(re_form, float) and np.isnan(re_form):
+            return None
+        if not isinstance(re_form, str):
+            raise TypeError(f"re_form must be None, NA or a formula string, got {re_form!r}")
+        text = re_form.strip()
+        if text in ("NA", "0", "~0", "~ 0") or text.replace(" ", "") in ("~0", "~1-1", "~-1+1"):
+            return None
+        if not text.startswith("~"):
+            raise ValueError(f"re_form must be a one-sided formula such as '~(1 | g)', "
+                             f"'~0' or None; got {re_form!r}")
+        parsed = parse_formula("re_form_response " + text)
+        if parsed.fixed or parsed.offsets:
+            raise ValueError(f"re_form {re_form!r} may hold only random-effect terms "
+                             "('(... | group)'), as lme4's re.form")
+        if not parsed.random:
+            return None
+        key = lambda terms, intercept, group: (tuple(group), bool(intercept),
+                                               frozenset(term_key(t) for t in terms))
+        labels = {}
+        for spec in self._specs():
+            for t in spec.terms:
+                labels.setdefault(key(t.matrix.terms, t.matrix.intercept, t.factor.columns),
+                                  set()).add(t.label)
+        chosen = set()
+        for r in parsed.random:
+            found = labels.get(key(r.terms, r.intercept, r.group))
+            if not found:
+                known = ", ".join(spec.parsed.random[i].source for spec in self._specs()
+                                  for i in range(len(spec.parsed.random)))
+                raise ValueError(f"re_form term {r.source} is not a random-effect term of "
+                                 f"the model (its terms: {known})")
+            chosen |= found
+        return tuple(np.array([1.0 if t.label in chosen else 0.0
+                               for t in f.terms for _ in range(t.q)]) for f in s.factors)
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:
@@ -175,6 +250,43 @@ class Model:
     def _phi0(self):
         return jnp.asarray(self.problem.phi0, jnp.float64)
 
+    def resolve_method(self, method: str | None, options: dict) -> tuple[str, dict]:
+        """The method and its options, checked, with lme4's spellings mapped: ``REML=True``
+        / ``REML=False`` are ``method="reml"`` / ``"ml"``; ``nAGQ=1`` is ``"laplace"`` and
+        ``nAGQ=n`` is ``"agq"`` with ``agq_points=n``.  A spelling that contradicts
+        ``method``, or one that has no jaxglmm meaning, is refused naming the right one."""
+        options = dict(options)
+        if "REML" in options:
+            reml = options.pop("REML")
+            if not isinstance(reml, (bool, np.bool_)):
+                raise TypeError(f"REML must be True or False, got {reml!r}")
+            if not self.problem.exact_lmm:
+                raise ValueError(f"REML applies to gaussian models with the identity link; "
+                                 f"this {self.family.name} model is fitted by method='laplace' "
+                                 "or 'agq' (lme4's glmer has no REML either)")
+            wanted = "reml" if reml else "ml"
+            if method is not None and method.lower() != wanted:
+                raise ValueError(f"REML={reml} contradicts method={method!r}; "
+                                 f"write method={wanted!r}")
+            method = wanted
+        if "nAGQ" in options:
+            n = options.pop("nAGQ")
+            if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise ValueError(f"nAGQ must be a whole number >= 1, got {n!r}")
+            if n == 0:
+                raise ValueError("nAGQ=0 (lme4's fast approximation with fixed effects in "
+                                 "PIRLS) is not available; use nAGQ=1 (method='laplace')")
+            wanted = "laplace" if n == 1 else "agq"
+            if method is not None and method.lower() != wanted:
+                raise ValueError(f"nAGQ={n} contradicts method={method!r}; write "
+                                 f"method={wanted!r}" + (f", agq_points={n}" if n > 1 else ""))
+            if n > 1:
+                if options.get("agq_points", n) != n:
+                    raise ValueError(f"nAGQ={n} contradicts agq_points={options['agq_points']}")
+                options["agq_points"] = int(n)
+            method = wanted
+        return self.check_method(method or self.default_method(), options), options
+
     def check_method(self, method: str, options: dict) -> str:
         """The method's name, lower-cased, after checking the model can use it with these
         options (a ValueError names the problem otherwise)."""
@@ -197,7 +309,7 @@ class Model:
         ``priors`` set priors by class or name as brms writes them, e.g.
         ``{"b": "normal(0, 5)", "sd_Subject": "student_t(3, 0, 10)"}``.
         """
-        method = self.check_method(method or self.default_method(), options)
+        method, options = self.resolve_method(method, options)
         relieve_map_pressure()
         if method in BAYES:
             result = posterior_result(self, self.problem, method, options,
@@ -207,17 +319,43 @@ class Model:
             raw = jax.device_get(likelihood.run(self.problem, method, options))
             result = likelihood_result(self, self.problem, method, options, raw,
                                        time.perf_counter() - start)
+            if not np.isfinite(result.loglik):
+                raise FloatingPointError(
+                    f"the {method} fit ended at a non-finite log-likelihood: no fixed effects "
+                    f"were found where every observation has positive likelihood under the "
+                    f"{self.family.name} family's {self.family.link.name} link (for example a "
+                    "log link whose mean passes 1); try another link")
         warn_of(result)
         return result
 
 
+SCALE_RATIO = 1e3      # lme4's checkScaleX tolerance
+
+
+def scale_message(X: np.ndarray) -> str | None:
+    """lme4's ``check.scaleX``: a warning when the non-binary predictors' SDs differ by more
+    than a factor 1e3 from each other or from 1."""
+    X = np.asarray(X, float)
+    cont = [j for j in range(X.shape[1]) if not np.all(np.isin(X[:, j], (0.0, 1.0)))]
+    if not cont or X.shape[0] < 2:
+        return None
+    with np.errstate(divide="ignore"):
+        logsd = np.log(np.std(X[:, cont], axis=0, ddof=1))
+    spread = np.abs(logsd[:, None] - logsd[None, :])
+    if np.any(np.abs(logsd) > np.log(SCALE_RATIO)) or np.any(spread > np.log(SCALE_RATIO)):
+        return "Some predictor variables are on very different scales: consider rescaling"
+    return None
+
+
 def warn_of(result: FitResult) -> None:
     """A :class:`ConvergenceWarning` for each problem of a fit, as lme4 warns: not converged
-    (the verdict's messages), a singular fit, a confounded design."""
+    (the verdict's messages), a singular fit, a confounded design, predictors on very
+    different scales."""
     design = result.model.design
     notes = [m for m in result.messages if m not in design.messages] if not result.converged \
         else [m for m in result.messages if m.startswith("boundary (singular) fit")]
-    for message in tuple(design.warnings) + tuple(notes):
+    scale = scale_message(design.X)
+    for message in tuple(design.warnings) + ((scale,) if scale else ()) + tuple(notes):
         warnings.warn(message, ConvergenceWarning, stacklevel=3)
 
 

@@ -349,10 +349,14 @@ def test_single_level_grouping_factor_is_an_error(df):
         build_design("y ~ x + (1 | one)", df)
 
 
-def test_grouping_factor_with_a_level_per_row_warns_for_gaussian(df):
-    df["id"] = [str(i) for i in range(6)]
+def test_grouping_factor_with_a_level_per_row_is_built_and_refused_by_a_model(df):
+    """A level per row confounds the group's variance with the residual's: the design is
+    built (for inspection), a gaussian model refuses it as lme4 does."""
+    df = df.assign(id=[f"o{i}" for i in range(len(df))])
     d = build_design("y ~ x + (1 | id)", df)
-    assert any("as many levels as observations" in m for m in d.messages)
+    assert d.terms[0].n_levels == len(df)
+    with pytest.raises(ValueError, match="number of levels of each grouping factor"):
+        jaxglmm.Model("y ~ x + (1 | id)", df)
 
 
 def test_non_finite_transform_is_an_error(df):

@@ -51,7 +51,7 @@ def test_lmm_profiled_gradient_matches_finite_differences():
     a, s = model.arrays, model.structure
     cp = lmm.cross_products(s, a)
     n, p = a.X.shape
-    f = jax.jit(lambda th: lmm._parts(s, cp, th, n, p, True, 0.0, full=False))
+    f = jax.jit(lambda th: lmm.profiled_parts(s, cp, th, n, p, True, 0.0, full=False))
     th = np.array([0.8, 0.1, 0.3])
     np.testing.assert_allclose(np.asarray(jax.grad(f)(th)),
                                central_differences(lambda z: float(f(z)), th), rtol=1e-6)

@@ -57,11 +57,14 @@ def test_cumulative_matches_clmm(wine):
     assert fit.df == ref["df"]
 
 
-def test_cumulative_predict_response_is_expected_category(wine):
+def test_cumulative_predictions_are_probabilities_and_the_expected_label(wine):
+    """brms's conventions: type="response" gives the category probabilities (one column per
+    level), type="mean" the expected rating on the labels' own scale (1 to 5)."""
     fit, _ = wine
     eta = fit.predict(type="link").to_numpy()
     th = fit.family_params["thresholds"]
     cdf = 1 / (1 + np.exp(-(th[None, :] - eta[:, None])))
     probs = np.diff(np.concatenate([np.zeros((len(eta), 1)), cdf, np.ones((len(eta), 1))], axis=1), axis=1)
-    expected_code = probs @ np.arange(probs.shape[1])     # 0-based category codes
-    np.testing.assert_allclose(fit.predict(type="response"), expected_code, rtol=1e-10)
+    np.testing.assert_allclose(fit.predict(type="response").to_numpy(), probs, rtol=1e-10)
+    expected_label = probs @ np.arange(1, probs.shape[1] + 1)     # the labels "1".."5"
+    np.testing.assert_allclose(fit.predict(type="mean"), expected_label, rtol=1e-10)

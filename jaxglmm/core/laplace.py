@@ -217,7 +217,12 @@ class GlmmModel:
 
 
 def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter: int = 50):
-    """Fixed effects of the GLM without random effects (damped Newton), as a starting point."""
+    """Fixed effects of the GLM without random effects (damped Newton), as a starting point.
+
+    The Newton steps start at beta = 0.  Where the log-likelihood is not finite there (a
+    binomial with the log link: mu = 1 at eta = 0), they start instead where glm() starts,
+    from the family's ``mustart`` (binomial: (y + 1/2) / (n + 1)): the least-squares fit of
+    the link of it."""
     fp = family.natural_params(phi0)
     p = a.X.shape[1]
 
@@ -244,4 +249,10 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
                                    (jnp.asarray(1.0), total(beta + d)))
         return jnp.where(fn >= f, beta + t * d, beta)
 
-    return jax.lax.fori_loop(0, n_iter, body, jnp.zeros(p))
+    beta0 = jnp.zeros(p)
+    if family.mustart is not None and structure.n_channels == 1:
+        target = family.link.linkfun(family.mustart(a.y, a.trials)) - a.offset
+        wx = a.X * a.weights[:, None]
+        fitted = jnp.linalg.solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
+        beta0 = jnp.where(jnp.isfinite(total(beta0)), beta0, fitted)
+    return jax.lax.fori_loop(0, n_iter, body, beta0)

@@ -5,6 +5,7 @@ and the assembled :class:`Design` (:mod:`.design`), several linear predictors fo
 categorical responses and correlated IDs (:mod:`.channels`), and formulas for a family's own
 parameters (:mod:`.dpars`).  NumPy and pandas; no JAX programs.
 """
-from .design import Design, NewData, NewTerm, RandomTerm, build_design
+from .design import Design, NewData, NewTerm, RandomTerm, build_design, check_identifiable
 
-__all__ = ["Design", "NewData", "NewTerm", "RandomTerm", "build_design"]
+__all__ = ["Design", "NewData", "NewTerm", "RandomTerm", "build_design",
+           "check_identifiable"]

@@ -10,6 +10,7 @@ group index and its own ``n x q`` model columns.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 from ..families import Family, get_family
 from ..formula import FormulaError, ParsedFormula, PyExpr, parse_formula
 from .matrices import (FactorCoding, GroupingFactor, ModelMatrix, aliased_columns,
-                    evaluate_expr, factor_levels, format_label, is_numeric, natural_key)
+                    evaluate_expr, factor_levels, format_label, is_numeric)
 
 __all__ = ["RandomTerm", "Design", "DesignSpec", "NewData", "NewTerm", "build_design"]
 
@@ -206,6 +207,7 @@ class RandomTermSpec:
     label: str
     matrix: ModelMatrix
     factor: GroupingFactor
+    source: str = ""          # the bar term as written, for messages
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ class DesignSpec:
         needed += [c for t in random for c in t.matrix.columns]
         _require_columns(needed + [c for t in random for c in t.factor.columns], data,
                          self.parsed.formula)
+        _check_unique_columns(needed + [c for t in random for c in t.factor.columns], data)
         frame = data.reset_index(drop=True)
         for col in dict.fromkeys(needed):
             if frame[col].isna().any():
@@ -315,7 +318,9 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     FormulaError
         A malformed formula or a column that is not in ``data``.
     ValueError
-        Data that cannot be used: a grouping factor with one level, a non-numeric column in
+        Data that cannot be used: a grouping factor with one level, random effects lme4
+        refuses as unidentifiable (too many levels or random effects for the number of
+        rows), a used column that appears twice in ``data``, a non-numeric column in
         arithmetic, non-finite transformed values, a response the family cannot take.
 
     Examples
@@ -339,6 +344,7 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
         missing = [c for c in cols if c not in data.columns]
         if missing:
             raise ValueError(f"{option} names column(s) not in the data: {missing}")
+    _check_unique_columns(used + list(categorical) + list(levels), data)
     complete = data[list(dict.fromkeys(used))].notna().all(axis=1).to_numpy()
     frame = data.loc[complete].reset_index(drop=True)
     messages: list[str] = []
@@ -353,6 +359,11 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     y, trials, response_levels = _response(parsed, frame, family, levels, messages,
                                            w if weights else None)
     proportion = trials is not None and bool(weights) and trials is w
+    n_empty = 0 if trials is None else int(np.sum(trials == 0))
+    if n_empty:
+        messages.append(f"{n_empty} rows with zero trials add nothing to the likelihood"
+                        if n_empty > 1 else
+                        "1 row with zero trials adds nothing to the likelihood")
     if proportion:
         w = np.ones(len(frame))      # the weights were the trials of a proportion response
     has_intercept = family.has_intercept
@@ -395,6 +406,16 @@ def _require_columns(columns, data: pd.DataFrame, formula: str) -> None:
             close = difflib.get_close_matches(col, [str(c) for c in data.columns], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise FormulaError(f"unknown column {col!r}{hint} (in formula {formula!r})")
+
+
+def _check_unique_columns(columns, data: pd.DataFrame) -> None:
+    """A column the model reads must be there once (``data[name]`` of a repeated name is a
+    DataFrame, not a column).  A repeated column the model does not read is harmless: it is
+    never looked up, so it is not an error."""
+    repeated = set(data.columns[data.columns.duplicated()])
+    for col in dict.fromkeys(columns):
+        if col in repeated:
+            raise ValueError(f"column {col!r} appears twice in the data")
 
 
 def _offset(offsets, frame: pd.DataFrame) -> np.ndarray:
@@ -442,10 +463,6 @@ def _random_terms(parsed, frame, coding, family: Family, messages):
             raise ValueError(f"grouping factor {factor.name!r} in {r.source} has a single "
                              f"level ({factor.levels[0]!r}); a random effect needs at least "
                              "two levels")
-        if len(factor.levels) == len(frame) and family.residual is not None:
-            messages.append(f"grouping factor {factor.name!r} has as many levels as "
-                            f"observations ({len(frame)}), so its variance is confounded "
-                            "with the residual variance (lme4 refuses this model)")
         built.append((r, matrix, factor, index))
     # lme4's mkReTrms: reorder only if some term has more levels than the one before it,
     # and then by rev(order(nl)), which also reverses ties.
@@ -460,13 +477,49 @@ def _random_terms(parsed, frame, coding, family: Family, messages):
         k = seen.get(factor.name, 0)
         seen[factor.name] = k + 1
         label = factor.name if k == 0 else f"{factor.name}.{k}"
-        specs.append(RandomTermSpec(label, matrix, factor))
+        specs.append(RandomTermSpec(label, matrix, factor, r.source))
         terms.append(RandomTerm(
             group=factor.name, label=label, names=matrix.names,
             correlated=r.correlated or matrix.values.shape[1] > 1,
             levels=factor.levels, group_index=index,
             Z=np.ascontiguousarray(matrix.values, dtype=np.float64), id=r.id))
     return tuple(specs), tuple(terms)
+
+
+def check_identifiable(design: Design, family: Family) -> None:
+    """lme4's checkNlevels and checkZdims (lFormula/glFormula), with lme4's messages: a
+    :class:`~jaxglmm.Model` refuses a design whose random effects cannot be told apart from
+    the residual (``build_design`` itself builds any design, for inspection).
+
+    With a residual variance (lmer, ``allow.n = FALSE``) a grouping factor needs fewer
+    levels than observations and a term fewer random effects (levels x columns) than
+    observations, else the random effects and the residual variance are confounded.  Other
+    families (glmer, ``allow.n = TRUE``) refuse only more levels, or more random effects,
+    than observations.  ``n`` is the number of rows of the design (after dropping rows with
+    missing values); terms are in lme4's order.
+    """
+    n, terms = design.nobs, design.spec.terms
+    strict = family.residual is not None
+    too_many = (lambda m: m >= n) if strict else (lambda m: m > n)
+    problems = list(dict.fromkeys(t.factor.name for t in terms if too_many(len(t.factor.levels))))
+    if problems:
+        raise ValueError("number of levels of each grouping factor must be "
+                         f"{'<' if strict else '<='} number of observations "
+                         f"(problems: {', '.join(problems)})")
+    for t in terms:
+        n_re = len(t.factor.levels) * t.matrix.values.shape[1]
+        if n <= n_re if strict else n < n_re:
+            rest = " and the residual variance (or scale parameter)" if strict else ""
+            raise ValueError(f"number of observations (={n}) {'<=' if strict else '<'} number "
+                             f"of random effects (={n_re}) for term ({_bar_text(t.source)}); "
+                             f"the random-effects parameters{rest} are probably "
+                             "unidentifiable")
+
+
+def _bar_text(source: str) -> str:
+    """A random term as R deparses it, without its parentheses: ``1 + x | g``."""
+    text = re.sub(r"\s+", "", source[1:-1] if source.startswith("(") else source)
+    return re.sub(r"\|\||\||\+|(?<=[\w).])-|\*|/", lambda m: f" {m.group()} ", text)
 
 
 # ----------------------------------------------------------------------------- response
@@ -522,20 +575,25 @@ def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=No
     return y, None, None
 
 
+def _in_numeric_order(labels) -> bool:
+    try:
+        values = [float(lv) for lv in labels]
+    except ValueError:
+        return False
+    return values == sorted(values)
+
+
 def _coded_response(raw: pd.Series, family: Family, levels: dict, messages):
     """Ordinal/categorical response: codes 0..K-1 in level order (first = reference)."""
     name = family.name
     given = levels.get(raw.name)
-    if (given is None and not is_numeric(raw)
-            and not isinstance(raw.dtype, pd.CategoricalDtype)):
-        labels = factor_levels(raw)
-        ordered = tuple(sorted(labels, key=natural_key))
-        if family.response == "ordered" and any(natural_key(lv)[0] for lv in labels):
-            messages.append(f"response levels ordered alphabetically: {' < '.join(ordered)}; "
-                            "pass levels={column: [...]} to set the order")
-        labels = ordered
-    else:
-        labels = factor_levels(raw, given)
+    labels = factor_levels(raw, given)
+    if (given is None and family.response == "ordered" and not is_numeric(raw)
+            and not isinstance(raw.dtype, pd.CategoricalDtype) and not _in_numeric_order(labels)):
+        # strings are ordered as R's factor() orders them ("10" < "9"); say so unless that
+        # is also the order of the numbers they spell ("1" < ... < "5")
+        messages.append(f"response levels ordered as R's factor() orders strings: "
+                        f"{' < '.join(labels)}; pass levels={{column: [...]}} to set the order")
     if len(labels) < 2:
         raise ValueError(f"a {name} response needs at least two levels; {raw.name!r} has "
                          f"{list(labels)}")

@@ -24,7 +24,8 @@ import pandas as pd
 from formulae import design_matrices
 from formulae.environment import Environment
 
-from ..formula.terms import Atom, PyExpr, Term, term_key
+from ..formula.terms import Atom, PyExpr, Term, column_name, term_key
+from .collation import r_sort_key
 
 __all__ = ["PyExpr", "Atom", "Term", "term_key", "FactorCoding", "ModelMatrix",
            "GroupingFactor", "evaluate_expr", "format_label", "factor_levels",
@@ -88,8 +89,8 @@ def evaluate_expr(expr: PyExpr, frame: pd.DataFrame) -> np.ndarray:
     def ev(node):
         if isinstance(node, ast.Expression):
             return ev(node.body)
-        if isinstance(node, ast.Name):
-            return _numeric_column(frame, node.id)
+        if isinstance(node, ast.Name):      # a column (an alias when not an identifier)
+            return _numeric_column(frame, column_name(node.id))
         if isinstance(node, ast.Constant):
             return np.full(n, float(node.value))
         if isinstance(node, ast.BinOp):
@@ -99,19 +100,16 @@ def evaluate_expr(expr: PyExpr, frame: pd.DataFrame) -> np.ndarray:
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.Call):
             func = node.func.attr if isinstance(node.func, ast.Attribute) else node.func.id
-            return _FUNCTIONS[func](*[ev(a) for a in node.args])
+            args = [ev(a) for a in node.args]
+            if func == "log" and len(args) == 2:       # R's log(x, base)
+                return np.log(args[0]) / np.log(args[1])
+            if len(args) != 1:
+                raise ValueError(f"{func}() takes one argument in {expr.source!r}")
+            return _FUNCTIONS[func](args[0])
         raise ValueError(f"cannot evaluate {expr.source!r}")
 
     with np.errstate(all="ignore"):
         return np.asarray(ev(expr.tree), dtype=float)
-
-
-def natural_key(label: str):
-    """Sort key putting number-like labels first, in numeric order."""
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
 
 
 def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True
@@ -119,14 +117,16 @@ def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True
     """Level labels of a factor, in coding order (the first is the reference).
 
     ``given`` (from ``levels={col: [...]}``) sets the order; otherwise a pandas Categorical
-    keeps its categories' order, numbers sort numerically and strings alphabetically (as R's
-    ``factor()`` does).  Unobserved levels are left out unless ``observed_only`` is False.
+    keeps its categories' order, numbers sort numerically and strings as R's ``factor()``
+    sorts them (:func:`~jaxglmm.design.collation.r_sort_key`: ICU's order, ``apple <
+    Banana < cherry``, ``"10" < "9"``).  Unobserved levels are left out unless
+    ``observed_only`` is False.
     """
     labels = pd.Series([format_label(v) for v in series.to_numpy()], dtype=object)
     seen = set(labels)
     if given is not None:
         order = [format_label(v) for v in given]
-        unknown = sorted(seen - set(order), key=natural_key)
+        unknown = sorted(seen - set(order), key=r_sort_key)
         if unknown:
             raise ValueError(f"value(s) {unknown} of {series.name!r} are not in the levels "
                              f"given for it: {order}")
@@ -135,7 +135,7 @@ def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True
     elif is_numeric(series):
         order = [format_label(v) for v in np.unique(series.to_numpy())]
     else:
-        order = sorted(seen)
+        order = sorted(seen, key=r_sort_key)
     return tuple(lv for lv in order if lv in seen or not observed_only)
 
 
@@ -165,7 +165,7 @@ class FactorCoding:
 
 
 def _check_known_levels(labels: np.ndarray, levels: tuple[str, ...], what: str) -> None:
-    unknown = sorted(set(labels) - set(levels), key=natural_key)
+    unknown = sorted(set(labels) - set(levels), key=r_sort_key)
     if unknown:
         raise ValueError(f"level(s) {unknown} of {what!r} were not in the data the model was "
                          f"built from (known: {list(levels)})")
@@ -366,7 +366,7 @@ class GroupingFactor:
         out = np.array([-1 if m else lookup.get(lv, -1) for lv, m in zip(labels, missing)],
                        dtype=np.int32)
         if not allow_new_levels and np.any(out < 0):
-            new = sorted({str(lv) for lv, i in zip(labels, out) if i < 0}, key=natural_key)
+            new = sorted({str(lv) for lv, i in zip(labels, out) if i < 0}, key=r_sort_key)
             raise ValueError(f"new level(s) {new[:10]} of grouping factor {self.name!r}; pass "
                              "allow_new_levels=True to predict them with zero random effects")
         return out

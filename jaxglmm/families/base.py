@@ -91,6 +91,9 @@ class Family:
         own formula (brms's distributional parameters, e.g. ``zi``).
     variant: what distinguishes a derived family from its base (e.g. ``("dpar", "zi")``).
     factory: the registered ``factory(link) -> Family`` that made it (for ``with_link``).
+    mustart: optional ``(y, trials) -> mu``, a mean inside the support for every
+        observation, as R's ``family$initialize``: where the fixed effects' usual start
+        (all zero) has no finite likelihood, fits start from the link of it.
     """
 
     name: str
@@ -120,6 +123,7 @@ class Family:
     dpar_links: tuple = ()
     variant: tuple = ()
     factory: Callable | None = field(default=None, repr=False)
+    mustart: Callable | None = None
 
     # -- identity -------------------------------------------------------------------------
     @property

@@ -74,8 +74,10 @@ def _binomial(link: Link) -> Family:
             raise ValueError("binomial successes and trials must be whole numbers")
         if np.any(y < 0):
             raise ValueError("binomial successes must be non-negative")
-        if np.any(t <= 0):
-            raise ValueError("binomial trials must be positive")
+        # a row with zero trials (0 of 0) is accepted, as lme4 does: its log-likelihood is
+        # log C(0, 0) = 0 and its Fisher weight trials * ... is 0, so it adds nothing
+        if np.any(t < 0):
+            raise ValueError("binomial trials must be non-negative")
         if np.any(y > t):
             raise ValueError("binomial successes exceed trials in "
                              f"{int(np.sum(y > t))} rows")
@@ -89,7 +91,7 @@ def _binomial(link: Link) -> Family:
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
         variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
         needs_trials=True, laplace_information="expected", response="binary",
-        response_scale_priors=False)
+        response_scale_priors=False, mustart=lambda y, trials: (y + 0.5) / (trials + 1.0))
 
 
 def _bernoulli(link: Link) -> Family:

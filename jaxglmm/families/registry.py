@@ -9,6 +9,7 @@ run time with :func:`register_family`.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from typing import Callable
 
 from . import categorical, continuous, count, glm, ordinal
@@ -30,6 +31,16 @@ def register_family(name: str, factory: Callable[[Link], Family], default_link: 
     """Add a family: ``factory(link) -> Family``."""
     FAMILIES[name] = factory
     DEFAULT_LINKS[name] = default_link
+    _make.cache_clear()
+
+
+def _lookup(name: str) -> str | None:
+    """The registered name for ``name``: exact, an alias, or the same letters in another case
+    (``"Poisson"``, ``"GAMMA"``), as R users write them."""
+    if name in FAMILIES:
+        return name
+    folded = {k.lower(): k for k in FAMILIES} | {k.lower(): v for k, v in ALIASES.items()}
+    return folded.get(name.lower())
 
 
 def get_family(family: str | Family, link: str | None = None) -> Family:
@@ -38,9 +49,16 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
         return family.with_link(link)
     if not isinstance(family, str):
         raise TypeError(f"family must be a name or a Family, got {type(family).__name__}")
-    name = ALIASES.get(family, family)
-    if name not in FAMILIES:
+    name = _lookup(family)
+    if name is None:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    return _make(name, link)
+
+
+@lru_cache(maxsize=None)
+def _make(name: str, link: str | None) -> Family:
+    # One object per (name, link): equal families compare equal anyway, but building the
+    # closures once keeps `is` true too and saves the work.
     factory = FAMILIES[name]
     fam = replace(factory(get_link(DEFAULT_LINKS[name])), factory=factory)
     return fam.with_link(link)

@@ -30,7 +30,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from .terms import Atom, PyExpr, Term, term_key
+from .terms import Atom, PyExpr, Term, column_name, python_name, r_text, term_key
 from .tokens import (_OPERAND_KINDS, MATH_FUNCTIONS, TRANSFORMS, FormulaError, Token,
                      _check_structure, tokenize)
 
@@ -40,16 +40,31 @@ __all__ = ["FormulaError", "Atom", "PyExpr", "RandomSpec", "ResponseSpec",
 _R_CONSTANTS = {"TRUE": "True", "FALSE": "False", "T": "True", "F": "False"}
 
 
+# A string literal, a backticked name, an R name (dots allowed; not the digits of a number
+# such as 1.5e3 or .5) or a caret.
+_CODE_PIECE = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|(?<![\w.])(?:[^\W\d]|\.(?!\d))[\w.]*|\^")
+
+
 def _pythonize(text: str) -> str:
-    """R arithmetic to Python: ``^`` is a power; TRUE/FALSE are booleans; backticks vanish
-    for plain identifiers."""
-    parts = re.split(r"('[^']*'|\"[^\"]*\")", text)
-    for k in range(0, len(parts), 2):
-        part = parts[k].replace("^", "**")
-        part = re.sub(r"\b(TRUE|FALSE)\b", lambda m: _R_CONSTANTS[m.group()], part)
-        part = re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", r"\1", part)
-        parts[k] = part
-    return "".join(parts)
+    """R arithmetic to Python: ``^`` is a power; TRUE/FALSE are booleans; a column name
+    that is not a Python identifier (``x.pos``, `` `my var` ``) becomes its alias
+    (:func:`~jaxglmm.formula.terms.python_name`).  A name followed by ``(`` is a function
+    (``log``, ``np.log``) and is left as written."""
+    def piece(m):
+        word = m.group()
+        if word == "^":
+            return "**"
+        if word[0] in "'\"":
+            return word
+        followed_by_call = text[m.end():].lstrip().startswith("(")
+        if word[0] == "`":
+            return python_name(word[1:-1]) if not followed_by_call else word[1:-1]
+        if word in ("TRUE", "FALSE"):
+            return _R_CONSTANTS[word]
+        if followed_by_call or word in ("True", "False", "None"):
+            return word
+        return python_name(word)
+    return _CODE_PIECE.sub(piece, text)
 
 
 def _python_expr(source: str, pos: int, formula: str, *, what: str) -> PyExpr:
@@ -63,7 +78,7 @@ def _python_expr(source: str, pos: int, formula: str, *, what: str) -> PyExpr:
     except SyntaxError:
         raise FormulaError(f"cannot read {what} {stripped!r}", formula, pos + 1) from None
     if isinstance(tree.body, ast.Name):
-        return PyExpr.of_column(tree.body.id)
+        return PyExpr.of_column(column_name(tree.body.id))
     names: list[str] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
@@ -74,17 +89,17 @@ def _python_expr(source: str, pos: int, formula: str, *, what: str) -> PyExpr:
             if node.keywords:
                 raise FormulaError(f"{fname}() takes no named arguments", formula, pos + 1)
         elif isinstance(node, ast.Attribute) and not _is_numpy_callee(node):
-            raise FormulaError(f"cannot read {what} {stripped!r} (a column name with a "
-                               "'.' inside a function call: rename the column)",
-                               formula, pos + 1)
+            raise FormulaError(f"cannot read {what} {stripped!r}", formula, pos + 1)
         elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Expression,
                                ast.Load, ast.operator, ast.unaryop, ast.Attribute)):
             pass
         else:
             raise FormulaError(f"cannot read {what} {stripped!r}", formula, pos + 1)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and not _is_callee(tree, node) and node.id not in names:
-            names.append(node.id)
+        if isinstance(node, ast.Name) and not _is_callee(tree, node):
+            name = column_name(node.id)
+            if name not in names:
+                names.append(name)
     return PyExpr(stripped, code, tuple(names))
 
 
@@ -320,7 +335,7 @@ def _product(a: list, b: list) -> list:
 def _display(code: str, caret: bool) -> str:
     """Canonical label of a call, spaced as R deparses it (``I(x^2)``, ``log(x + 1)``)."""
     text = ast.unparse(ast.parse(code, mode="eval"))
-    return text.replace(" ** ", "^") if caret else text
+    return r_text(text.replace(" ** ", "^") if caret else text)
 
 
 class _Expander:
@@ -513,7 +528,7 @@ def _split_args(args: str) -> list[tuple[str, int]]:
     for i, ch in enumerate(args):
         if quote:
             quote = None if ch == quote else quote
-        elif ch in "'\"":
+        elif ch in "'\"`":
             quote = ch
         elif ch in "([":
             depth += 1

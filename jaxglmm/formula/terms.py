@@ -6,9 +6,56 @@ records; :mod:`jaxglmm.design.matrices` evaluates them on data.
 from __future__ import annotations
 
 import ast
+import keyword
+import re
 from dataclasses import dataclass
 
-__all__ = ["PyExpr", "Atom", "Term", "term_key"]
+__all__ = ["PyExpr", "Atom", "Term", "term_key", "python_name", "column_name", "r_name",
+           "r_text"]
+
+# ----------------------------------------------------------------------------- column names
+# A column whose name is not a Python identifier (R's dotted names, ``x.pos``, or anything
+# backticked, ``my var``) is written in an expression's Python code as an alias made from
+# its name: every character that is not an ASCII letter or digit becomes ``_<hex>_``.  The
+# alias is a function of the name alone, so the same column has the same alias in every
+# expression (atom keys compare the code) and the name can be read back from it.
+_ALIAS = "JGc_"
+_ALIAS_RE = re.compile(r"\bJGc_\w*")
+_R_RESERVED = {"if", "else", "repeat", "while", "function", "for", "next", "break", "in",
+               "TRUE", "FALSE", "NULL", "Inf", "NaN", "NA", "NA_integer_", "NA_real_",
+               "NA_character_", "NA_complex_"}
+_R_SYNTACTIC = re.compile(r"(?:[^\W\d_]|\.(?![\d]))[\w.]*|\.")
+
+
+def python_name(column: str) -> str:
+    """The identifier standing for ``column`` in Python code: the name itself when it is a
+    Python identifier (and not a keyword), else its alias."""
+    if column.isidentifier() and not keyword.iskeyword(column):
+        return column
+    return _ALIAS + "".join(c if c.isascii() and c.isalnum() else f"_{ord(c):x}_"
+                            for c in column)
+
+
+def column_name(identifier: str) -> str:
+    """The column an identifier of Python code reads (an alias decoded, see
+    :func:`python_name`)."""
+    if not identifier.startswith(_ALIAS):
+        return identifier
+    return re.sub(r"_([0-9a-f]+)_", lambda m: chr(int(m.group(1), 16)),
+                  identifier[len(_ALIAS):])
+
+
+def r_name(column: str) -> str:
+    """A column as R deparses it: ``x.pos`` bare, a non-syntactic name in backticks."""
+    if _R_SYNTACTIC.fullmatch(column) and column not in _R_RESERVED:
+        return column
+    return f"`{column}`"
+
+
+def r_text(code: str) -> str:
+    """Python code with its aliases written back as R names (for labels)."""
+    return _ALIAS_RE.sub(lambda m: r_name(column_name(m.group())), code)
+
 
 
 # ----------------------------------------------------------------------------- records
@@ -31,6 +78,8 @@ class PyExpr:
 
     @property
     def tree(self) -> ast.Expression:
+        """The parsed code; a column whose name is not an identifier is an alias in it
+        (:func:`column_name` reads it back)."""
         return ast.parse(self.code, mode="eval")
 
     @classmethod

@@ -70,7 +70,7 @@ def _matching_paren(text: str, open_pos: int, formula: str) -> int:
         if quote:
             if ch == quote:
                 quote = None
-        elif ch in "'\"":
+        elif ch in "'\"`":
             quote = ch
         elif ch == "(":
             depth += 1

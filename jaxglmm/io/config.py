@@ -16,6 +16,11 @@ Data sources (the ``data`` key, and each entry of ``datasets``):
 * ``data:`` one long table plus ``split_by: sim``, one dataset per value of that column, in
   order of first appearance (the layout of ``simulate()`` output stacked with a replicate id).
 
+The YAML is read by :class:`ConfigLoader`, PyYAML's safe loader with two changes: a key that
+appears twice in one mapping is an error (PyYAML keeps the last), and under ``levels`` the
+column names and the labels keep their text (YAML 1.1 reads ``[no, yes]`` as booleans).
+Method ``options`` are checked by :func:`check_options`, one pydantic model per method.
+
 Examples
 --------
 >>> cfg = FitConfig(data="bundled:sleepstudy", formula="Reaction ~ Days + (Days | Subject)",
@@ -33,13 +38,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ..families import get_family
 from .datasets import list_datasets
 
-__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "ConfigError", "load_config",
-           "format_validation_error", "is_bundled", "expand_datasets"]
+__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "ConfigError", "ConfigLoader",
+           "load_config", "check_options", "METHOD_OPTIONS", "format_validation_error",
+           "is_bundled", "expand_datasets"]
 
 #: Prefix of a bundled dataset in ``data``: ``bundled:sleepstudy``.
 BUNDLED_PREFIX = "bundled:"
@@ -66,6 +73,112 @@ def _check_source(source: str) -> str:
         if name not in names:
             raise ValueError(f"unknown bundled dataset {name!r}; choose one of {names}")
     return source
+
+
+# ----------------------------------------------------------------------------- method options
+class _Options(BaseModel):
+    """The options a method takes, with their types.  ``strict``: no int from a float or a
+    bool, no number from a string.  Names a method does not take are let through here and
+    refused by the fitter's own check (``Model.check_method``), which lists what it takes."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+_Init = Literal["centre", "ml"]
+
+
+class _BayesOptions(_Options):
+    draws: int = Field(1000, ge=1)
+    seed: int = Field(0, ge=0)
+    priors: dict[str, str] = {}      # brms-style: {class or name: "normal(0, 5)"}
+    init: _Init = "centre"
+
+
+class NutsOptions(_BayesOptions):
+    """``bayes.drivers.NUTS_OPTIONS`` with the types ``run_nuts`` reads them as."""
+
+    chains: int = Field(4, ge=1)
+    warmup: int = Field(1000, ge=0)
+    target_accept: float = Field(0.8, gt=0, lt=1)
+    max_tree_depth: int = Field(10, ge=1)
+    chain_method: Literal["parallel", "vectorized"] | None = None
+    progress: bool = True
+    dense_mass: bool = False
+    marginalize: bool | None = None
+
+
+class ViOptions(_BayesOptions):
+    """``bayes.drivers.VI_OPTIONS`` with the types ``run_vi`` reads them as."""
+
+    guide: Literal["meanfield", "lowrank"] = "meanfield"
+    steps: int = Field(20000, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    rank: int | None = Field(None, ge=1)
+    progress: bool = True
+    marginalize: bool | None = None
+
+
+class MapOptions(_BayesOptions):
+    """``bayes.drivers.MAP_OPTIONS`` with the types ``run_map`` reads them as."""
+
+    maxiter: int = Field(500, ge=1)
+    optimizer: Literal["bfgs", "optax"] = "optax"
+
+
+class AgqOptions(_Options):
+    """``agq``'s one option (``fit.likelihood.check_method``)."""
+
+    agq_points: int = Field(25, ge=1)
+
+
+#: The options model of each method that takes options; the others take none.
+METHOD_OPTIONS: dict[str, type[_Options]] = {"nuts": NutsOptions, "vi": ViOptions,
+                                             "map": MapOptions, "agq": AgqOptions}
+
+
+def check_options(method: str, options: dict) -> None:
+    """Check the types of a method's ``options`` (a :class:`ConfigError` naming each bad
+    one, e.g. ``config key 'options.chains': expected an integer, got 'two'``).  Option
+    names the method does not take are left to ``Model.check_method``."""
+    kind = METHOD_OPTIONS.get(method)
+    if kind is None:
+        return
+    try:
+        kind.model_validate(options)
+    except ValidationError as err:
+        order = {name: i for i, name in enumerate(options)}   # as the config lists them
+        errors = sorted(err.errors(), key=lambda e: order.get(e["loc"][0], len(order)))
+        raise ConfigError("; ".join(_describe_option(e, kind) for e in errors)) from None
+
+
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "dict_type": "a mapping of names to prior strings"}
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+
+
+def _describe_option(error: dict, kind: type[_Options]) -> str:
+    loc = ".".join(str(p) for p in ("options",) + tuple(error["loc"]))
+    value, type_of = error["input"], error["type"]
+    if type_of in _EXPECTED:
+        expected = _EXPECTED[type_of]
+    elif type_of == "literal_error":
+        expected = error["ctx"]["expected"]
+    elif type_of in _BOUNDS:
+        sign, bound = _BOUNDS[type_of]
+        field = kind.model_fields[error["loc"][0]]
+        what = "an integer" if int in (field.annotation, *getattr(field.annotation, "__args__",
+                                                                    ())) else "a number"
+        expected = f"{what} {sign} {error['ctx'][bound]}"
+    else:
+        return f"config key {loc!r}: {error['msg'][:1].lower()}{error['msg'][1:]}"
+    return f"config key {loc!r}: expected {expected}, got {_yaml_repr(value)}"
+
+
+def _yaml_repr(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
 
 
 class _ModelSpec(BaseModel):
@@ -169,6 +282,81 @@ class FitManyConfig(_ModelSpec):
         return cols + ([("split_by", self.split_by)] if self.split_by else [])
 
 
+# ----------------------------------------------------------------------------- the YAML loader
+_STR, _MERGE = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
+# What YAML 1.2's core schema (unlike YAML 1.1) reads as a boolean or a number: a level
+# written so keeps that type, to match a boolean or numeric column as before (``1.0`` is the
+# label "1" of a float column); anything else (no, yes, on, off, y, 010, 1_000) is text.
+_CORE_12 = {"tag:yaml.org,2002:bool": re.compile(r"true|True|TRUE|false|False|FALSE"),
+            "tag:yaml.org,2002:int": re.compile(r"[-+]?(0|[1-9][0-9]*)"),
+            "tag:yaml.org,2002:float": re.compile(
+                r"[-+]?(\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?=[eE]))([eE][-+]?[0-9]+)?")}
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str, first: int, second: int):
+        where = f"line {first}" if first == second else f"lines {first} and {second}"
+        super().__init__(f"key {key!r} appears twice ({where})")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader for run configs: a key repeated in one mapping (at any depth) is
+    an error instead of the last one silently winning, and under ``levels`` the column
+    names and the level labels keep the text they were written with (YAML 1.1 would read
+    ``[no, yes]`` as booleans, ``[on, off]`` too); see ``_CORE_12`` for what stays a number
+    or a boolean there."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _refuse_repeated_keys(node, (), set())
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.value == "levels":
+                        _levels_as_written(value)
+        return node
+
+
+# PyYAML (YAML 1.1) reads 1e-3 and 1.0e+5 as strings (its floats need a dot and an exponent
+# sign); YAML 1.2 reads them as numbers, as a learning rate is usually written.
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _levels_as_written(node) -> None:
+    if not isinstance(node, yaml.MappingNode):
+        return
+    for column, labels in node.value:
+        if isinstance(column, yaml.ScalarNode):
+            column.tag = _STR
+        for label in labels.value if isinstance(labels, yaml.SequenceNode) else [labels]:
+            if isinstance(label, yaml.ScalarNode) and label.style is None:   # plain, unquoted
+                label.tag = next((tag for tag, form in _CORE_12.items()
+                                  if form.fullmatch(label.value)), _STR)
+
+
+def _refuse_repeated_keys(node, path: tuple[str, ...], done: set) -> None:
+    if id(node) in done:   # an alias of a node already checked
+        return
+    done.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
+                continue
+            line, ident = key.start_mark.line + 1, (key.tag, key.value)
+            if ident in lines:
+                raise _RepeatedKey(".".join(path + (key.value,)), lines[ident], line)
+            lines[ident] = line
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            _refuse_repeated_keys(value, path + (name,), done)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_repeated_keys(item, path + (str(i),), done)
+
+
 # ----------------------------------------------------------------------------- loading
 def load_config(path: str | os.PathLike, kind: type[_ModelSpec] = FitConfig) -> _ModelSpec:
     """Read, validate and resolve a YAML config.
@@ -181,13 +369,16 @@ def load_config(path: str | os.PathLike, kind: type[_ModelSpec] = FitConfig) -> 
     FileNotFoundError
         The config file does not exist.
     ConfigError
-        The YAML cannot be read, or a key is unknown, missing or has a bad value (one line).
+        The YAML cannot be read, a key appears twice, or a key (or a method option) is
+        unknown, missing or has a bad value (one line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
+    except _RepeatedKey as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -200,6 +391,8 @@ def load_config(path: str | os.PathLike, kind: type[_ModelSpec] = FitConfig) -> 
         config = kind.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, kind)) from None
+    if config.method is not None:   # else checked once the model has chosen its method
+        check_options(config.method, config.options)
     return _resolve_paths(config, path.resolve().parent, path.stem)
 
 

@@ -54,7 +54,9 @@ def load_dataset(name: str) -> pd.DataFrame:
         raise ValueError(f"unknown dataset {name!r}; choose one of {names}")
     resource = resources.files("jaxglmm").joinpath("datasets", f"{name}.csv")
     with resources.as_file(resource) as path:
-        return read_table(path)
+        frame = read_table(path)
+    frame.attrs["name"] = name       # the summary's "Data:" line, as lme4 prints it
+    return frame
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -83,12 +85,15 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
     if path.lower().endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
-    header = pd.read_csv(path, nrows=0).columns
-    with open(path, newline="", encoding="utf-8") as handle:
-        quoted = _quoted_positions(handle.read(_SCAN_BYTES))
-    dtype = {header[i]: str for i in quoted if i < len(header)}
-    return pd.read_csv(path, dtype=dtype)
+        frame = pd.read_parquet(path)
+    else:
+        header = pd.read_csv(path, nrows=0).columns
+        with open(path, newline="", encoding="utf-8") as handle:
+            quoted = _quoted_positions(handle.read(_SCAN_BYTES))
+        dtype = {header[i]: str for i in quoted if i < len(header)}
+        frame = pd.read_csv(path, dtype=dtype)
+    frame.attrs["name"] = os.path.basename(path)    # the summary's "Data:" line
+    return frame
 
 
 def _quoted_positions(text: str) -> set[int]:

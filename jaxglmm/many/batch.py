@@ -144,7 +144,7 @@ def _refuse_bayes(method: str | None) -> None:
 def _run_many(models, method, options, arrays) -> ManyFits:
     relieve_map_pressure()
     model = models[0]
-    method = model.check_method(method or model.default_method(), options)
+    method, options = model.resolve_method(method, options)
     B = arrays.y.shape[0]
     phi0 = jnp.stack([m._phi0() for m in models]) if len(models) > 1 else \
         jnp.broadcast_to(model._phi0(), (B,) + model._phi0().shape)

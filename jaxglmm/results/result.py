@@ -5,6 +5,7 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -100,8 +101,10 @@ class FitResult:
     def link(self) -> str:
         return self.model.family.link.name
 
-    def summary(self):
-        return Summary.from_fit(self)
+    def summary(self, correlation: bool = True):
+        """lme4's summary as a data object that prints (brms-style for Bayesian fits);
+        ``correlation=False`` leaves out the correlation of the fixed effects."""
+        return Summary.from_fit(self, correlation=correlation)
 
     def __repr__(self) -> str:
         return str(self.summary())
@@ -148,55 +151,83 @@ class FitResult:
         return pd.DataFrame(rows, columns=["group", "level", "term", "estimate", "condsd"])
 
     # ------------------------------------------------------------------ prediction
-    def linear_predictor(self, newdata: pd.DataFrame | None = None, re_form=None,
+    def linear_predictor(self, newdata=None, re_form=None,
                          allow_new_levels: bool = True) -> np.ndarray:
-        """eta = offset + X beta (+ Z b unless ``re_form`` is ``"~0"``/``NA``).
-
-        (n,), or (n, C) for a model with C linear predictors (categorical).  The same
-        function as the model's log-density (:mod:`jaxglmm.core.predictor`).
-        """
-        include_re = not _is_no_re(re_form)
-        problem = self.model.problem
+        """eta = offset + X beta + Z b, the random effects chosen by ``re_form`` (see
+        :meth:`predict`).  (n,), or (n, C) for a model with C linear predictors
+        (categorical).  The same function as the model's log-density
+        (:mod:`jaxglmm.core.predictor`).  Rows of ``newdata`` with a missing value in a
+        column the prediction uses give NaN (lme4's ``na.action = na.pass``)."""
+        newdata = _frame(newdata)
+        mask = self.model.re_selection(re_form)
         if newdata is None:
-            arrays = problem.arrays
-        else:
-            arrays = self.model.new_arrays(newdata, allow_new_levels, include_re)
-        beta = jnp.asarray(self.fixef.to_numpy(float))
-        eta = fixed_predictor(problem.structure, arrays, beta)
-        if include_re:
-            eta = eta + random_predictor(problem.structure, self.b_factors, arrays.index,
-                                         arrays.Z)
-        return np.asarray(eta)
+            return self._eta(self.model.problem.arrays, mask)
+        complete = self._complete(newdata, mask is not None)
+        arrays = self.model.new_arrays(newdata.loc[complete], allow_new_levels, mask is not None)
+        return _fill(self._eta(arrays, mask), complete)
 
-    def predict(self, newdata: pd.DataFrame | None = None, re_form=None, type: str = "response",
-                allow_new_levels: bool = True) -> pd.Series:
-        """Predictions as lme4's ``predict.merMod``.
+    def predict(self, newdata=None, re_form=None, type: str = "response",
+                allow_new_levels: bool = True):
+        """Predictions as lme4's ``predict.merMod`` (and brms's for ordinal models).
 
-        ``re_form=None`` includes all random effects (levels unseen in training get zero);
-        ``re_form="~0"`` (or ``NA``) gives population-level predictions.  ``type`` is
-        ``"link"`` or ``"response"``.
+        ``newdata``: a DataFrame or a mapping of column -> values (the training data when
+        None).  ``re_form``: None conditions on every random effect (levels unseen in
+        training get zero); ``"~0"`` (or ``NA``) gives population-level predictions; a
+        formula of some of the model's random terms, e.g. ``"~(1 | LOCATION)"``, conditions
+        on those only.  ``type``:
+
+        * ``"link"``: the linear predictor;
+        * ``"response"``: the mean on the response scale; for categorical and cumulative
+          (ordinal) models a DataFrame of category probabilities, one column per level;
+        * ``"mean"``: the expected value; for an ordinal model with numeric labels it is
+          ``sum_k P(Y = k) * label_k`` on the labels' own scale.
+
+        Rows of ``newdata`` with a missing value in a column the prediction uses give NaN.
         """
+        if type not in ("link", "response", "mean"):
+            raise ValueError(f"type must be 'link', 'response' or 'mean', got {type!r}")
+        newdata = _frame(newdata)
         eta = self.linear_predictor(newdata, re_form, allow_new_levels)
+        index = newdata.index if newdata is not None else None
+        fam = self.model.family
+        levels = self.model.design.response_levels
         if type == "link":
             out = eta
-        elif type == "response":
-            fam = self.model.family
-            mean = fam.mean or fam.link.linkinv
-            out = np.asarray(mean(jnp.asarray(eta), self._natural_family_params()))
+        elif fam.category_probs is not None or (fam.per_category and type == "response"):
+            probs = self._category_probs(eta)
+            if type == "response":
+                return pd.DataFrame(probs, index=index, columns=list(levels))
+            values = _numeric_labels(levels)
+            if values is None:
+                raise ValueError(f"type='mean' needs numeric category labels; the levels of "
+                                 f"{self.model.design.response_name!r} are {list(levels)}: "
+                                 "use type='response' for their probabilities")
+            out = probs @ values
+        elif fam.per_category:
+            raise ValueError("type='mean' is not defined for an unordered categorical "
+                             "response; use type='response' for the category probabilities")
         else:
-            raise ValueError(f"type must be 'link' or 'response', got {type!r}")
-        index = newdata.index if newdata is not None else None
+            mean = fam.mean or fam.link.linkinv
+            out = _nan_rows(eta, lambda e: mean(e, self._natural_family_params()))
         if np.ndim(out) == 2:
-            levels = self.model.design.response_levels
             cols = list(levels) if out.shape[1] == len(levels) else list(levels[1:])
             return pd.DataFrame(out, index=index, columns=cols)
         return pd.Series(out, index=index, name="predicted")
 
-    def simulate(self, n: int = 1, seed: int | None = None, re_form="~0") -> pd.DataFrame:
+    def simulate(self, n: int = 1, seed: int | None = None, re_form="~0",
+                 newdata=None) -> pd.DataFrame:
         """Simulate responses from the fitted model, as lme4's ``simulate.merMod``.
 
         By default (``re_form="~0"``, lme4's ``re.form = NA``) new random effects are drawn
-        from their fitted distribution; ``re_form=None`` conditions on the fitted modes.
+        from their fitted distribution, for every level (in ``newdata``, levels unseen in
+        training too); ``re_form=None`` conditions on the fitted modes; a formula of some
+        random terms conditions on those and draws the others.  ``newdata`` (a DataFrame or
+        mapping) simulates for new rows; a binomial model needs its trials columns there.
+
+        The simulated response is on the response's own scale, so it can be fed back as the
+        same response: proportions for lme4's ``prop ~ ..., weights = n`` idiom, and the
+        response's labels (a pandas Categorical, ordered for ordinal models) for
+        categorical and cumulative models.
 
         Prior weights, as lme4: a gaussian model's are precision weights (residual SD
         ``sigma / sqrt(w)``; rows of weight zero simulate as NaN); a binomial proportion's
@@ -209,29 +240,51 @@ class FitResult:
             raise NotImplementedError(f"family {fam.name!r} has no simulator")
         key = jax.random.PRNGKey(0 if seed is None else seed)
         design = self.model.design
-        w = np.asarray(design.weights, float)
+        newdata = _frame(newdata)
+        mask = self.model.re_selection(re_form)
+        conditioned = self.linear_predictor(newdata, re_form=re_form)
+        if newdata is None:
+            arrays = self.model.problem.arrays
+            w = np.asarray(design.weights, float)
+            codes = [(np.asarray(i), f.n_levels) for i, f in zip(arrays.index, self.model.structure.factors)]
+            index = None
+        else:
+            if np.isnan(conditioned).any():
+                raise ValueError("newdata for simulate has missing values in columns the "
+                                 "model uses")
+            arrays = self.model.new_arrays(newdata, True, True)
+            w = np.ones(len(newdata))
+            codes = [pd.factorize(lv)[0] for lv in self.model.group_labels(newdata)]
+            codes = [(c, int(c.max()) + 1) for c in codes]
+            index = newdata.index
+        if fam.needs_trials and newdata is not None and self._trials_missing(newdata):
+            raise ValueError("simulating a binomial model for new data needs its trials: "
+                             "the columns of cbind(...) or trials(...) (or the weights of a "
+                             "proportion response) must be in newdata")
         weighted = bool(np.any(w != 1.0))
         precision = weighted and fam.exact_lmm
         if weighted and not precision:
             warnings.warn(f"simulate ignores the prior weights of this {fam.name} model: they "
                           "are frequency weights, and each row gets one simulated response",
                           stacklevel=2)
-        eta_fixed = self.linear_predictor(re_form="~0")
+        draw_all = mask is None or not all(np.all(m == 1) for m in mask)
         fp = self._natural_family_params()
-        trials = jnp.asarray(design.trials if design.trials is not None else np.ones(design.nobs))
+        trials = arrays.trials
         cols = {}
         for k in range(n):
             key, k_re, k_y = jax.random.split(key, 3)
-            if _is_no_re(re_form):
-                eta = eta_fixed + self._draw_re_predictor(k_re)
-            else:
-                eta = self.linear_predictor(re_form=None)
+            eta = conditioned
+            if draw_all:
+                eta = eta + self._draw_re_predictor(k_re, arrays, codes, mask)
             y = np.asarray(fam.simulate(k_y, jnp.asarray(eta), trials, fp))
             if precision:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     y = np.where(w > 0, eta + (y - eta) / np.sqrt(w), np.nan)
-            cols[f"sim_{k + 1}"] = y
-        return pd.DataFrame(cols)
+            if design.proportion:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    y = y / np.asarray(trials)
+            cols[f"sim_{k + 1}"] = self._as_labels(y)
+        return pd.DataFrame(cols, index=index)
 
     # ------------------------------------------------------------------ internals
     def _natural_family_params(self) -> dict:
@@ -240,34 +293,122 @@ class FitResult:
             fp[self.model.family.residual] = jnp.asarray(self.sigma)
         return fp
 
-    def _draw_re_predictor(self, key) -> np.ndarray:
+    def _eta(self, arrays, mask):
+        problem = self.model.problem
+        beta = jnp.asarray(self.fixef.to_numpy(float))
+        eta = fixed_predictor(problem.structure, arrays, beta)
+        if mask is not None:
+            b = [bf * m for bf, m in zip(self.b_factors, mask)]
+            eta = eta + random_predictor(problem.structure, b, arrays.index, arrays.Z)
+        return np.asarray(eta)
+
+    def _pearson_residuals(self) -> np.ndarray | None:
+        """lme4's ``residuals(fit, type = "pearson", scaled = TRUE)`` of the training rows:
+        ``sqrt(w) (y - E[y]) / sd(y)`` (the residual SD included, so for an LMM the
+        residuals are scaled by sigma); None for an unordered categorical response, which
+        has no scalar residual, and for Bayesian fits."""
+        fam, design = self.model.family, self.model.design
+        if fam.per_category or fam.variance is None or self.draws is not None:
+            return None
+        eta = jnp.asarray(self.linear_predictor())
+        fp = self._natural_family_params()
+        trials = np.asarray(self.model.problem.arrays.trials)
+        mean = np.asarray((fam.mean or fam.link.linkinv)(eta, fp)) * trials
+        var = np.asarray(fam.variance(eta, fp)) * trials
+        w = np.asarray(design.weights, float)
+        keep = w > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.sqrt(w) * (np.asarray(design.y) - mean) / np.sqrt(var)
+        return r[keep]
+
+    def _complete(self, newdata: pd.DataFrame, random_effects: bool) -> np.ndarray:
+        cols = [c for c in self.model.used_columns(random_effects) if c in newdata.columns]
+        return newdata[cols].notna().all(axis=1).to_numpy() if cols else \
+            np.ones(len(newdata), bool)
+
+    def _trials_missing(self, newdata: pd.DataFrame) -> bool:
+        response = self.model.design.spec.parsed.response
+        if self.model.design.proportion:
+            return self.model.weights not in newdata
+        if response.kind not in ("cbind", "trials"):
+            return False
+        exprs = response.exprs if response.kind == "cbind" else response.exprs[1:]
+        return not all(n in newdata.columns for e in exprs for n in e.names)
+
+    def _category_probs(self, eta) -> np.ndarray:
+        fam = self.model.family
+        probs = fam.category_probs if fam.category_probs is not None else fam.mean
+        return _nan_rows(eta, lambda e: probs(e, self._natural_family_params()), rows_2d=True)
+
+    def _as_labels(self, y: np.ndarray):
+        """Category codes -> the response's labels (ordered for ordinal models)."""
+        fam, levels = self.model.family, self.model.design.response_levels
+        if fam.response not in ("ordered", "unordered") or levels is None:
+            return y
+        return pd.Categorical.from_codes(np.asarray(y, int), categories=list(levels),
+                                         ordered=fam.response == "ordered")
+
+    def _draw_re_predictor(self, key, arrays, codes, mask=None) -> np.ndarray:
         """Z b for new random effects drawn from their fitted distribution (one draw per
-        design term, in the design's order)."""
+        design term, in the design's order), for the levels numbered by ``codes`` (per
+        factor: (index, number of levels)); columns that ``mask`` conditions on get none."""
         problem = self.model.problem
         s = problem.structure
         # Lambda is relative to sigma only for the exact gaussian (LMM) fits
         scale = self.sigma if problem.exact_lmm else 1.0
         covs = term_covariances(s, self.theta, scale)
         where = {(t.label, t.names): (k, t.col0) for k, f in enumerate(s.factors) for t in f.terms}
-        b = [np.zeros((f.n_levels, f.q)) for f in s.factors]
+        b = [np.zeros((n_levels, f.q)) for f, (_, n_levels) in zip(s.factors, codes)]
         for t in problem.design.terms:
             key, sub = jax.random.split(key)
             cov = covs[(t.label, tuple(t.names))]
             L = np.linalg.cholesky(cov + 1e-12 * np.eye(t.q))
             k, col0 = where[(t.label, tuple(t.names))]
-            b[k][:, col0:col0 + t.q] = np.asarray(jax.random.normal(sub, (t.n_levels, t.q))) @ L.T
-        a = problem.arrays
-        return np.asarray(random_predictor(s, b, a.index, a.Z))
+            draw = np.asarray(jax.random.normal(sub, (codes[k][1], t.q))) @ L.T
+            b[k][:, col0:col0 + t.q] = draw
+        if mask is not None:
+            b = [bf * (1.0 - m) for bf, m in zip(b, mask)]
+        index = tuple(jnp.asarray(c, jnp.int32) for c, _ in codes)
+        return np.asarray(random_predictor(s, b, index, arrays.Z))
 
 
-def _is_no_re(re_form) -> bool:
-    if re_form is None:
-        return False
-    if isinstance(re_form, float) and math.isnan(re_form):
-        return True
-    if isinstance(re_form, str) and re_form.replace(" ", "") in ("~0", "NA", "~1-1", "0"):
-        return True
-    raise ValueError(f"re_form must be None (all random effects) or '~0' (none), got {re_form!r}")
+def _frame(newdata) -> pd.DataFrame | None:
+    """New data as a DataFrame: a DataFrame, or a mapping of column -> values."""
+    if newdata is None or isinstance(newdata, pd.DataFrame):
+        return newdata
+    if isinstance(newdata, Mapping):
+        return pd.DataFrame(dict(newdata))
+    raise TypeError(f"newdata must be a pandas DataFrame or a mapping of column names to "
+                    f"values, got {type(newdata).__name__}")
+
+
+def _fill(eta: np.ndarray, complete: np.ndarray) -> np.ndarray:
+    """Rows of ``eta`` back in place among all rows, NaN where a row was incomplete."""
+    if complete.all():
+        return eta
+    out = np.full((complete.size,) + eta.shape[1:], np.nan)
+    out[complete] = eta
+    return out
+
+
+def _nan_rows(eta, fn, rows_2d: bool = False) -> np.ndarray:
+    """``fn`` of the complete rows of ``eta``, NaN in the rest."""
+    eta = np.asarray(eta, float)
+    ok = np.all(np.isfinite(eta), axis=tuple(range(1, eta.ndim))) if eta.ndim > 1 else \
+        np.isfinite(eta)
+    if ok.all():
+        return np.asarray(fn(jnp.asarray(eta)))
+    values = np.asarray(fn(jnp.asarray(eta[ok])))
+    out = np.full((ok.size,) + values.shape[1:], np.nan)
+    out[ok] = values
+    return out
+
+
+def _numeric_labels(levels) -> np.ndarray | None:
+    try:
+        return np.array([float(v) for v in levels])
+    except (TypeError, ValueError):
+        return None
 
 
 def _label(v):

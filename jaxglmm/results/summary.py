@@ -48,9 +48,14 @@ class Summary(_Rendered):
     family_params: dict
     messages: tuple
     family_params_se: dict = dataclasses.field(default_factory=dict)
+    data: str | None = None
+    residuals: pd.Series | None = None
+    correlation: pd.DataFrame | None = None
 
     @classmethod
-    def from_fit(cls, fit):
+    def from_fit(cls, fit, correlation: bool = True):
+        """``correlation=False`` leaves out the correlation of the fixed effects, as
+        lme4's ``print(summary(fit), correlation = FALSE)``."""
         if fit.posterior_summary is not None:
             return BayesSummary.from_fit(fit)
         design = fit.model.design
@@ -81,15 +86,25 @@ class Summary(_Rendered):
         formula = fit.model.formula
         for name, text in fit.model.dpars.items():
             formula += f"\n         {name} ~ {text.split('~', 1)[-1].strip()}"
+        resid = fit._pearson_residuals()
+        quartiles = None if resid is None else pd.Series(
+            np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), index=["Min", "1Q", "Median", "3Q", "Max"])
+        cor = None
+        if correlation and len(est) > 1:
+            v = fit.vcov.to_numpy(float)
+            d = np.sqrt(np.diag(v))
+            cor = pd.DataFrame(v / np.outer(d, d), index=fit.vcov.index, columns=fit.vcov.columns)
         return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
                    groups, coef, dict(fit.family_params), tuple(fit.messages),
-                   dict(fit.family_params_se))
+                   dict(fit.family_params_se), fit.model.data_name, quartiles, cor)
 
     def __str__(self) -> str:
         out = [self.title]
         if self.family != "gaussian" or self.link != "identity":
             out.append(f" Family: {self.family}  ( {self.link} )")
         out.append(f"Formula: {self.formula}")
+        if self.data:
+            out.append(f"   Data: {self.data}")
         if self.response_note:
             out.append(self.response_note)
         out.append("")
@@ -97,10 +112,17 @@ class Summary(_Rendered):
             out.append(f"REML criterion at convergence: {self.criteria.iloc[0]:.1f}")
         else:
             out.append(_criteria(self.criteria))
+        if self.residuals is not None:
+            out.append("")
+            out.append("Scaled residuals: ")
+            cells = [f"{v:.4f}" for v in self.residuals]
+            w = max(max(len(c) for c in cells), max(len(k) for k in self.residuals.index)) + 1
+            out.append("".join(k.rjust(w) for k in self.residuals.index))
+            out.append("".join(c.rjust(w) for c in cells))
         out.append("")
         out.append("Random effects:")
         out.append(_render_random(self.random))
-        grp = ", ".join(f"{k}, {v}" for k, v in self.groups.items())
+        grp = "; ".join(f"{k}, {v}" for k, v in self.groups.items())
         out.append(f"Number of obs: {self.nobs}, groups:  {grp}")
         if self.family_params:
             out.append("")
@@ -115,7 +137,41 @@ class Summary(_Rendered):
         out.append("")
         out.append("Fixed effects:")
         out.append(_coef_table(self.coefficients))
+        if self.correlation is not None:
+            out.append("")
+            out.extend(_correlation_block(self.correlation))
         return self._close(out, self.messages)
+
+
+MAX_CORRELATION_P = 12     # lme4 prints the correlation of fixed effects up to p = 12
+
+
+def _correlation_block(cor: pd.DataFrame) -> list[str]:
+    """lme4's "Correlation of Fixed Effects": the lower triangle, three decimals, columns
+    headed by abbreviated names (all but the last)."""
+    p = cor.shape[0]
+    if p > MAX_CORRELATION_P:
+        return [f"Correlation matrix not shown by default, as p = {p} > {MAX_CORRELATION_P}.",
+                "Use fit.vcov to see it."]
+    names = [str(n) for n in cor.index]
+    heads = [_abbreviate(n) for n in names[:-1]]
+    cells = [[f"{cor.iloc[i, j]:.3f}" for j in range(i)] for i in range(1, p)]
+    width = max(6, *(len(h) for h in heads), *(len(c) for row in cells for c in row))
+    wn = max(len(n) for n in names[1:])
+    lines = ["Correlation of Fixed Effects:", " " * wn + " " + " ".join(h.rjust(width) for h in heads)]
+    for i, row in enumerate(cells, start=1):
+        lines.append(names[i].ljust(wn) + " " + " ".join(c.rjust(width) for c in row))
+    return lines
+
+
+def _abbreviate(name: str, length: int = 6) -> str:
+    """A short column head, as R's abbreviate(): the name itself when short, else its
+    first letter and consonants, then letters, up to ``length``."""
+    clean = "".join(ch for ch in name if ch.isalnum())
+    if len(clean) <= length:
+        return clean or name[:length]
+    keep = clean[0] + "".join(ch for ch in clean[1:] if ch.lower() not in "aeiou")
+    return (keep if len(keep) >= length else clean)[:length]
 
 
 def _criteria(crit: pd.Series) -> str:
@@ -232,7 +288,7 @@ class BayesSummary(_Rendered):
 
     def __str__(self) -> str:
         out = [self.title, f" Family: {self.family}  ( {self.link} )", f"Formula: {self.formula}"]
-        grp = ", ".join(f"{k}, {v}" for k, v in self.groups.items())
+        grp = "; ".join(f"{k}, {v}" for k, v in self.groups.items())
         out.append(f"Number of obs: {self.nobs}, groups:  {grp}")
         out.append("")
         out.append("Priors:")
