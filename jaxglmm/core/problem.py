@@ -8,6 +8,7 @@ the family, the arrays, the design they came from and the few flags fitters need
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -55,6 +56,13 @@ class Problem:
     @property
     def large(self) -> bool:
         return self.design.nobs >= LARGE_N
+
+    @cached_property
+    def starts(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(theta, phi) starting values on the device, made once (a warm refit then
+        transfers nothing)."""
+        return (jnp.asarray(self.structure.theta_init(), jnp.float64),
+                jnp.asarray(self.phi0, jnp.float64))
 
     @property
     def n_phi(self) -> int:

@@ -160,6 +160,7 @@ def run(problem: Problem, method: str, options: dict, arrays: ProblemArrays | No
     arrays = problem.arrays if arrays is None else arrays
     n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
     fn = _program(problem, method, n_agq, many)
+    theta0, phi_start = problem.starts
     if uses_lmm(problem, method):
-        return fn(arrays, jnp.asarray(problem.structure.theta_init()))
-    return fn(arrays, jnp.asarray(problem.phi0, jnp.float64) if phi0 is None else phi0)
+        return fn(arrays, theta0)
+    return fn(arrays, phi_start if phi0 is None else phi0)
