@@ -244,11 +244,12 @@ class Model:
     def default_method(self) -> str:
         return "reml" if self.problem.exact_lmm else "laplace"
 
+    # kept for scripts and tests written against the first releases
     def _exact_gaussian(self) -> bool:
         return self.problem.exact_lmm
 
     def _phi0(self):
-        return jnp.asarray(self.problem.phi0, jnp.float64)
+        return self.problem.starts[1]
 
     def resolve_method(self, method: str | None, options: dict) -> tuple[str, dict]:
         """The method and its options, checked, with lme4's spellings mapped: ``REML=True``

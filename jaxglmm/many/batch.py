@@ -146,8 +146,9 @@ def _run_many(models, method, options, arrays) -> ManyFits:
     model = models[0]
     method, options = model.resolve_method(method, options)
     B = arrays.y.shape[0]
-    phi0 = jnp.stack([m._phi0() for m in models]) if len(models) > 1 else \
-        jnp.broadcast_to(model._phi0(), (B,) + model._phi0().shape)
+    phi_start = model.problem.starts[1]
+    phi0 = jnp.stack([m.problem.starts[1] for m in models]) if len(models) > 1 else \
+        jnp.broadcast_to(phi_start, (B,) + phi_start.shape)
     start = time.perf_counter()
     raw = likelihood.run(model.problem, method, options, _shard(arrays), phi0=_shard(phi0),
                          many=True)
