@@ -8,6 +8,7 @@ dataset of the same shape does not recompile (``fit_many`` vmaps the same functi
 """
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from dataclasses import replace
@@ -159,6 +160,16 @@ class Model:
                              trials=ones if trials is None else jnp.asarray(trials, jnp.float64),
                              index=index, Z=Z)
 
+    def with_response(self, y) -> "Model":
+        """The same model with another response vector (same design otherwise): what a
+        refit of it describes (lme4's ``refit``)."""
+        y = np.asarray(y, float)
+        other = copy.copy(self)
+        design = replace(self.design, y=y)
+        other.problem = replace(self.problem, design=design,
+                                arrays=self.problem.arrays._replace(y=jnp.asarray(y)))
+        return other
+
     def _specs(self):
         return [d.spec for d in (self._main, self._extra) if d is not None]
 
@@ -187,7 +198,7 @@ class Model:
         s = self.structure
         if re_form is None:
             return tuple(np.ones(f.q) for f in s.factors)
-        if isinstance(re_form, float) and np.isnan(re_form):
+        if re_form is pd.NA or (isinstance(re_form, float) and np.isnan(re_form)):
             return None
         if not isinstance(re_form, str):
             raise TypeError(f"re_form must be None, NA or a formula string, got {re_form!r}")
@@ -205,11 +216,13 @@ class Model:
             return None
         key = lambda terms, intercept, group: (tuple(group), bool(intercept),
                                                frozenset(term_key(t) for t in terms))
+        # terms are told apart by (formula, label): a parameter formula's terms (part 1, the
+        # model's linear predictor 1) may carry the same labels as the main formula's
         labels = {}
-        for spec in self._specs():
+        for part, spec in enumerate(self._specs()):
             for t in spec.terms:
                 labels.setdefault(key(t.matrix.terms, t.matrix.intercept, t.factor.columns),
-                                  set()).add(t.label)
+                                  set()).add((part, t.label))
         chosen = set()
         for r in parsed.random:
             found = labels.get(key(r.terms, r.intercept, r.group))
@@ -219,8 +232,14 @@ class Model:
                 raise ValueError(f"re_form term {r.source} is not a random-effect term of "
                                  f"the model (its terms: {known})")
             chosen |= found
-        return tuple(np.array([1.0 if t.label in chosen else 0.0
-                               for t in f.terms for _ in range(t.q)]) for f in s.factors)
+        part_of = (lambda channel: int(channel == 1)) if self._extra is not None else \
+            (lambda channel: 0)
+        masks = []
+        for f in s.factors:
+            label = [t.label for t in f.terms for _ in range(t.q)]
+            masks.append(np.array([1.0 if (part_of(c), lab) in chosen else 0.0
+                                   for c, lab in zip(f.channels, label)]))
+        return tuple(masks)
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:

@@ -261,3 +261,69 @@ def test_family_names_are_not_case_sensitive():
     assert jg.get_family("GAMMA").name == "Gamma" and jg.get_family("Gaussian").name == "gaussian"
     with pytest.raises(ValueError, match="unknown family 'poison'"):
         jg.get_family("poison")
+
+
+# ----------------------------------------------------------------------------- review fixes
+def _zi_data():
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(30), 12)
+    df = pd.DataFrame({"g": g.astype(str), "x": rng.normal(size=g.size), "z": rng.normal(size=g.size)})
+    mu = np.exp(0.4 + 0.3 * df.x + rng.normal(0, 0.5, 30)[g])
+    zi = 1 / (1 + np.exp(-(-0.5 + rng.normal(0, 0.8, 30)[g])))
+    df["y"] = rng.poisson(mu) * (rng.random(g.size) > zi)
+    return df
+
+
+def test_re_form_tells_a_parameter_formulas_terms_from_the_mains():
+    df = _zi_data()
+    fit = jg.fit("y ~ x + (1 | g)", df, "zero_inflated_poisson", dpars={"zi": "~ z + (1 | g)"})
+    eta_all = fit.predict(type="link")
+    assert list(eta_all.columns) == ["mu", "zi"]
+    eta_main = fit.predict(type="link", re_form="~(1 | g)")
+    # the same text names both formulas' (1 | g): brms's re_formula applies it to each
+    np.testing.assert_allclose(eta_main.to_numpy(), eta_all.to_numpy(), atol=1e-12)
+    fit2 = jg.fit("y ~ x + (x | g)", df, "zero_inflated_poisson", dpars={"zi": "~ z + (1 | g)"})
+    mu_only = fit2.predict(type="link", re_form="~(x | g)").to_numpy()
+    none = fit2.predict(type="link", re_form="~0").to_numpy()
+    full = fit2.predict(type="link").to_numpy()
+    np.testing.assert_allclose(mu_only[:, 0], full[:, 0], atol=1e-12)   # mu keeps its effects
+    np.testing.assert_allclose(mu_only[:, 1], none[:, 1], atol=1e-12)   # zi's (1 | g) is left out
+
+
+def test_bayesian_simulate_is_refused_not_garbage():
+    fit = jg.fit("Reaction ~ Days + (1 | Subject)", jg.load_dataset("sleepstudy"), method="map")
+    with pytest.raises(NotImplementedError, match="posterior predictive"):
+        fit.simulate(1)
+
+
+def test_refit_many_results_describe_their_own_response(sleep):
+    model = jg.Model(SLEEP, jg.load_dataset("sleepstudy"))
+    Y = sleep.simulate(3, seed=1).to_numpy().T
+    fits = jg.refit_many(model, Y)
+    alone = jg.fit(SLEEP, jg.load_dataset("sleepstudy").assign(Reaction=Y[1]))
+    np.testing.assert_allclose(fits.result(1).summary().residuals.to_numpy(),
+                               alone.summary().residuals.to_numpy(), atol=1e-5)
+
+
+def test_training_predictions_keep_the_data_index():
+    df = jg.load_dataset("sleepstudy").copy()
+    df.index = df.index + 100
+    df.loc[103, "Days"] = np.nan                       # dropped from the fit
+    fit = jg.fit(SLEEP, df)
+    pred = fit.predict()
+    assert 103 not in pred.index and pred.index[0] == 100 and len(pred) == len(df) - 1
+    np.testing.assert_allclose(pred.to_numpy(), fit.predict(df.drop(index=103)).to_numpy(),
+                               rtol=1e-12)
+    assert list(fit.simulate(1, seed=0).index) == list(pred.index)
+
+
+def test_simulate_newdata_with_a_missing_group_is_an_error(sleep):
+    new = pd.DataFrame({"Days": [1.0, 2.0], "Subject": ["308", None]})
+    with pytest.raises(ValueError, match="missing values"):
+        sleep.simulate(1, newdata=new)
+
+
+def test_poisson_sqrt_link_starts_from_mustart():
+    fit = jg.fit("TICKS ~ cHEIGHT + (1 | LOCATION)", jg.load_dataset("grouseticks"), "poisson",
+                 link="sqrt")
+    assert fit.converged and np.isfinite(fit.loglik)

@@ -114,6 +114,9 @@ class Design:
         Notes produced while building (dropped rows, dropped rank-deficient columns...).
     warnings:
         The messages a fit warns of (a confounded design: rank-deficient columns dropped).
+    row_index:
+        The data's index labels of the rows used (predictions and simulations of the
+        training data carry them, as lme4 keeps row names).
     proportion:
         True when a binomial response was read as a proportion of the weights (lme4's
         ``prop ~ ..., weights = n``): ``y`` and ``trials`` are then counts, and simulated
@@ -134,6 +137,7 @@ class Design:
     spec: "DesignSpec | None" = field(default=None, repr=False, compare=False)
     warnings: tuple[str, ...] = field(default_factory=tuple)
     proportion: bool = False
+    row_index: "pd.Index | None" = field(default=None, repr=False, compare=False)
 
     @property
     def nobs(self) -> int:
@@ -346,6 +350,7 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
             raise ValueError(f"{option} names column(s) not in the data: {missing}")
     _check_unique_columns(used + list(categorical) + list(levels), data)
     complete = data[list(dict.fromkeys(used))].notna().all(axis=1).to_numpy()
+    row_index = data.index[complete]
     frame = data.loc[complete].reset_index(drop=True)
     messages: list[str] = []
     n_dropped = int((~complete).sum())
@@ -389,7 +394,7 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
         terms=terms, offset=offset, weights=w, trials=trials,
         response_name=parsed.response.text, response_levels=response_levels,
         n_dropped=n_dropped, messages=tuple(messages), spec=spec, warnings=tuple(warned),
-        proportion=proportion)
+        proportion=proportion, row_index=row_index)
 
 
 def _as_frame(data) -> pd.DataFrame:

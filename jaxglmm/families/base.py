@@ -26,6 +26,7 @@ Student-t), :mod:`~jaxglmm.families.ordinal` (cumulative) and
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Callable
 
 import jax
@@ -46,14 +47,16 @@ def _no_init(y, trials):
     return np.zeros(0)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Family:
     """A response distribution with its link: a value.
 
-    Two families compare and hash equal when they are the same family (the same registered
-    factory, or the same log-likelihood function), with the same link and the same variant
-    (a distributional parameter taken from a linear predictor).  So a family made twice, or
-    passed by a user, reuses the compiled programs of an equal one.
+    Two families compare and hash equal when every field is equal, the functions by
+    identity.  A registered factory builds each (family, link) once
+    (:func:`build_family`), so ``get_family("poisson")``, a family passed back in, or one
+    reached through ``with_link`` are one value and reuse one compiled program; a family
+    changed with ``dataclasses.replace`` (another log-likelihood, say) is a different value
+    and compiles its own.
 
     Attributes
     ----------
@@ -125,19 +128,6 @@ class Family:
     factory: Callable | None = field(default=None, repr=False)
     mustart: Callable | None = None
 
-    # -- identity -------------------------------------------------------------------------
-    @property
-    def key(self) -> tuple:
-        """What makes two families the same (see the class docstring)."""
-        maker = self.factory if self.factory is not None else self.loglik
-        return (self.name, self.link.name, self.variant, maker)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Family) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
     # -- what fitters ask -----------------------------------------------------------------
     @property
     def exact_lmm(self) -> bool:
@@ -166,7 +156,7 @@ class Family:
         if self.factory is None or self.variant:
             raise ValueError(f"family {self.name!r} was not made by a registered factory, so "
                              "its link cannot be changed; build it with the link you want")
-        return replace(self.factory(get_link(link)), factory=self.factory)
+        return build_family(self.factory, link)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -276,3 +266,10 @@ def _log_p_and_q(link: Link, eta):
         return link.log_mu(eta), link.log1m_mu(eta)
     mu = link.linkinv(eta)
     return jnp.log(mu), jnp.log1p(-mu)
+
+
+@lru_cache(maxsize=None)
+def build_family(factory: Callable, link: str) -> Family:
+    """The family ``factory`` makes with ``link``, built once: equal families are then one
+    object, with the same functions, and so compare equal."""
+    return replace(factory(get_link(link)), factory=factory)

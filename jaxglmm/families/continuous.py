@@ -70,7 +70,7 @@ def _gamma(link: Link) -> Family:
         validate=lambda y, trials: _validate_positive("Gamma", y), simulate=simulate,
         mean=lambda eta, fp: link.linkinv(eta), variance=variance,
         fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, variance(eta, fp)),
-        param_names=("shape",))
+        param_names=("shape",), mustart=lambda y, trials: y)     # R's Gamma()$initialize
 
 
 # ----------------------------------------------------------------------------- lognormal

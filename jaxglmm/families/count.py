@@ -201,7 +201,8 @@ def _negbinomial(link: Link) -> Family:
         mean=lambda eta, fp: link.linkinv(eta),
         variance=lambda eta, fp: nb.var(link.linkinv(eta), fp),
         fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, nb.var(link.linkinv(eta), fp)),
-        param_names=nb.param_names)
+        param_names=nb.param_names,
+        mustart=lambda y, trials: y + (y == 0) / 6.0)   # MASS's negative.binomial()$initialize
 
 
 # ----------------------------------------------------------------------------- wrappers

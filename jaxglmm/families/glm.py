@@ -131,7 +131,8 @@ def _poisson(link: Link) -> Family:
                   simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
                   variance=lambda eta, fp: link.linkinv(eta),
                   fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, link.linkinv(eta)),
-                  laplace_information="expected")
+                  laplace_information="expected",
+                  mustart=lambda y, trials: y + 0.1)      # R's poisson()$initialize
 
 
 #: name -> (factory, default link)

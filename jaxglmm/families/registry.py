@@ -8,13 +8,11 @@ run time with :func:`register_family`.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-from functools import lru_cache
 from typing import Callable
 
 from . import categorical, continuous, count, glm, ordinal
-from .base import Family
-from .links import Link, get_link
+from .base import Family, build_family
+from .links import Link
 
 FAMILIES: dict[str, Callable[[Link], Family]] = {}
 DEFAULT_LINKS: dict[str, str] = {}
@@ -31,7 +29,6 @@ def register_family(name: str, factory: Callable[[Link], Family], default_link: 
     """Add a family: ``factory(link) -> Family``."""
     FAMILIES[name] = factory
     DEFAULT_LINKS[name] = default_link
-    _make.cache_clear()
 
 
 def _lookup(name: str) -> str | None:
@@ -55,12 +52,8 @@ def get_family(family: str | Family, link: str | None = None) -> Family:
     return _make(name, link)
 
 
-@lru_cache(maxsize=None)
 def _make(name: str, link: str | None) -> Family:
-    # One object per (name, link): equal families compare equal anyway, but building the
-    # closures once keeps `is` true too and saves the work.
-    factory = FAMILIES[name]
-    fam = replace(factory(get_link(DEFAULT_LINKS[name])), factory=factory)
+    fam = build_family(FAMILIES[name], DEFAULT_LINKS[name])
     return fam.with_link(link)
 
 

@@ -41,6 +41,7 @@ class ManyFits:
     options: dict
     raw: RawFit
     seconds: float
+    responses: np.ndarray | None = None     # refit_many: one response per row
 
     def __len__(self) -> int:
         return int(np.shape(self.raw.loglik)[0])
@@ -50,6 +51,8 @@ class ManyFits:
 
     def result(self, i: int):
         model = self.models[i] if len(self.models) > 1 else self.models[0]
+        if self.responses is not None:
+            model = model.with_response(self.responses[i])
         return likelihood_result(model, model.problem, self.method, self.options, self._row(i),
                                  self.seconds / len(self))
 
@@ -131,7 +134,7 @@ def refit_many(model: Model, responses: np.ndarray, method: str | None = None, *
     B = Y.shape[0]
     arrays = jax.tree.map(lambda v: jnp.broadcast_to(v, (B,) + v.shape), model.arrays)
     arrays = arrays._replace(y=jnp.asarray(Y))
-    return _run_many([model], method, options, arrays)
+    return _run_many([model], method, options, arrays, responses=Y)
 
 
 def _refuse_bayes(method: str | None) -> None:
@@ -141,7 +144,7 @@ def _refuse_bayes(method: str | None) -> None:
                          f"Model(...).fit({method.lower()!r}) instead")
 
 
-def _run_many(models, method, options, arrays) -> ManyFits:
+def _run_many(models, method, options, arrays, responses=None) -> ManyFits:
     relieve_map_pressure()
     model = models[0]
     method, options = model.resolve_method(method, options)
@@ -153,4 +156,5 @@ def _run_many(models, method, options, arrays) -> ManyFits:
     raw = likelihood.run(model.problem, method, options, _shard(arrays), phi0=_shard(phi0),
                          many=True)
     raw = jax.device_get(raw)
-    return ManyFits(tuple(models), method, dict(options), raw, time.perf_counter() - start)
+    return ManyFits(tuple(models), method, dict(options), raw, time.perf_counter() - start,
+                    responses)

@@ -188,7 +188,7 @@ class FitResult:
             raise ValueError(f"type must be 'link', 'response' or 'mean', got {type!r}")
         newdata = _frame(newdata)
         eta = self.linear_predictor(newdata, re_form, allow_new_levels)
-        index = newdata.index if newdata is not None else None
+        index = newdata.index if newdata is not None else self.model.design.row_index
         fam = self.model.family
         levels = self.model.design.response_levels
         if type == "link":
@@ -210,7 +210,10 @@ class FitResult:
             mean = fam.mean or fam.link.linkinv
             out = _nan_rows(eta, lambda e: mean(e, self._natural_family_params()))
         if np.ndim(out) == 2:
-            cols = list(levels) if out.shape[1] == len(levels) else list(levels[1:])
+            if levels is None:      # a parameter formula: the mean's and the parameter's
+                cols = ["mu"] + list(self.model.dpars)
+            else:
+                cols = list(levels) if out.shape[1] == len(levels) else list(levels[1:])
             return pd.DataFrame(out, index=index, columns=cols)
         return pd.Series(out, index=index, name="predicted")
 
@@ -238,7 +241,14 @@ class FitResult:
         fam = self.model.family
         if fam.simulate is None:
             raise NotImplementedError(f"family {fam.name!r} has no simulator")
-        key = jax.random.PRNGKey(0 if seed is None else seed)
+        if self.draws is not None:
+            raise NotImplementedError(
+                f"simulate from a {self.method} fit would draw from the posterior predictive "
+                "distribution (brms's posterior_predict), which is not built yet; simulate "
+                "from a likelihood fit (reml, ml, laplace, agq)")
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2 ** 31))
+        key = jax.random.PRNGKey(seed)
         design = self.model.design
         newdata = _frame(newdata)
         mask = self.model.re_selection(re_form)
@@ -247,11 +257,13 @@ class FitResult:
             arrays = self.model.problem.arrays
             w = np.asarray(design.weights, float)
             codes = [(np.asarray(i), f.n_levels) for i, f in zip(arrays.index, self.model.structure.factors)]
-            index = None
+            index = design.row_index
         else:
-            if np.isnan(conditioned).any():
+            if len(newdata) == 0:
+                raise ValueError("newdata for simulate has no rows")
+            if not self._complete(newdata, True).all():
                 raise ValueError("newdata for simulate has missing values in columns the "
-                                 "model uses")
+                                 "model uses (the grouping columns included)")
             arrays = self.model.new_arrays(newdata, True, True)
             w = np.ones(len(newdata))
             codes = [pd.factorize(lv)[0] for lv in self.model.group_labels(newdata)]
