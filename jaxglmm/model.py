@@ -133,18 +133,22 @@ class Model:
         return design, fixef_channels, n_channels
 
     def new_arrays(self, data: pd.DataFrame, allow_new_levels: bool = True,
-                   random_effects: bool = True) -> ProblemArrays:
+                   random_effects=True) -> ProblemArrays:
         """The model's arrays for new data (X, offset and, with ``random_effects``, each
         grouping factor's index and Z), in this model's (possibly expanded) columns and
-        factor order; y, weights and trials are placeholders."""
-        def rebuilt(design: Design) -> Design:
+        factor order; y, weights and trials are placeholders.  ``random_effects`` may be a
+        set of terms from :meth:`re_terms`: only their columns are read, the others get
+        no effect (index -1)."""
+        def rebuilt(design: Design, part: int) -> Design:
+            labels = None if random_effects in (True, "all") or not random_effects else \
+                frozenset(label for p, label in random_effects if p == part)
             nd = design.new_data(data, allow_new_levels=allow_new_levels,
-                                 random_effects=random_effects)
+                                 random_effects=bool(random_effects), labels=labels)
             terms = tuple(replace(t, group_index=n.group_index, Z=n.Z)
                           for t, n in zip(design.terms, nd.terms)) if random_effects else ()
             return replace(design, X=nd.X, offset=nd.offset, terms=terms, trials=nd.trials)
-        extra = rebuilt(self._extra) if self._extra is not None else None
-        design, _, _ = self._assemble(rebuilt(self._main), extra)
+        extra = rebuilt(self._extra, 1) if self._extra is not None else None
+        design, _, _ = self._assemble(rebuilt(self._main, 0), extra)
         n = design.X.shape[0]
         index, Z = (), ()
         if random_effects:
@@ -173,14 +177,15 @@ class Model:
     def _specs(self):
         return [d.spec for d in (self._main, self._extra) if d is not None]
 
-    def used_columns(self, random_effects: bool = True) -> list[str]:
-        """The data columns a prediction reads (fixed effects, offsets and, with
-        ``random_effects``, the random terms and grouping factors)."""
+    def used_columns(self, random_effects=True) -> list[str]:
+        """The data columns a prediction reads: fixed effects, offsets and the random terms
+        ``random_effects`` names (True or ``"all"``: every one; a set from
+        :meth:`re_terms`: those; False or None: none) with their grouping factors."""
         cols = []
-        for spec in self._specs():
+        for part, spec in enumerate(self._specs()):
             cols += list(spec.fixed.columns) + [n for o in spec.offsets for n in o.names]
-            if random_effects:
-                for t in spec.terms:
+            for t in spec.terms:
+                if _selected(random_effects, part, t.label):
                     cols += list(t.matrix.columns) + list(t.factor.columns)
         return list(dict.fromkeys(cols))
 
@@ -190,14 +195,13 @@ class Model:
         frame = data.reset_index(drop=True)
         return [factors[f.group].labels(frame) for f in self.structure.factors]
 
-    def re_selection(self, re_form) -> tuple | None:
-        """Which random-effect columns a prediction conditions on, as lme4's ``re.form``:
-        ``None`` all of them; ``"~0"``, ``NA`` or ``"~1"`` none (returns None); a formula of
-        random terms, e.g. ``"~(1 | LOCATION)"``, those terms only.  Returns per grouping
-        factor a 0/1 mask over its columns."""
-        s = self.structure
+    def re_terms(self, re_form):
+        """Which random-effect terms a prediction conditions on, as lme4's ``re.form``:
+        ``"all"`` for None; None (no random effects) for ``"~0"``, ``NA`` or ``"~1"``; for
+        a formula of random terms, e.g. ``"~(1 | LOCATION)"``, the set of those terms as
+        (formula part, label): part 1 is a parameter formula's (``zi ~ ...``)."""
         if re_form is None:
-            return tuple(np.ones(f.q) for f in s.factors)
+            return "all"
         if re_form is pd.NA or (isinstance(re_form, float) and np.isnan(re_form)):
             return None
         if not isinstance(re_form, str):
@@ -232,6 +236,16 @@ class Model:
                 raise ValueError(f"re_form term {r.source} is not a random-effect term of "
                                  f"the model (its terms: {known})")
             chosen |= found
+        return frozenset(chosen)
+
+    def re_masks(self, chosen) -> tuple | None:
+        """Per grouping factor a 0/1 mask over its columns: those of the terms ``chosen``
+        (:meth:`re_terms`) are 1; None when no random effect is chosen."""
+        s = self.structure
+        if chosen is None:
+            return None
+        if chosen == "all":
+            return tuple(np.ones(f.q) for f in s.factors)
         part_of = (lambda channel: int(channel == 1)) if self._extra is not None else \
             (lambda channel: 0)
         masks = []
@@ -240,6 +254,10 @@ class Model:
             masks.append(np.array([1.0 if (part_of(c), lab) in chosen else 0.0
                                    for c, lab in zip(f.channels, label)]))
         return tuple(masks)
+
+    def re_selection(self, re_form) -> tuple | None:
+        """:meth:`re_masks` of :meth:`re_terms`."""
+        return self.re_masks(self.re_terms(re_form))
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:
@@ -347,6 +365,14 @@ class Model:
                     "log link whose mean passes 1); try another link")
         warn_of(result)
         return result
+
+
+def _selected(random_effects, part: int, label: str) -> bool:
+    if random_effects is True or random_effects == "all":
+        return True
+    if not random_effects:
+        return False
+    return (part, label) in random_effects
 
 
 SCALE_RATIO = 1e3      # lme4's checkScaleX tolerance

@@ -327,3 +327,17 @@ def test_poisson_sqrt_link_starts_from_mustart():
     fit = jg.fit("TICKS ~ cHEIGHT + (1 | LOCATION)", jg.load_dataset("grouseticks"), "poisson",
                  link="sqrt")
     assert fit.converged and np.isfinite(fit.loglik)
+
+
+def test_re_form_subset_needs_only_its_own_columns():
+    """As lme4: predicting with re.form = ~(1 | batch) reads batch, not cask."""
+    pastes = jg.load_dataset("pastes")
+    fit = jg.fit("strength ~ 1 + (1 | batch/cask)", pastes)
+    head = pastes.head(6)
+    with_cask = fit.predict(head, re_form="~(1 | batch)").to_numpy()
+    without = fit.predict(head.drop(columns="cask"), re_form="~(1 | batch)").to_numpy()
+    np.testing.assert_allclose(without, with_cask, rtol=1e-14)
+    expected = fit.fixef["Intercept"] + fit.ranef["batch"]["Intercept"].loc[head.batch.astype(str)]
+    np.testing.assert_allclose(without, expected.to_numpy(), rtol=1e-12)
+    with pytest.raises(Exception, match="cask"):
+        fit.predict(head.drop(columns="cask"))

@@ -148,7 +148,7 @@ class Design:
         return int(self.X.shape[1])
 
     def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True,
-                 random_effects: bool = True) -> "NewData":
+                 random_effects: bool = True, labels=None) -> "NewData":
         """Rebuild X, the offset and every term's (group index, Z) for new data.
 
         See :meth:`DesignSpec.new_data`.
@@ -157,7 +157,7 @@ class Design:
             raise ValueError("this Design was not made by build_design, so it cannot be "
                              "rebuilt for new data")
         return self.spec.new_data(data, allow_new_levels=allow_new_levels,
-                                  random_effects=random_effects)
+                                  random_effects=random_effects, labels=labels)
 
 
 # ----------------------------------------------------------------------------- new data
@@ -239,7 +239,7 @@ class DesignSpec:
         return tuple(self.fixed.names[i] for i in self.keep)
 
     def new_data(self, data: pd.DataFrame, allow_new_levels: bool = True,
-                 random_effects: bool = True) -> NewData:
+                 random_effects: bool = True, labels=None) -> NewData:
         """Rebuild the model arrays for ``data``.
 
         Parameters
@@ -252,6 +252,10 @@ class DesignSpec:
         random_effects:
             When False (population-level predictions, lme4's ``re.form = NA``) the random
             terms are skipped, so their columns need not be in ``data``; ``terms`` is empty.
+        labels:
+            With random effects, the labels of the terms to rebuild (lme4's ``re.form``
+            naming some terms); the others read no column and get group index -1 (no
+            effect).  None: every term.
 
         Raises
         ------
@@ -260,7 +264,8 @@ class DesignSpec:
             was not in the training data (named in the message).
         """
         data = _as_frame(data)
-        random = self.terms if random_effects else ()
+        every = self.terms if random_effects else ()
+        random = [t for t in every if labels is None or t.label in labels]
         needed = list(self.fixed.columns) + [n for o in self.offsets for n in o.names]
         needed += [c for t in random for c in t.matrix.columns]
         _require_columns(needed + [c for t in random for c in t.factor.columns], data,
@@ -271,8 +276,11 @@ class DesignSpec:
             if frame[col].isna().any():
                 raise ValueError(f"column {col!r} of the new data has missing values")
         X = self.fixed.evaluate(frame)[:, list(self.keep)]
+        n = len(frame)
         terms = tuple(NewTerm(t.label, t.factor.index(frame, allow_new_levels),
-                              t.matrix.evaluate(frame)) for t in random)
+                              t.matrix.evaluate(frame)) if t in random else
+                      NewTerm(t.label, np.full(n, -1, np.int32), np.zeros((n, len(t.matrix.names))))
+                      for t in every)
         return NewData(X, self.fixef_names, _offset(self.offsets, frame), terms,
                        self._trials(frame))
 

@@ -159,11 +159,12 @@ class FitResult:
         (:mod:`jaxglmm.core.predictor`).  Rows of ``newdata`` with a missing value in a
         column the prediction uses give NaN (lme4's ``na.action = na.pass``)."""
         newdata = _frame(newdata)
-        mask = self.model.re_selection(re_form)
+        chosen = self.model.re_terms(re_form)
+        mask = self.model.re_masks(chosen)
         if newdata is None:
             return self._eta(self.model.problem.arrays, mask)
-        complete = self._complete(newdata, mask is not None)
-        arrays = self.model.new_arrays(newdata.loc[complete], allow_new_levels, mask is not None)
+        complete = self._complete(newdata, chosen)
+        arrays = self.model.new_arrays(newdata.loc[complete], allow_new_levels, chosen)
         return _fill(self._eta(arrays, mask), complete)
 
     def predict(self, newdata=None, re_form=None, type: str = "response",
@@ -333,7 +334,7 @@ class FitResult:
             r = np.sqrt(w) * (np.asarray(design.y) - mean) / np.sqrt(var)
         return r[keep]
 
-    def _complete(self, newdata: pd.DataFrame, random_effects: bool) -> np.ndarray:
+    def _complete(self, newdata: pd.DataFrame, random_effects) -> np.ndarray:
         cols = [c for c in self.model.used_columns(random_effects) if c in newdata.columns]
         return newdata[cols].notna().all(axis=1).to_numpy() if cols else \
             np.ones(len(newdata), bool)
