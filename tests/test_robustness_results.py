@@ -341,3 +341,10 @@ def test_re_form_subset_needs_only_its_own_columns():
     np.testing.assert_allclose(without, expected.to_numpy(), rtol=1e-12)
     with pytest.raises(Exception, match="cask"):
         fit.predict(head.drop(columns="cask"))
+
+
+def test_two_level_categorical_response_points_to_bernoulli():
+    cl = jg.load_dataset("classroom")
+    two = cl[cl.favorite_subject.isin(["reading", "math"])]
+    with pytest.raises(ValueError, match="is a bernoulli model"):
+        jg.fit("favorite_subject ~ student_age_s + (1 | teacher_id)", two, family="categorical")

@@ -140,6 +140,11 @@ class Family:
             return 1
         if response_levels is None or len(response_levels) < 2:
             raise ValueError(f"a {self.name} response needs at least 2 categories")
+        if len(response_levels) == 2:
+            raise ValueError(f"a {self.name} response with two levels "
+                             f"({', '.join(map(str, response_levels))}) is a bernoulli model: "
+                             f"use family='bernoulli' (levels={{...}} sets which level is the "
+                             "success, the second)")
         return len(response_levels) - 1
 
     def n_params(self, y, trials=None) -> int:
