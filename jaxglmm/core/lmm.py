@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from . import resystem as rs
+from .ops import segment_sum
 from .problem import ProblemArrays
 
 
@@ -80,6 +82,29 @@ def lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> LmmData:
     n = jnp.sum(positive).astype(a.y.dtype)
     sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
     return LmmData(cross_products(structure, a), n, sum_log_w)
+
+
+def refit_data(structure: rs.ReStructure, a: ProblemArrays, Y: jnp.ndarray) -> LmmData:
+    """:func:`lmm_data` of one design with many responses ``Y`` (B, n), stacked over B.
+
+    What does not depend on the response (Z'WZ, Z'WX, X'WX and the sparsity pattern) is
+    computed once; each response adds only its own row: Z'Wy, X'Wy and y'Wy."""
+    base = rs.cross_products(structure, a.index, a.Z, a.weights, a.X)
+    vals, pos = rs.dense_rows(structure, a.index, a.Z, a.X)
+    f0 = structure.factors[0]
+    m0 = base.d22.shape[0]
+    one = lmm_data(structure, a._replace(y=a.offset))     # n and sum log w: no response
+
+    def per_response(y):
+        wy = a.weights * (y - a.offset)
+        d21y = segment_sum(wy[:, None] * a.Z[0], a.index[0], f0.n_levels)
+        r = segment_sum((wy[:, None] * vals).reshape(-1), pos.reshape(-1), m0)
+        yy = jnp.dot(wy, y - a.offset)
+        d21 = jnp.concatenate([base.d21, d21y[None]], axis=0)
+        d22 = jnp.block([[base.d22, r[:, None]], [r[None, :], yy[None, None]]])
+        return LmmData(rs.CrossProducts(base.d11, d21, d22), one.n, one.sum_log_w)
+
+    return jax.vmap(per_response)(Y)
 
 
 def _factor(structure, cp, theta) -> rs.BlockedCholesky:

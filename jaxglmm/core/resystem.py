@@ -154,13 +154,16 @@ def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...
 
 def lambdas(structure: ReStructure, theta: jnp.ndarray) -> list[jnp.ndarray]:
     """Relative covariance factors ``Lambda_f`` (q_f x q_f, lower triangular) from theta."""
+    # built by stacking entries, not by a scatter: elementwise, so it vectorizes under vmap
     out = []
+    zero = jnp.zeros((), dtype=theta.dtype)
     for f in structure.factors:
-        L = jnp.zeros((f.q, f.q), dtype=theta.dtype)
+        entry = {}
         for t in f.terms:
-            vals = theta[t.theta_start:t.theta_start + t.n_theta]
-            L = L.at[np.array(t.theta_rows), np.array(t.theta_cols)].set(vals)
-        out.append(L)
+            for k, (r, c) in enumerate(zip(t.theta_rows, t.theta_cols)):
+                entry[r, c] = theta[t.theta_start + k]
+        rows = [jnp.stack([entry.get((r, c), zero) for c in range(f.q)]) for r in range(f.q)]
+        out.append(jnp.stack(rows))
     return out
 
 
@@ -198,7 +201,7 @@ class CrossProducts(NamedTuple):
     d22: jnp.ndarray
 
 
-def _dense_rows(structure: ReStructure, index, Z, extra):
+def dense_rows(structure: ReStructure, index, Z, extra):
     """Sparse rows of the dense block: values (n, k) and column positions (n, k)."""
     vals, pos, off = [], [], 0
     for f, idx, z in zip(structure.dense_factors, index[1:], Z[1:]):
@@ -225,7 +228,7 @@ def cross_products(structure: ReStructure, index, Z, w, extra=None) -> CrossProd
     wz1 = w[:, None] * z1
     d11 = segment_sum(wz1[:, :, None] * z1[:, None, :], g1, f0.n_levels)
     m = dense_size(structure, 0 if extra is None else extra.shape[1])
-    vals, pos = _dense_rows(structure, index, Z, extra)
+    vals, pos = dense_rows(structure, index, Z, extra)
     if vals is None:
         return CrossProducts(d11, jnp.zeros((0, f0.n_levels, f0.q)), jnp.zeros((0, 0)))
     k = vals.shape[1]

@@ -32,8 +32,10 @@ def _compile(lowered):
 
 
 def shape_key(args) -> tuple:
+    """Shapes, dtypes and shardings of the arguments: an executable is compiled for each."""
     leaves, tree = jax.tree.flatten(args)
-    return (tree,) + tuple((np.shape(x), np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype).str)
+    return (tree,) + tuple((np.shape(x), np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype).str,
+                            str(getattr(x, "sharding", "")))
                            for x in leaves)
 
 

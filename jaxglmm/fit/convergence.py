@@ -109,3 +109,34 @@ def judge_posterior(method: str, rhat_max: float, diag: dict) -> Verdict:
     else:
         raise ValueError(f"no posterior verdict for method {method!r}")
     return Verdict(bool(ok), False, tuple(msgs))
+
+
+def judge_many(status, grad, hessian, theta, theta_diagonal, n_iter) -> list[Verdict]:
+    """:func:`judge` for a stack of fits (a leading dataset axis), vectorized for the
+    clean ones (the common case: 10,000 verdicts in milliseconds, not half a second);
+    any fit that is not clean gets :func:`judge`'s own verdict and messages."""
+    status = np.asarray(status)
+    grad, H = np.asarray(grad, float), np.asarray(hessian, float)
+    theta = np.asarray(theta, float)
+    n = status.shape[0]
+    singular = np.any(np.abs(theta[:, theta_diagonal]) < SINGULAR_TOL, axis=1) \
+        if theta.shape[1] else np.zeros(n, bool)
+    finite = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(grad), axis=1)
+    k = H.shape[-1]
+    safe = np.where(finite[:, None, None], H, np.eye(k))
+    evals = np.linalg.eigvalsh(safe)
+    pd = finite & (evals[:, 0] > 1e-10 * np.maximum(1.0, np.abs(evals[:, -1])))
+    scaled = np.linalg.solve(np.where(pd[:, None, None], safe, np.eye(k)), grad[..., None])
+    gmax = np.max(np.abs(scaled[..., 0]), axis=1) if k else np.zeros(n)
+    clean = np.isin(status, (0, LINESEARCH)) & ~singular & pd & (gmax <= SCALED_GRAD_TOL)
+    out = []
+    for i in range(n):
+        if clean[i]:
+            out.append(_CLEAN)
+        else:
+            out.append(judge(int(status[i]), grad[i], H[i], theta[i], theta_diagonal,
+                             int(np.asarray(n_iter)[i])))
+    return out
+
+
+_CLEAN = Verdict(True, False, ())

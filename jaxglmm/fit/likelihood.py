@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ..core import resystem as rs
 from ..core.laplace import GlmmModel, Layout, glm_start
-from ..core.lmm import lmm_data, profiled_parts
+from ..core.lmm import LmmData, lmm_data, profiled_parts
 from ..core.problem import Problem, ProblemArrays
 from .cache import program
 from .optimize import minimize
@@ -59,14 +59,14 @@ class RawFit(NamedTuple):
     objective0: jnp.ndarray
 
 
-def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp.ndarray,
-            maxiter: int = 500) -> RawFit:
-    """Fit a gaussian LMM by REML or ML.  Pure and jittable (``structure``/``reml`` static)."""
-    p = a.X.shape[1]
-    cp, n, sum_log_w = lmm_data(structure, a)
-    objective = lambda th: profiled_parts(structure, cp, th, n, p, reml, sum_log_w, full=False)
-    opt = minimize(objective, theta0, maxiter=maxiter)
-    parts = profiled_parts(structure, cp, opt.x, n, p, reml, sum_log_w, full=True)
+def lmm_objective(structure: rs.ReStructure, d: LmmData, p: int, reml: bool):
+    """The profiled REML/ML deviance of one dataset's cross-products, a function of theta."""
+    return lambda th: profiled_parts(structure, d.cp, th, d.n, p, reml, d.sum_log_w, full=False)
+
+
+def lmm_finish(structure: rs.ReStructure, d: LmmData, p: int, reml: bool, opt) -> RawFit:
+    """The fit at the optimizer's theta: beta, sigma, the random effects and their covariances."""
+    parts = profiled_parts(structure, d.cp, opt.x, d.n, p, reml, d.sum_log_w, full=True)
     lams = rs.lambdas(structure, opt.x)
     ucov = rs.conditional_covariances(parts.chol, structure)
     s2 = jnp.square(parts.sigma)
@@ -79,28 +79,50 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
                   objective0=opt.value0)
 
 
-def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndarray,
-             n_agq: int = 1, maxiter: int = 500) -> RawFit:
-    """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable."""
-    model = GlmmModel(structure, family, a, phi0.shape[0])
-    beta0 = glm_start(structure, family, a, phi0)
-    x0 = jnp.concatenate([jnp.asarray(structure.theta_init()), beta0, phi0])
-    # each evaluation starts the mode search at the previous point's mode
+def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp.ndarray,
+            maxiter: int = 500) -> RawFit:
+    """Fit a gaussian LMM by REML or ML.  Pure and jittable (``structure``/``reml`` static)."""
+    p = a.X.shape[1]
+    d = lmm_data(structure, a)
+    opt = minimize(lmm_objective(structure, d, p, reml), theta0, maxiter=maxiter)
+    return lmm_finish(structure, d, p, reml, opt)
+
+
+def glmm_objective(model: GlmmModel, n_agq: int):
+    """The Laplace (``n_agq == 1``) or adaptive Gauss-Hermite deviance ``(x, u0) ->
+    (deviance, mode)``: each evaluation starts the mode search at the previous point's mode."""
     if n_agq > 1:
-        objective = lambda x, u0: model.agq_deviance(x, n_agq, u0)
-    else:
-        objective = model.laplace_deviance
-    opt = minimize(objective, x0, has_aux=True, maxiter=maxiter, aux0=jnp.zeros(structure.n_u))
+        return lambda x, u0: model.agq_deviance(x, n_agq, u0)
+    return model.laplace_deviance
+
+
+def glmm_start(model: GlmmModel, phi0: jnp.ndarray) -> jnp.ndarray:
+    """The outer starting vector: theta = lme4's start, beta from the GLM, phi0."""
+    s = model.s
+    beta0 = glm_start(s, model.family, model.a, phi0)
+    return jnp.concatenate([jnp.asarray(s.theta_init()), beta0, phi0])
+
+
+def glmm_finish(model: GlmmModel, opt) -> RawFit:
     theta, beta, phi = model.layout.unpack(opt.x)
     u = opt.aux
     bcov = model.conditional_cov(opt.x, u)
-    lams = rs.lambdas(structure, theta)
+    lams = rs.lambdas(model.s, theta)
     return RawFit(theta=theta, beta=beta, sigma=jnp.asarray(jnp.nan, opt.x.dtype),
-                  family_params=phi, u=u, b=tuple(rs.random_effects(structure, lams, u)),
+                  family_params=phi, u=u, b=tuple(rs.random_effects(model.s, lams, u)),
                   b_cov=tuple(bcov), vcov=fixef_vcov(opt.hessian, model.layout),
                   deviance=opt.value, loglik=-0.5 * opt.value, x=opt.x, grad=opt.grad,
                   hessian=opt.hessian, n_iter=opt.n_iter, status=opt.status,
                   objective0=opt.value0)
+
+
+def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndarray,
+             n_agq: int = 1, maxiter: int = 500) -> RawFit:
+    """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable."""
+    model = GlmmModel(structure, family, a, phi0.shape[0])
+    opt = minimize(glmm_objective(model, n_agq), glmm_start(model, phi0), has_aux=True,
+                   maxiter=maxiter, aux0=jnp.zeros(structure.n_u))
+    return glmm_finish(model, opt)
 
 
 def fixef_vcov(hessian, layout: Layout):

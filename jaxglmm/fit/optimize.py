@@ -9,6 +9,8 @@ several times and compile time grew fivefold).  Everything is pure and jittable,
 be ``vmap``-ed over datasets (``fit_many``): the loop runs until every member has stopped.
 
 The Hessian returned is central finite differences of the exact gradient at the optimum.
+The run is split into :func:`bfgs_init`, :func:`bfgs_run` and :func:`bfgs_result` so a
+batch can run it in rounds (:mod:`jaxglmm.fit.batched`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ NONFINITE = 2
 LINESEARCH = 3
 
 ARMIJO_C1 = 1e-4
+F_ROUNDING = 1e-13
 
 
 class OptResult(NamedTuple):
@@ -49,6 +52,238 @@ def fd_hessian(grad_fn: Callable, x: jnp.ndarray, rel_step: float = 1e-4) -> jnp
     return 0.5 * (H + H.T)
 
 
+class BfgsState(NamedTuple):
+    """Where a BFGS run stands: a run can stop after some iterations and go on later (the
+    batch engine runs rounds and compacts the members that have not stopped)."""
+
+    x: jnp.ndarray
+    f: jnp.ndarray
+    g: jnp.ndarray
+    aux: object
+    Hinv: jnp.ndarray
+    it: jnp.ndarray
+    nev: jnp.ndarray
+    stall: jnp.ndarray
+    status: jnp.ndarray      # -1 while running, else how it ended (CONVERGED, ...)
+    x0: jnp.ndarray
+    f0: jnp.ndarray
+
+
+def _value_and_grad(fun: Callable, has_aux: bool, aux0):
+    """``(x, aux) -> ((value, aux), grad)`` for any of :func:`minimize`'s objective forms."""
+    if aux0 is not None:
+        f_aux = fun
+    else:
+        f_aux = (lambda x, _: fun(x)) if has_aux else (lambda x, _: (fun(x), None))
+    return jax.value_and_grad(f_aux, has_aux=True)
+
+
+def _converged(f, g, gtol):
+    return jnp.max(jnp.abs(g)) <= gtol * (1.0 + jnp.abs(f))
+
+
+def bfgs_init(vg: Callable, x0: jnp.ndarray, aux0=None, gtol: float = 1e-8) -> BfgsState:
+    """The state before the first iteration (the first step is the gradient's; the inverse
+    Hessian is then scaled from the first curvature pair)."""
+    (f0, aux0), g0 = vg(x0, aux0)
+    k = x0.shape[0]
+    status0 = jnp.where(_converged(f0, g0, gtol), CONVERGED, -1)
+    return BfgsState(x0, f0, g0, aux0, jnp.eye(k, dtype=x0.dtype), jnp.asarray(0),
+                     jnp.asarray(1), jnp.asarray(0), status0, x0, f0)
+
+
+def bfgs_run(vg: Callable, state: BfgsState, until, *, gtol: float = 1e-8,
+             ftol: float = 1e-15) -> BfgsState:
+    """Iterate until ``state.it`` reaches ``until`` (traced) or the run stops."""
+    k = state.x.shape[0]
+    eye = jnp.eye(k, dtype=state.x.dtype)
+
+    def line_search(x, f, g, d, aux, active):
+        slope = jnp.dot(g, d)
+
+        # ``active``: under vmap the loop runs until every member's search ends; a member
+        # that has stopped must not search.
+        def cond(c):
+            t, fn, _, _, it = c
+            ok = jnp.isfinite(fn) & (fn <= f + ARMIJO_C1 * t * slope)
+            return active & ((it == 0) | (~ok & (it < 60)))
+
+        def body(c):
+            t, fn, _, _, it = c
+            t = jnp.where(it == 0, t, 0.5 * t)
+            (fn, auxn), gn = vg(x + t * d, aux)
+            return t, fn, gn, auxn, it + 1
+
+        init = (jnp.asarray(1.0, x.dtype), jnp.asarray(jnp.inf, x.dtype), g, aux, jnp.asarray(0))
+        t, fn, gn, auxn, it = jax.lax.while_loop(cond, body, init)
+        ok = jnp.isfinite(fn) & (fn <= f + ARMIJO_C1 * t * slope)
+        return t, fn, gn, auxn, ok, it
+
+    def cond(c: BfgsState):
+        return (c.it < until) & (c.status < 0)
+
+    def body(c: BfgsState):
+        x, f, g, aux, Hinv, it, nev, stall, status = c[:9]
+        d = -Hinv @ g
+        bad = ~(jnp.dot(d, g) < 0)
+        Hinv = jnp.where(bad, eye, Hinv)
+        d = jnp.where(bad, -g / jnp.maximum(1.0, jnp.max(jnp.abs(g))), d)
+        active = (it < until) & (status < 0)
+        t, fn, gn, auxn, ok, nls = line_search(x, f, g, d, aux, active)
+        s = t * d
+        y = gn - g
+        sy = jnp.dot(s, y)
+        # first step: scale the initial inverse Hessian (Nocedal & Wright 6.20)
+        Hinv = jnp.where(it == 0, eye * sy / jnp.maximum(jnp.dot(y, y), 1e-300), Hinv)
+        rho = 1.0 / jnp.where(sy > 1e-300, sy, 1.0)
+        V = eye - rho * jnp.outer(s, y)
+        Hnew = V @ Hinv @ V.T + rho * jnp.outer(s, s)
+        Hinv = jnp.where(ok & (sy > 1e-300), Hnew, Hinv)
+        xn = jnp.where(ok, x + s, x)
+        fnew = jnp.where(ok, fn, f)
+        gnew = jnp.where(ok, gn, g)
+        auxnew = jax.tree.map(lambda a, b: jnp.where(ok, a, b), auxn, aux)
+        small = (f - fnew) <= ftol * (1.0 + jnp.abs(fnew))
+        stall = jnp.where(small, stall + 1, 0)
+        status = jnp.where(~jnp.isfinite(fnew), NONFINITE,
+                 jnp.where(_converged(fnew, gnew, gtol) | (stall >= 3), CONVERGED,
+                 jnp.where(~ok, LINESEARCH, -1)))
+        return c._replace(x=xn, f=fnew, g=gnew, aux=auxnew, Hinv=Hinv, it=it + 1,
+                          nev=nev + nls, stall=stall, status=status)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def bfgs_result(vg: Callable, state: BfgsState, hessian: bool = True) -> OptResult:
+    """The run's result; ``hessian``: central differences of the exact gradient at the end."""
+    status = jnp.where(state.status < 0, MAXITER, state.status)
+    k = state.x.shape[0]
+    if hessian:
+        H = fd_hessian(lambda z: vg(z, state.aux)[1], state.x)
+    else:
+        H = jnp.full((k, k), jnp.nan)
+    return OptResult(state.x, state.f, state.g, H, state.aux, state.it,
+                     state.nev, status, state.x0, state.f0)
+
+
+# ----------------------------------------------------------------------------- batches
+class FlatState(NamedTuple):
+    """A BFGS run that evaluates the objective exactly once per iteration (see
+    :func:`flat_run`); ``it`` counts evaluations."""
+
+    x: jnp.ndarray
+    f: jnp.ndarray
+    g: jnp.ndarray
+    aux: object
+    Hinv: jnp.ndarray
+    d: jnp.ndarray          # the direction being searched
+    t: jnp.ndarray          # the step along it to try next
+    scaled: jnp.ndarray     # whether Hinv has been scaled (or was given)
+    it: jnp.ndarray
+    nback: jnp.ndarray      # backtracks along d so far
+    stall: jnp.ndarray
+    status: jnp.ndarray     # -1 while running
+    x0: jnp.ndarray
+    f0: jnp.ndarray
+
+
+def _direction(Hinv, g):
+    d = -Hinv @ g
+    bad = ~(jnp.dot(d, g) < 0)
+    eye = jnp.eye(g.shape[0], dtype=g.dtype)
+    return (jnp.where(bad, eye, Hinv),
+            jnp.where(bad, -g / jnp.maximum(1.0, jnp.max(jnp.abs(g))), d))
+
+
+def flat_init(x0: jnp.ndarray, aux0=None, Hinv0=None) -> FlatState:
+    """The state before the first evaluation of :func:`flat_run` (which evaluates ``x0``
+    first: this costs nothing, so a batch compiles the objective once, in the loop).
+
+    ``Hinv0`` (optional) is a starting inverse Hessian, e.g. that of a similar dataset's
+    optimum; where it holds a NaN it is ignored (the first step is then the gradient's,
+    at most 1 in every coordinate, and the inverse Hessian is scaled from the first
+    curvature pair)."""
+    k = x0.shape[0]
+    eye = jnp.eye(k, dtype=x0.dtype)
+    given = jnp.asarray(False) if Hinv0 is None else jnp.all(jnp.isfinite(Hinv0))
+    Hinv = eye if Hinv0 is None else jnp.where(given, Hinv0, eye)
+    zero = jnp.zeros((), x0.dtype)
+    return FlatState(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), aux0, Hinv,
+                     jnp.zeros_like(x0), zero, given, jnp.asarray(0), jnp.asarray(0),
+                     jnp.asarray(0), jnp.asarray(-1), x0, zero)
+
+
+def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
+             ftol: float = 1e-15, max_backtracks: int = 40) -> FlatState:
+    """BFGS for a batch under ``vmap``: each iteration evaluates one trial point, so no
+    member waits inside another's line search.
+
+    :func:`minimize` backtracks in an inner loop; under ``vmap`` that loop runs until the
+    longest search in the batch ends, for every member (sleepstudy REML over 1,000
+    datasets: 4 evaluations an iteration on average, 28 us a member-iteration against
+    3 us for one evaluation).  Here a rejected trial point shrinks the step for the next
+    iteration instead (to the minimizer of the quadratic through f(0), f'(0) and f(t),
+    kept within [0.1 t, 0.5 t]; Nocedal & Wright 3.5), and an accepted one makes the BFGS
+    update and the next direction.  Same stopping rule as :func:`minimize`; iterates until
+    ``state.it`` (evaluations) reaches ``until`` (traced: rounds compile once).
+    """
+    eye = jnp.eye(state.x.shape[0], dtype=state.x.dtype)
+
+    def cond(c: FlatState):
+        return (c.it < until) & (c.status < 0)
+
+    def body(c: FlatState):
+        fresh = c.it == 0                  # the first evaluation: at x0 itself
+        xt = c.x + c.t * c.d
+        (ft, auxt), gt = vg(xt, c.aux)
+        slope = jnp.dot(c.g, c.d)
+        # Armijo's test, up to the objective's rounding (Hager and Zhang's approximate
+        # Wolfe condition): near the optimum the predicted decrease falls below the
+        # rounding of f, and vectorized arithmetic rounds differently from a single fit's
+        armijo = ft <= c.f + ARMIJO_C1 * c.t * slope + F_ROUNDING * (1.0 + jnp.abs(c.f))
+        ok = jnp.isfinite(ft) & (fresh | armijo)
+        # accepted: the BFGS update (none at x0) and the next direction
+        s, y = c.t * c.d, gt - c.g
+        sy = jnp.dot(s, y)
+        update = ~fresh & (sy > 1e-300)
+        H = jnp.where(c.scaled | fresh, c.Hinv, eye * sy / jnp.maximum(jnp.dot(y, y), 1e-300))
+        rho = 1.0 / jnp.where(update, sy, 1.0)
+        V = eye - rho * jnp.outer(s, y)
+        H = jnp.where(update, V @ H @ V.T + rho * jnp.outer(s, s), H)
+        H, d_new = _direction(H, gt)
+        t_new = jnp.where(fresh & ~c.scaled,
+                          1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(d_new))), 1.0)
+        small = ~fresh & ((c.f - ft) <= ftol * (1.0 + jnp.abs(ft)))
+        stall = jnp.where(small, c.stall + 1, 0)
+        done = jnp.where(_converged(ft, gt, gtol) | (stall >= 3), CONVERGED, -1)
+        # rejected: a shorter step along the same direction
+        tq = -slope * c.t * c.t / (2.0 * (ft - c.f - slope * c.t))
+        tq = jnp.clip(jnp.where(jnp.isfinite(tq), tq, 0.1 * c.t), 0.1 * c.t, 0.5 * c.t)
+        t_back = jnp.where(jnp.isfinite(ft), tq, 0.1 * c.t)
+        nback = jnp.where(ok, 0, c.nback + 1)
+        failed = jnp.where(fresh, NONFINITE,
+                           jnp.where(nback >= max_backtracks, LINESEARCH, -1))
+        pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)
+        return c._replace(
+            x=pick(xt, c.x), f=pick(ft, c.f), g=pick(gt, c.g), aux=pick(auxt, c.aux),
+            Hinv=pick(H, c.Hinv), d=pick(d_new, c.d), t=jnp.where(ok, t_new, t_back),
+            scaled=c.scaled | (ok & ~fresh), it=c.it + 1, nback=nback,
+            stall=jnp.where(ok, stall, c.stall), status=jnp.where(ok, done, failed),
+            f0=jnp.where(fresh, ft, c.f0))
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def flat_result(vg: Callable, state: FlatState, hessian: bool = True) -> OptResult:
+    """The run's result, as :func:`bfgs_result`."""
+    status = jnp.where(state.status < 0, MAXITER, state.status)
+    k = state.x.shape[0]
+    H = fd_hessian(lambda z: vg(z, state.aux)[1], state.x) if hessian else \
+        jnp.full((k, k), jnp.nan)
+    return OptResult(state.x, state.f, state.g, H, state.aux, state.it, state.it, status,
+                     state.x0, state.f0)
+
+
 def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: int = 500,
              gtol: float = 1e-8, ftol: float = 1e-15, hessian: bool = True,
              aux0=None) -> OptResult:
@@ -62,77 +297,10 @@ def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: 
     ``ftol`` for three iterations, when the line search cannot decrease ``f``, or at
     ``maxiter`` iterations.
     """
-    if aux0 is not None:
-        f_aux = fun
-    else:
-        f_aux = (lambda x, _: fun(x)) if has_aux else (lambda x, _: (fun(x), None))
-    vg = jax.value_and_grad(f_aux, has_aux=True)
-    k = x0.shape[0]
-    (f0, aux0), g0 = vg(x0, aux0)
-
-    def converged(f, g):
-        return jnp.max(jnp.abs(g)) <= gtol * (1.0 + jnp.abs(f))
-
-    def line_search(x, f, g, d, aux):
-        slope = jnp.dot(g, d)
-
-        def cond(c):
-            t, fn, _, _, it = c
-            ok = jnp.isfinite(fn) & (fn <= f + ARMIJO_C1 * t * slope)
-            return (it == 0) | (~ok & (it < 60))
-
-        def body(c):
-            t, _, _, _, it = c
-            t = jnp.where(it == 0, t, 0.5 * t)
-            (fn, auxn), gn = vg(x + t * d, aux)
-            return t, fn, gn, auxn, it + 1
-
-        init = (jnp.asarray(1.0, x.dtype), jnp.asarray(jnp.inf, x.dtype), g, aux, jnp.asarray(0))
-        t, fn, gn, auxn, it = jax.lax.while_loop(cond, body, init)
-        ok = jnp.isfinite(fn) & (fn <= f + ARMIJO_C1 * t * slope)
-        return t, fn, gn, auxn, ok, it
-
-    def cond(c):
-        x, f, g, aux, Hinv, it, nev, stall, status = c
-        return (it < maxiter) & (status < 0)
-
-    def body(c):
-        x, f, g, aux, Hinv, it, nev, stall, _ = c
-        d = -Hinv @ g
-        bad = ~(jnp.dot(d, g) < 0)
-        Hinv = jnp.where(bad, jnp.eye(k, dtype=x.dtype), Hinv)
-        d = jnp.where(bad, -g / jnp.maximum(1.0, jnp.max(jnp.abs(g))), d)
-        t, fn, gn, auxn, ok, nls = line_search(x, f, g, d, aux)
-        s = t * d
-        y = gn - g
-        sy = jnp.dot(s, y)
-        # first step: scale the initial inverse Hessian (Nocedal & Wright 6.20)
-        Hinv = jnp.where(it == 0, jnp.eye(k) * sy / jnp.maximum(jnp.dot(y, y), 1e-300), Hinv)
-        rho = 1.0 / jnp.where(sy > 1e-300, sy, 1.0)
-        V = jnp.eye(k) - rho * jnp.outer(s, y)
-        Hnew = V @ Hinv @ V.T + rho * jnp.outer(s, s)
-        Hinv = jnp.where(ok & (sy > 1e-300), Hnew, Hinv)
-        xn = jnp.where(ok, x + s, x)
-        fnew = jnp.where(ok, fn, f)
-        gnew = jnp.where(ok, gn, g)
-        auxnew = jax.tree.map(lambda a, b: jnp.where(ok, a, b), auxn, aux)
-        small = (f - fnew) <= ftol * (1.0 + jnp.abs(fnew))
-        stall = jnp.where(small, stall + 1, 0)
-        status = jnp.where(~jnp.isfinite(fnew), NONFINITE,
-                 jnp.where(converged(fnew, gnew) | (stall >= 3), CONVERGED,
-                 jnp.where(~ok, LINESEARCH, -1)))
-        return xn, fnew, gnew, auxnew, Hinv, it + 1, nev + nls, stall, status
-
-    status0 = jnp.where(converged(f0, g0), CONVERGED, -1)
-    init = (x0, f0, g0, aux0, jnp.eye(k, dtype=x0.dtype), jnp.asarray(0), jnp.asarray(1),
-            jnp.asarray(0), status0)
-    x, f, g, aux, _, it, nev, _, status = jax.lax.while_loop(cond, body, init)
-    status = jnp.where(status < 0, MAXITER, status)
-    if hessian:
-        H = fd_hessian(lambda z: vg(z, aux)[1], x)
-    else:
-        H = jnp.full((k, k), jnp.nan)
-    return OptResult(x, f, g, H, aux, it, nev, status, x0, f0)
+    vg = _value_and_grad(fun, has_aux, aux0)
+    state = bfgs_init(vg, x0, aux0, gtol=gtol)
+    state = bfgs_run(vg, state, maxiter, gtol=gtol, ftol=ftol)
+    return bfgs_result(vg, state, hessian)
 
 
 def minimize_optax(fun: Callable, x0: jnp.ndarray, *, maxiter: int = 500, gtol: float = 1e-8,

@@ -1,140 +1,407 @@
-"""One model, many same-shape datasets, one compiled call.
+"""One model, many datasets: ``fit_many`` (datasets) and ``refit_many`` (responses).
 
-The fit is a pure function of a :class:`~jaxglmm.core.problem.ProblemArrays` whose shapes are
-fixed by the design, so datasets of the same shape are stacked on a leading axis, ``vmap``-ed,
-and (where several devices are present) sharded across them.  Likelihood methods only: a
-batched Bayesian fit does not exist yet, so nuts, vi and map are refused rather than run as
-something else.
+``fit_many`` turns its datasets into one long table, builds its design in one pass
+(:mod:`jaxglmm.many.plan`), splits it into chunks of datasets, and fits each chunk with the
+batch engine (:mod:`jaxglmm.fit.batched`) in this process or on Dask workers
+(:mod:`jaxglmm.many.executor`).  ``refit_many`` keeps one design and stacks responses: what
+does not depend on the response is computed once.  Likelihood methods only: nuts, vi and
+map are refused rather than run as something else.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..bayes.drivers import BAYES_METHODS
 from ..core.problem import ProblemArrays
 from ..families import Family
-from ..fit import likelihood
+from ..fit.batched import fit_batch, shard
 from ..fit.cache import relieve_map_pressure
-from ..fit.likelihood import RawFit
-from ..model import MODEL_KEYWORDS, Model
+from ..fit.convergence import judge_many
+from ..fit.likelihood import RawFit, uses_lmm
+from ..model import Model
 from ..results.build import likelihood_result
+from .chunk import Bucket, ChunkFits, Payload, fit_chunk
+from .executor import run_chunks
+from .plan import DEFAULT_CHUNK_SIZE, Member, Spec, long_table, model_keywords, split_design
 
 
-@dataclass(frozen=True)
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class ManyPlan:
+    """A fit_many run, split into chunks of datasets (see :func:`plan_many`)."""
+
+    spec: Spec
+    ids: list
+    chunks: list
+    members: list
+    arrays: ProblemArrays              # numpy: the long design
+    table: pd.DataFrame                # the long table
+    codes: np.ndarray                  # each table row's dataset
+    design_seconds: float = 0.0
+
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    def payload(self, k: int, start=None) -> Payload:
+        """The picklable input of chunk k: the spec and the chunk's rows of the design."""
+        positions = self.chunks[k]
+        members = [self.members[i] for i in positions]
+        rows = [m.rows for m in members if m is not None]
+        rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        arrays = jax.tree.map(lambda v: np.asarray(v)[rows], self.arrays)
+        rebased, offset = [], 0
+        for m in members:
+            if m is None:
+                rebased.append(None)
+                continue
+            rebased.append(Member(np.arange(offset, offset + m.rows.size), m.index, m.levels,
+                                  m.rank_ok))
+            offset += m.rows.size
+        return Payload(self.spec, [self.ids[i] for i in positions], arrays, rebased, start)
+
+    def dataset(self, i: int) -> pd.DataFrame:
+        """Dataset i's rows of the long table (as it would be fitted alone)."""
+        return self.table.loc[self.codes == i].reset_index(drop=True)
+
+
+def plan_many(formula: str, data, family: str | Family = "gaussian", method: str | None = None,
+              link: str | None = None, *, by: str | None = None, chunk_size: int | None = None,
+              **kwargs) -> ManyPlan:
+    """Read the datasets, build the long design once and split it into chunks."""
+    _refuse_bayes(method)
+    model_kw = model_keywords(kwargs)
+    chunk_size = _chunk_size(chunk_size)
+    start = time.perf_counter()
+    table, ids, codes = long_table(data, by)
+    model = Model(formula, table, family, link, **model_kw)
+    method, options = model.resolve_method(method, kwargs)
+    method = model.check_method(method, options)
+    members = split_design(model, codes, len(ids))
+    spec = Spec(formula, model.family, method, dict(options), model.structure,
+                tuple(model.design.fixef_names), model_kw)
+    arrays = jax.tree.map(np.asarray, model.arrays)
+    chunks = [np.arange(i, min(i + chunk_size, len(ids))) for i in range(0, len(ids), chunk_size)]
+    return ManyPlan(spec, ids, chunks, members, arrays, table, codes,
+                    time.perf_counter() - start)
+
+
+def _chunk_size(value) -> int:
+    if value is None:
+        return DEFAULT_CHUNK_SIZE
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"chunk_size must be a positive integer (datasets per chunk), got "
+                         f"{value!r}")
+    return int(value)
+
+
+def collect(plan: ManyPlan, results: list) -> "ManyFits":
+    """The run's :class:`ManyFits` from its chunks' results (in chunk order)."""
+    seconds = {"design": plan.design_seconds,
+               "compile": sum(r.seconds.get("compile", 0.0) for r in results),
+               "run": sum(r.seconds.get("run", 0.0) for r in results)}
+    seconds["total"] = seconds["design"] + seconds["compile"] + seconds["run"]
+    return ManyFits(plan.spec, list(plan.ids), list(results), seconds, plan=plan)
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
 class ManyFits:
-    """Results of :func:`fit_many`, one row per dataset.
+    """Results of :func:`fit_many` or :func:`refit_many`, one entry per dataset.
 
-    ``fits[i]`` (or ``fits.result(i)``) gives the full :class:`~jaxglmm.results.FitResult` of
-    dataset ``i``.
+    ``fits.table()`` is the long tidy table; ``fits.fixef``, ``fits.varcorr``,
+    ``fits.loglik`` and ``fits.converged`` are indexed by dataset; ``fits.result(i)`` (or
+    ``fits[i]``) is dataset i's full :class:`~jaxglmm.results.FitResult`.  ``seconds``
+    holds the time spent building the design, compiling and running.
     """
 
-    models: tuple
-    method: str
-    options: dict
-    raw: RawFit
-    seconds: float
-    responses: np.ndarray | None = None     # refit_many: one response per row
+    spec: Spec
+    ids: list
+    chunks: list
+    seconds: dict
+    plan: ManyPlan | None = None
+    model: Model | None = None           # refit_many: the one design
+    responses: np.ndarray | None = None  # refit_many: one response per dataset
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
-        return int(np.shape(self.raw.loglik)[0])
+        return len(self.ids)
 
-    def _row(self, i) -> RawFit:
-        return jax.tree.map(lambda v: np.asarray(v)[i], self.raw)
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    def _locate(self, i: int) -> tuple[ChunkFits, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"dataset {i} out of range: {len(self)} datasets")
+        i = i % len(self)
+        for chunk in self.chunks:
+            if i < len(chunk):
+                return chunk, i
+            i -= len(chunk)
+        raise IndexError(i)
+
+    def raw(self, i: int) -> RawFit | None:
+        chunk, k = self._locate(i)
+        return chunk.raw(k)
 
     def result(self, i: int):
-        model = self.models[i] if len(self.models) > 1 else self.models[0]
-        if self.responses is not None:
-            model = model.with_response(self.responses[i])
-        return likelihood_result(model, model.problem, self.method, self.options, self._row(i),
-                                 self.seconds / len(self))
+        """Dataset i's full FitResult, as if it had been fitted alone."""
+        chunk, k = self._locate(i)
+        raw = chunk.raw(k)
+        if raw is None:
+            raise ValueError(f"dataset {self.ids[i]!r} was not fitted: "
+                             f"{'; '.join(chunk.messages[k])}")
+        if self.model is not None:
+            model = self.model.with_response(self.responses[i])
+        else:
+            model = Model(self.spec.formula, self.plan.dataset(i), self.spec.family,
+                          **self.spec.model_kw)
+            raw = _match_factors(raw, self.spec.structure, model.structure)
+        per_fit = (self.seconds["compile"] + self.seconds["run"]) / max(len(self), 1)
+        return likelihood_result(model, model.problem, self.method, self.spec.options, raw,
+                                 per_fit)
 
     __getitem__ = result
 
-    @property
-    def fixef(self) -> pd.DataFrame:
-        names = list(self.models[0].design.fixef_names)
-        return pd.DataFrame(np.asarray(self.raw.beta), columns=names)
+    def _stacked(self, name: str, shape: tuple = ()) -> np.ndarray:
+        key = (name, shape)
+        if key not in self._cache:
+            self._cache[key] = np.concatenate([c.stacked(name, shape) for c in self.chunks])
+        return self._cache[key]
+
+    def _index(self) -> pd.Index:
+        return pd.Index(self.ids, name="dataset")
 
     @property
-    def loglik(self) -> np.ndarray:
-        return np.asarray(self.raw.loglik)
+    def fixef(self) -> pd.DataFrame:
+        names = list(self.spec.fixef_names)
+        return pd.DataFrame(self._stacked("beta", (len(names),)), index=self._index(),
+                            columns=names)
+
+    @property
+    def fixef_se(self) -> pd.DataFrame:
+        p = len(self.spec.fixef_names)
+        vcov = self._stacked("vcov", (p, p))
+        se = np.sqrt(np.clip(np.diagonal(vcov, axis1=1, axis2=2), 0, None))
+        return pd.DataFrame(se, index=self._index(), columns=list(self.spec.fixef_names))
+
+    @property
+    def loglik(self) -> pd.Series:
+        return pd.Series(self._stacked("loglik"), index=self._index(), name="loglik")
 
     @property
     def theta(self) -> np.ndarray:
-        return np.asarray(self.raw.theta)
+        return self._stacked("theta", (self.spec.structure.n_theta,))
 
     @property
-    def converged(self) -> np.ndarray:
-        return np.array([self.result(i).converged for i in range(len(self))])
+    def sigma(self) -> pd.Series:
+        return pd.Series(self._stacked("sigma"), index=self._index(), name="sigma")
+
+    @property
+    def converged(self) -> pd.Series:
+        return pd.Series(np.concatenate([c.converged for c in self.chunks]),
+                         index=self._index(), name="converged")
+
+    @property
+    def singular(self) -> pd.Series:
+        return pd.Series(np.concatenate([c.singular for c in self.chunks]),
+                         index=self._index(), name="singular")
+
+    @property
+    def messages(self) -> pd.Series:
+        return pd.Series(["; ".join(m) for c in self.chunks for m in c.messages],
+                         index=self._index(), name="message")
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """Random-effect SDs and correlations (and the residual SD of a linear mixed
+        model), one row per dataset: columns ``"group: sd(name)"``, ``"group: cor(a, b)"``."""
+        return _varcorr_wide(self.spec, self.theta, self.sigma.to_numpy(), self._index())
+
+    def wide(self) -> pd.DataFrame:
+        """One row per dataset: dataset, the fixed effects, loglik, converged, message."""
+        return pd.concat([c.wide() for c in self.chunks], ignore_index=True)
+
+    def table(self) -> pd.DataFrame:
+        """The long tidy table (broom.mixed's ``tidy`` layout): one row per dataset and
+        estimate, with columns dataset, effect ("fixed" or "ran_pars"), group, term,
+        estimate, se (NaN for variance components), converged and loglik."""
+        fixef, se = self.fixef, self.fixef_se
+        vc = self.varcorr
+        parts = []
+        for name in fixef.columns:
+            parts.append(pd.DataFrame({"dataset": self.ids, "effect": "fixed", "group": None,
+                                       "term": name, "estimate": fixef[name].to_numpy(),
+                                       "se": se[name].to_numpy()}))
+        for col in vc.columns:
+            group, term = col.split(": ", 1)
+            parts.append(pd.DataFrame({"dataset": self.ids, "effect": "ran_pars",
+                                       "group": group, "term": term,
+                                       "estimate": vc[col].to_numpy(), "se": np.nan}))
+        out = pd.concat(parts, ignore_index=True)
+        order = {d: k for k, d in enumerate(self.ids)}
+        out = out.iloc[np.argsort(out["dataset"].map(order).to_numpy(), kind="stable")]
+        out["converged"] = out["dataset"].map(dict(zip(self.ids, self.converged)))
+        out["loglik"] = out["dataset"].map(dict(zip(self.ids, self.loglik)))
+        return out.reset_index(drop=True)
 
 
-def _stack(arrays: Sequence[ProblemArrays]) -> ProblemArrays:
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *arrays)
+def _varcorr_wide(spec: Spec, theta: np.ndarray, sigma: np.ndarray, index) -> pd.DataFrame:
+    lmm = spec.family.exact_lmm and spec.method in ("reml", "ml", "laplace")
+    cols: dict = {}
+    s = spec.structure
+    for t in s.terms:
+        L = np.zeros((theta.shape[0], t.q, t.q))
+        for k, (r, c) in enumerate(zip(t.theta_rows, t.theta_cols)):
+            L[:, r - t.col0, c - t.col0] = theta[:, t.theta_start + k]
+        C = L @ np.swapaxes(L, 1, 2)
+        if lmm:
+            C = C * np.square(sigma)[:, None, None]
+        sd = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0, None))
+        for i, name in enumerate(t.names):
+            cols[f"{t.label}: sd({name})"] = sd[:, i]
+        for i in range(t.q):
+            for j in range(i + 1, t.q):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    cols[f"{t.label}: cor({t.names[i]}, {t.names[j]})"] = \
+                        C[:, i, j] / (sd[:, i] * sd[:, j])
+    if lmm:
+        cols["Residual: sd"] = sigma
+    return pd.DataFrame(cols, index=index)
 
 
-def _shard(tree):
-    devices = jax.devices()
-    n = jax.tree.leaves(tree)[0].shape[0]
-    if len(devices) < 2 or n % len(devices):
-        return tree
-    mesh = Mesh(np.array(devices), ("data",))
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return jax.device_put(tree, sharding)
+def _match_factors(raw: RawFit, long_structure, alone_structure) -> RawFit:
+    """A fit's per-factor parts in the factor order of the dataset fitted alone (factors
+    are sorted by their numbers of levels, which a dataset alone can order otherwise)."""
+    groups = [f.group for f in long_structure.factors]
+    order = [groups.index(f.group) for f in alone_structure.factors]
+    if order == list(range(len(order))):
+        return raw
+    pieces, pos = [], 0
+    for f, b in zip(long_structure.factors, raw.b):
+        pieces.append(raw.u[pos:pos + b.shape[0] * f.q])
+        pos += b.shape[0] * f.q
+    return raw._replace(b=tuple(raw.b[k] for k in order), b_cov=tuple(raw.b_cov[k] for k in order),
+                        u=np.concatenate([pieces[k] for k in order]))
 
 
-def _check_same_shape(models: Sequence[Model]) -> None:
-    ref = models[0]
-    for k, m in enumerate(models[1:], start=1):
-        if m.structure != ref.structure:
-            raise ValueError(f"dataset {k} has a different random-effect structure (levels per "
-                             "grouping factor) from dataset 0; fit_many needs same-shape datasets")
-        if m.design.fixef_names != ref.design.fixef_names:
-            raise ValueError(f"dataset {k} has fixed-effect columns {m.design.fixef_names}, "
-                             f"dataset 0 has {ref.design.fixef_names}")
-        if m.design.nobs != ref.design.nobs:
-            raise ValueError(f"dataset {k} has {m.design.nobs} usable rows, dataset 0 has "
-                             f"{ref.design.nobs}; fit_many needs the same number of rows")
+# ----------------------------------------------------------------------------- entry points
+def fit_many(formula: str, data, family: str | Family = "gaussian", method: str | None = None,
+             link: str | None = None, *, by: str | None = None, chunk_size: int | None = None,
+             executor=None, progress: bool | None = None, **kwargs) -> ManyFits:
+    """Fit one model to many datasets.
 
-
-def fit_many(formula: str, datasets: Sequence[pd.DataFrame], family: str | Family = "gaussian",
-             method: str | None = None, link: str | None = None, **kwargs) -> ManyFits:
-    """Fit one model to many same-shape datasets in one compiled, vmapped call.
+    ``data`` is one long DataFrame with a dataset column named by ``by`` (the fast path),
+    a list of DataFrames, or a folder or glob of CSV/Parquet files.  The design is built
+    once for all rows; datasets of different sizes are padded into a few shape buckets,
+    and each padded fit equals the dataset fitted alone.  ``chunk_size`` datasets go to
+    the engine at once (default 2048); ``executor`` a ``dask.distributed.Client`` sends
+    chunks to its workers; ``progress`` shows a bar over datasets (default: on a
+    terminal).
 
     Examples
     --------
-    >>> fits = jg.fit_many("y ~ x + (1 | g)", datasets, family="bernoulli")
-    >>> fits.fixef.mean()
+    >>> fits = jg.fit_many("Reaction ~ Days + (Days | Subject)", sims, by="sim")
+    >>> fits.table().head()
     """
-    model_kw = {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
-    _refuse_bayes(method)
-    models = [Model(formula, d, family, link, **model_kw) for d in datasets]
-    if not models:
-        raise ValueError("fit_many needs at least one dataset")
-    _check_same_shape(models)
-    return _run_many(models, method, kwargs, _stack([m.arrays for m in models]))
+    relieve_map_pressure()
+    plan = plan_many(formula, data, family, method, link, by=by, chunk_size=chunk_size,
+                     **kwargs)
+    payloads = [plan.payload(k) for k in range(len(plan.chunks))]
+    results = run_chunks(fit_chunk, payloads, executor=executor, progress=progress,
+                         sizes=[len(c) for c in plan.chunks])
+    return collect(plan, results)
 
 
-def refit_many(model: Model, responses: np.ndarray, method: str | None = None, **options) -> ManyFits:
+def refit_many(model, responses: np.ndarray, method: str | None = None, *,
+               chunk_size: int | None = None, progress: bool | None = None,
+               **options) -> ManyFits:
     """Refit ``model`` to many responses (rows of ``responses``, shape (B, n)) with the same
-    design: parametric bootstrap, power and simulation studies (lme4's ``refit``)."""
+    design: parametric bootstrap, power and simulation studies (lme4's ``refit``).
+
+    ``model`` is a :class:`~jaxglmm.Model`, or a likelihood FitResult of one: then every
+    refit starts at its optimum, with its Hessian, as lme4's ``refit`` starts at the fitted
+    theta; from a Model, a few responses are fitted first and start the rest."""
     _refuse_bayes(method)
+    relieve_map_pressure()
+    fit = None
+    if not isinstance(model, Model):
+        fit, model = model, getattr(model, "model", None)
+        if not isinstance(model, Model) or not getattr(fit, "optinfo", None):
+            raise TypeError("refit_many takes a Model or a likelihood FitResult of one, got "
+                            f"{type(fit).__name__}")
+    method, options = model.resolve_method(method if method is not None or fit is None
+                                           else fit.method, options)
+    method = model.check_method(method, options)
     Y = np.asarray(responses, float)
     if Y.ndim != 2 or Y.shape[1] != model.design.nobs:
         raise ValueError(f"responses must have shape (B, {model.design.nobs}), got {Y.shape}")
     for row in Y:
         model.family.validate(row, model.design.trials)
+    spec = Spec(model.formula, model.family, method, dict(options), model.structure,
+                tuple(model.design.fixef_names), {})
+    start = _fit_start(fit, method, model.problem.n_params)
+    size = _chunk_size(chunk_size)
+    chunks = [np.arange(i, min(i + size, Y.shape[0])) for i in range(0, Y.shape[0], size)]
+    results = run_chunks(_refit_chunk, [(spec, model, Y[c], start, c) for c in chunks],
+                         progress=progress, sizes=[len(c) for c in chunks])
+    seconds = {"design": 0.0, "compile": sum(r.seconds["compile"] for r in results),
+               "run": sum(r.seconds["run"] for r in results)}
+    seconds["total"] = seconds["compile"] + seconds["run"]
+    ids = [str(k) for k in range(Y.shape[0])]
+    return ManyFits(spec, ids, results, seconds, model=model, responses=Y)
+
+
+def _fit_start(fit, method: str, n_params: int):
+    """(x0, Hinv0) from a fit of the same model and method, else None (a pilot)."""
+    if fit is None or fit.method != method:
+        return None
+    x = np.asarray(fit.optinfo["x"], float)
+    H = np.asarray(fit.optinfo["hessian"], float)
+    if not (np.all(np.isfinite(H)) and np.linalg.eigvalsh(H)[0] > 0):
+        return x, None
+    return x, np.linalg.inv(H)
+
+
+def _refit_chunk(job) -> ChunkFits:
+    spec, model, Y, start, positions = job
     B = Y.shape[0]
-    arrays = jax.tree.map(lambda v: jnp.broadcast_to(v, (B,) + v.shape), model.arrays)
-    arrays = arrays._replace(y=jnp.asarray(Y))
-    return _run_many([model], method, options, arrays, responses=Y)
+    n_dev = len(jax.devices())
+    pad = -(-B // n_dev) * n_dev
+    Yp = np.concatenate([Y, np.repeat(Y[:1], pad - B, axis=0)])
+    problem = model.problem
+    k = problem.n_params - (len(spec.fixef_names) + problem.n_phi if problem.exact_lmm else 0)
+    x0 = np.full(k, np.nan) if start is None else start[0]
+    H0 = np.full((k, k), np.nan) if start is None or start[1] is None else start[1]
+    if uses_lmm(problem, spec.method):
+        x0 = np.where(np.isfinite(x0), x0, problem.structure.theta_init())
+        args = (model.arrays, shard(jnp.asarray(Yp)), jnp.asarray(x0), jnp.asarray(H0))
+        refit = True
+    else:
+        arrays = jax.tree.map(lambda v: jnp.broadcast_to(v, (pad,) + v.shape), model.arrays)
+        arrays = arrays._replace(y=jnp.asarray(Yp))
+        phi0 = np.stack([np.asarray(model.family.init_params(y, model.design.trials), float)
+                         for y in Yp])
+        args = (shard(arrays), shard(jnp.asarray(phi0)), jnp.asarray(x0), jnp.asarray(H0))
+        refit = False
+    raw, times = fit_batch(problem, spec.method, spec.options, args, refit=refit,
+                           pilot=start is None)
+    raw = jax.tree.map(lambda v: np.asarray(v)[:B], raw)
+    verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta,
+                          problem.structure.theta_diagonal(), raw.n_iter)
+    converged = np.array([v.converged for v in verdicts])
+    singular = np.array([v.singular for v in verdicts])
+    bucket = Bucket(np.arange(B), raw, problem.structure, [None] * B)
+    return ChunkFits([str(k) for k in positions], [bucket], converged, singular,
+                     [v.messages for v in verdicts],
+                     {"compile": times.compile, "run": times.run}, spec)
 
 
 def _refuse_bayes(method: str | None) -> None:
@@ -144,17 +411,4 @@ def _refuse_bayes(method: str | None) -> None:
                          f"Model(...).fit({method.lower()!r}) instead")
 
 
-def _run_many(models, method, options, arrays, responses=None) -> ManyFits:
-    relieve_map_pressure()
-    model = models[0]
-    method, options = model.resolve_method(method, options)
-    B = arrays.y.shape[0]
-    phi_start = model.problem.starts[1]
-    phi0 = jnp.stack([m.problem.starts[1] for m in models]) if len(models) > 1 else \
-        jnp.broadcast_to(phi_start, (B,) + phi_start.shape)
-    start = time.perf_counter()
-    raw = likelihood.run(model.problem, method, options, _shard(arrays), phi0=_shard(phi0),
-                         many=True)
-    raw = jax.device_get(raw)
-    return ManyFits(tuple(models), method, dict(options), raw, time.perf_counter() - start,
-                    responses)
+__all__ = ["ManyFits", "ManyPlan", "collect", "fit_many", "plan_many", "refit_many"]

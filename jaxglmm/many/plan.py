@@ -1,0 +1,174 @@
+"""Many datasets as one long table: one design pass, split by dataset, padded into buckets.
+
+However the datasets come (a long table with a dataset column, a list of DataFrames, a
+folder or glob of files), they become one long table.  Its design is built once, by one
+formulae pass over all rows; each dataset is then a set of rows of it, with its grouping
+factors' levels renumbered in their own order (the order a fit of that dataset alone
+gives: the long table's level order restricted to the levels present).
+
+Datasets of different sizes are padded into a few shape buckets: rows of weight zero (a
+copy of the dataset's first row, so every value stays valid for the family) and levels
+with no rows.  Neither changes a fit: a zero-weight row adds nothing to a likelihood or to
+the cross-products, and an empty level's random effect is zero with a unit block in the
+penalized system (log-determinant 0).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..core.resystem import FactorSpec, ReStructure
+from ..families import Family
+from ..model import MODEL_KEYWORDS, Model
+
+DATASET_COLUMN = "__dataset__"
+DEFAULT_CHUNK_SIZE = 2048
+_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+
+
+# ----------------------------------------------------------------------------- sources
+def _read(path: str) -> pd.DataFrame:
+    suffix = Path(path).suffix.lower()
+    if suffix not in _READERS:
+        raise ValueError(f"cannot read {path}: fit_many reads .csv and .parquet files")
+    return _READERS[suffix](path)
+
+
+def _files(source: str) -> list[str]:
+    if os.path.isdir(source):
+        found = sorted(str(p) for p in Path(source).iterdir()
+                       if p.suffix.lower() in _READERS)
+    else:
+        found = sorted(glob.glob(source))
+    if not found:
+        raise ValueError(f"no .csv or .parquet files match {source!r}")
+    return found
+
+
+def long_table(data, by: str | None) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """``(table, ids, codes)``: the long table, the dataset labels in order and each row's
+    dataset position."""
+    if isinstance(data, pd.DataFrame):
+        if by is None:
+            raise ValueError("fit_many was given one DataFrame: name its dataset column "
+                             "with by= (or pass a list of DataFrames)")
+        if by not in data.columns:
+            raise ValueError(f"by={by!r} is not a column of the data (columns: "
+                             f"{', '.join(map(str, data.columns))})")
+        if data[by].isna().any():
+            raise ValueError(f"the dataset column {by!r} has missing values")
+        codes, uniques = pd.factorize(data[by], sort=False)
+        table = data.reset_index(drop=True)
+        return table, [str(u) for u in uniques], codes.astype(np.int64)
+    if by is not None:
+        raise ValueError("by= names the dataset column of one long DataFrame; a list or "
+                         "folder of datasets already says which rows are which")
+    if isinstance(data, (str, os.PathLike)):
+        paths = _files(str(data))
+        frames = [_read(p) for p in paths]
+        stems = [Path(p).stem for p in paths]
+        ids = stems if len(set(stems)) == len(stems) else paths
+    else:
+        frames = list(data)
+        ids = [str(k) for k in range(len(frames))]
+        for k, f in enumerate(frames):
+            if not isinstance(f, pd.DataFrame):
+                raise TypeError(f"dataset {k} is a {type(f).__name__}, not a DataFrame")
+    if not frames:
+        raise ValueError("fit_many needs at least one dataset")
+    sizes = [len(f) for f in frames]
+    table = pd.concat(frames, ignore_index=True)
+    codes = np.repeat(np.arange(len(frames)), sizes)
+    return table, ids, codes
+
+
+# ----------------------------------------------------------------------------- the split
+@dataclass(frozen=True)
+class Member:
+    """One dataset's rows of the long design (numpy), its levels renumbered per factor."""
+
+    rows: np.ndarray                 # rows of the long design
+    index: tuple                     # per factor: level of each row, 0..levels-1
+    levels: tuple                    # per factor: the long design's level codes present
+    rank_ok: bool
+
+
+def split_design(model: Model, codes: np.ndarray, n_datasets: int) -> list[Member | None]:
+    """Each dataset's rows of the model's (long) design; None for a dataset with no usable
+    rows."""
+    design = model.design
+    row_codes = codes[np.asarray(design.row_index, dtype=np.int64)]
+    order = np.argsort(row_codes, kind="stable")
+    bounds = np.searchsorted(row_codes[order], np.arange(n_datasets + 1))
+    index = [np.asarray(i) for i in model.arrays.index]
+    X = np.asarray(model.arrays.X)
+    out: list[Member | None] = []
+    for k in range(n_datasets):
+        rows = order[bounds[k]:bounds[k + 1]]
+        if not rows.size:
+            out.append(None)
+            continue
+        per_factor, present = [], []
+        for idx in index:
+            lv, inv = np.unique(idx[rows], return_inverse=True)
+            per_factor.append(inv.astype(np.int32))
+            present.append(lv)
+        Xd = X[rows]
+        rank_ok = Xd.shape[0] >= Xd.shape[1] and \
+            np.linalg.matrix_rank(Xd) == Xd.shape[1]
+        out.append(Member(rows, tuple(per_factor), tuple(present), bool(rank_ok)))
+    return out
+
+
+def bucket_size(n: int) -> int:
+    """A padded size: at most four sizes an octave, so padding wastes under a quarter."""
+    if n <= 8:
+        return n
+    step = 1 << (int(n).bit_length() - 3)
+    return -(-n // step) * step
+
+
+def bucket_key(m: Member) -> tuple:
+    return (bucket_size(m.rows.size),) + tuple(bucket_size(lv.size) for lv in m.levels)
+
+
+def padded_structure(structure: ReStructure, levels: Sequence[int]) -> ReStructure:
+    factors = tuple(replace(f, n_levels=int(g)) for f, g in zip(structure.factors, levels))
+    return replace(structure, factors=factors)
+
+
+def batch_size(count: int, n_devices: int) -> int:
+    """Datasets per compiled batch: a power of two (few shapes compile), a multiple of the
+    device count (the batch is split across them)."""
+    size = 1
+    while size < count:
+        size *= 2
+    return -(-size // n_devices) * n_devices
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What every chunk of one fit_many run shares (picklable)."""
+
+    formula: str
+    family: Family
+    method: str
+    options: dict
+    structure: ReStructure
+    fixef_names: tuple
+    model_kw: dict
+
+
+def model_keywords(kwargs: dict) -> dict:
+    return {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
+
+
+__all__ = ["DATASET_COLUMN", "DEFAULT_CHUNK_SIZE", "Member", "Spec", "batch_size",
+           "bucket_key", "bucket_size", "long_table", "model_keywords", "padded_structure",
+           "split_design", "FactorSpec"]
