@@ -201,7 +201,7 @@ def test_fit_many_split_by(tmp_path, capsys):
     assert "4 datasets" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.yaml", "fits.csv"]
     fits = pd.read_csv(tmp_path / "out" / "fits.csv")
-    assert list(fits.columns) == ["dataset", "Intercept", "x", "loglik", "converged"]
+    assert list(fits.columns) == ["dataset", "Intercept", "x", "loglik", "converged", "message"]
     assert fits["dataset"].tolist() == [1, 2, 3, 4]
     assert fits["converged"].all() and np.isfinite(fits["loglik"]).all()
     # Each row is that replicate's own fit.

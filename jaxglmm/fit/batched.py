@@ -191,6 +191,20 @@ def _pilot_start(step, data, state, size: int, clock: list):
                           scaled=jnp.ones(B, bool)))
 
 
+def _compile_ahead(step, finish, data, state, size: int, pilot: bool) -> None:
+    """Compile, on the compile thread, the programs needed later (the compacted batch's
+    step, or the full batch's when a pilot needs the compacted one first; then finish)
+    while this thread compiles and runs the first: two cores, half the wait (sleepstudy
+    refits: four programs, 4.3 s one after the other)."""
+    B = int(state.status.shape[0])
+    until = jnp.asarray(0)
+    if size < B:
+        idx = np.zeros(size, np.int64)
+        sub = (shard(_take(data, idx)), shard(_take(state, idx)), until)
+        step.prepare(*(sub if not pilot else (data, state, until)))
+    finish.prepare(data, state)
+
+
 def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: bool,
               maxiter: int = MAXITER, pilot: bool = False) -> tuple[RawFit, BatchTimes]:
     """Fit every member of a stacked batch; returns the stacked :class:`RawFit` on the host
@@ -209,6 +223,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     data, state = shard(run_init(*args))
     B = int(state.status.shape[0])
     size = compact_size(B)
+    _compile_ahead(step, finish, data, state, size, pilot)
     if pilot and size < B:
         state = _pilot_start(step, data, state, size, clock)
     rounds, bound = 0, 0

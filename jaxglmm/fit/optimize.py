@@ -201,7 +201,7 @@ def flat_init(x0: jnp.ndarray, aux0=None, Hinv0=None) -> FlatState:
 
     ``Hinv0`` (optional) is a starting inverse Hessian, e.g. that of a similar dataset's
     optimum; where it holds a NaN it is ignored (the first step is then the gradient's,
-    at most 1 in every coordinate, and the inverse Hessian is scaled from the first
+    at most 0.5 in every coordinate, and the inverse Hessian is scaled from the first
     curvature pair)."""
     k = x0.shape[0]
     eye = jnp.eye(k, dtype=x0.dtype)
@@ -240,7 +240,10 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
         # Armijo's test, up to the objective's rounding (Hager and Zhang's approximate
         # Wolfe condition): near the optimum the predicted decrease falls below the
         # rounding of f, and vectorized arithmetic rounds differently from a single fit's
-        armijo = ft <= c.f + ARMIJO_C1 * c.t * slope + F_ROUNDING * (1.0 + jnp.abs(c.f))
+        # (only there: where the predicted decrease is itself below the rounding)
+        rounding = F_ROUNDING * (1.0 + jnp.abs(c.f))
+        slack = jnp.where(jnp.abs(c.t * slope) <= 10.0 * rounding, rounding, 0.0)
+        armijo = ft <= c.f + ARMIJO_C1 * c.t * slope + slack
         ok = jnp.isfinite(ft) & (fresh | armijo)
         # accepted: the BFGS update (none at x0) and the next direction
         s, y = c.t * c.d, gt - c.g
@@ -251,8 +254,11 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
         V = eye - rho * jnp.outer(s, y)
         H = jnp.where(update, V @ H @ V.T + rho * jnp.outer(s, s), H)
         H, d_new = _direction(H, gt)
+        # the first, unscaled gradient step moves at most 0.5 in any coordinate: with a
+        # step of 1, lme4's start (a variance factor of 1) lands a one-parameter term on
+        # exactly 0, a stationary point of the (even) deviance, and stops there
         t_new = jnp.where(fresh & ~c.scaled,
-                          1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(d_new))), 1.0)
+                          0.5 / jnp.maximum(1.0, jnp.max(jnp.abs(d_new))), 1.0)
         small = ~fresh & ((c.f - ft) <= ftol * (1.0 + jnp.abs(ft)))
         stall = jnp.where(small, c.stall + 1, 0)
         done = jnp.where(_converged(ft, gt, gtol) | (stall >= 3), CONVERGED, -1)

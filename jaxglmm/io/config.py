@@ -44,7 +44,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from ..families import get_family
 from .datasets import list_datasets
 
-__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "ConfigError", "ConfigLoader",
+__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "ExecutorConfig", "FIT_MANY_KEYS",
+           "ConfigError", "ConfigLoader",
            "load_config", "check_options", "METHOD_OPTIONS", "format_validation_error",
            "is_bundled", "expand_datasets"]
 
@@ -240,15 +241,56 @@ class FitConfig(_ModelSpec):
         return _check_source(value)
 
 
+class ExecutorConfig(BaseModel):
+    """``executor: {scheduler: ADDRESS}``: run fit-many's chunks on the Dask cluster whose
+    scheduler listens at ADDRESS (``tcp://host:8786``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scheduler: str
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value):
+        if not value.strip():
+            raise ValueError("the scheduler address is empty; write e.g. tcp://host:8786")
+        return value.strip()
+
+
+#: Keys only ``jaxglmm fit-many`` takes (a ``jaxglmm fit`` config naming one is told so).
+FIT_MANY_KEYS = ("datasets", "split_by", "chunk_size", "format", "executor", "progress")
+
+
 class FitManyConfig(_ModelSpec):
     """Config of ``jaxglmm fit-many``: one model on many same-shape datasets.
 
     Give ``datasets`` (a list of files or one glob pattern), or ``data`` with ``split_by``.
+    ``chunk_size`` datasets are fitted per compiled call and written to ``OUTPUT/chunks/``
+    as each finishes (a rerun resumes); ``format`` is that of the chunk files and of the
+    final table (``fits.csv`` or ``fits.parquet``); ``executor`` sends the chunks to a Dask
+    scheduler; ``progress`` shows a progress bar on stderr (default: when it is a terminal).
     """
 
     data: str | None = None
     split_by: str | None = None
     datasets: list[str] | str | None = None
+    chunk_size: int | None = Field(None, ge=1, strict=True)
+    format: Literal["csv", "parquet"] = "csv"
+    executor: ExecutorConfig | None = None
+    progress: bool | None = Field(None, strict=True)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower_format(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor_mapping(cls, value):
+        if value is not None and not isinstance(value, (dict, ExecutorConfig)):
+            raise ValueError("executor must be a mapping {scheduler: ADDRESS}, e.g. "
+                             f"'executor: {{scheduler: tcp://host:8786}}', not {value!r}")
+        return value
 
     @field_validator("data")
     @classmethod
@@ -451,6 +493,15 @@ def _describe(error: dict, kind: type[BaseModel]) -> str:
         return f"config key {loc!r} is not allowed{_hint(loc, kind)}"
     if kind_of == "missing":
         return f"config key {loc!r} is missing"
+    if kind_of in _EXPECTED and kind_of != "dict_type":
+        return f"config key {loc!r}: expected {_EXPECTED[kind_of]}, got {_yaml_repr(error['input'])}"
+    if kind_of == "extra_forbidden":
+        return f"config key {loc!r} is not allowed"
+    if kind_of in _BOUNDS:
+        sign, bound = _BOUNDS[kind_of]
+        what = "an integer" if type(error["input"]) is int else "a number"
+        return (f"config key {loc!r}: expected {what} {sign} {error['ctx'][bound]}, "
+                f"got {_yaml_repr(error['input'])}")
     message = error["msg"].removeprefix("Value error, ")
     message = message[:1].lower() + message[1:]
     if kind_of == "literal_error":
@@ -459,7 +510,7 @@ def _describe(error: dict, kind: type[BaseModel]) -> str:
 
 
 def _hint(key: str, kind: type[BaseModel]) -> str:
-    if kind is FitConfig and key in ("datasets", "split_by"):
+    if kind is FitConfig and key in FIT_MANY_KEYS:
         return f" in a 'jaxglmm fit' config ({key!r} is for 'jaxglmm fit-many')"
     close = _close_key(key, kind)
     if close:

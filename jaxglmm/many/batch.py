@@ -28,7 +28,7 @@ from ..model import Model
 from ..results.build import likelihood_result
 from .chunk import Bucket, ChunkFits, Payload, fit_chunk
 from .executor import run_chunks
-from .plan import DEFAULT_CHUNK_SIZE, Member, Spec, long_table, model_keywords, split_design
+from .plan import Member, batch_size, memory_chunk_size, Spec, long_table, model_keywords, split_design
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -77,7 +77,7 @@ def plan_many(formula: str, data, family: str | Family = "gaussian", method: str
     """Read the datasets, build the long design once and split it into chunks."""
     _refuse_bayes(method)
     model_kw = model_keywords(kwargs)
-    chunk_size = _chunk_size(chunk_size)
+    _chunk_size(chunk_size, 1)
     start = time.perf_counter()
     table, ids, codes = long_table(data, by)
     model = Model(formula, table, family, link, **model_kw)
@@ -87,14 +87,17 @@ def plan_many(formula: str, data, family: str | Family = "gaussian", method: str
     spec = Spec(formula, model.family, method, dict(options), model.structure,
                 tuple(model.design.fixef_names), model_kw)
     arrays = jax.tree.map(np.asarray, model.arrays)
+    sizes = [m.rows.size for m in members if m is not None]
+    chunk_size = _chunk_size(chunk_size, memory_chunk_size(
+        max(sizes, default=1), len(spec.fixef_names), spec.structure))
     chunks = [np.arange(i, min(i + chunk_size, len(ids))) for i in range(0, len(ids), chunk_size)]
     return ManyPlan(spec, ids, chunks, members, arrays, table, codes,
                     time.perf_counter() - start)
 
 
-def _chunk_size(value) -> int:
+def _chunk_size(value, default: int) -> int:
     if value is None:
-        return DEFAULT_CHUNK_SIZE
+        return default
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"chunk_size must be a positive integer (datasets per chunk), got "
                          f"{value!r}")
@@ -302,7 +305,7 @@ def fit_many(formula: str, data, family: str | Family = "gaussian", method: str 
     a list of DataFrames, or a folder or glob of CSV/Parquet files.  The design is built
     once for all rows; datasets of different sizes are padded into a few shape buckets,
     and each padded fit equals the dataset fitted alone.  ``chunk_size`` datasets go to
-    the engine at once (default 2048); ``executor`` a ``dask.distributed.Client`` sends
+    the engine at once (default: as many as fit in 1 GiB, at most 16,384); ``executor`` a ``dask.distributed.Client`` sends
     chunks to its workers; ``progress`` shows a bar over datasets (default: on a
     terminal).
 
@@ -348,7 +351,8 @@ def refit_many(model, responses: np.ndarray, method: str | None = None, *,
     spec = Spec(model.formula, model.family, method, dict(options), model.structure,
                 tuple(model.design.fixef_names), {})
     start = _fit_start(fit, method, model.problem.n_params)
-    size = _chunk_size(chunk_size)
+    size = _chunk_size(chunk_size, memory_chunk_size(model.design.nobs, model.design.n_fixef,
+                                                     model.structure))
     chunks = [np.arange(i, min(i + size, Y.shape[0])) for i in range(0, Y.shape[0], size)]
     results = run_chunks(_refit_chunk, [(spec, model, Y[c], start, c) for c in chunks],
                          progress=progress, sizes=[len(c) for c in chunks])
@@ -373,8 +377,7 @@ def _fit_start(fit, method: str, n_params: int):
 def _refit_chunk(job) -> ChunkFits:
     spec, model, Y, start, positions = job
     B = Y.shape[0]
-    n_dev = len(jax.devices())
-    pad = -(-B // n_dev) * n_dev
+    pad = batch_size(B, len(jax.devices()))      # every chunk one shape: one compile
     Yp = np.concatenate([Y, np.repeat(Y[:1], pad - B, axis=0)])
     problem = model.problem
     k = problem.n_params - (len(spec.fixef_names) + problem.n_phi if problem.exact_lmm else 0)

@@ -29,6 +29,23 @@ from ..model import MODEL_KEYWORDS, Model
 
 DATASET_COLUMN = "__dataset__"
 DEFAULT_CHUNK_SIZE = 2048
+# The default chunk: as many datasets as fit in this much memory (see memory_chunk_size).
+CHUNK_MEMORY = 1 << 30
+MAX_CHUNK = 16384
+
+
+def memory_chunk_size(nobs: int, n_fixef: int, structure: ReStructure) -> int:
+    """Datasets per chunk when the user does not say: as many as fit in ``CHUNK_MEMORY``,
+    reckoning each dataset's arrays (rows by columns, four copies: input, padded, device,
+    gathered) and what the compiled fit holds of it at once (the finite-difference Hessian
+    evaluates 2k + 1 points side by side, each over the rows for a GLMM or the
+    cross-products for an LMM); between 64 and ``MAX_CHUNK``."""
+    cols = n_fixef + 5 + sum(f.q + 1 for f in structure.factors)
+    m = structure.p2 + n_fixef + 1
+    f0 = structure.factors[0]
+    k = structure.n_theta + n_fixef + 2
+    per = 8 * (4 * nobs * cols + 2 * (2 * k + 1) * (nobs * cols + f0.n_levels * f0.q * (f0.q + m) + m * m))
+    return int(max(64, min(MAX_CHUNK, CHUNK_MEMORY // per)))
 _READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 
 
@@ -169,6 +186,6 @@ def model_keywords(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
 
 
-__all__ = ["DATASET_COLUMN", "DEFAULT_CHUNK_SIZE", "Member", "Spec", "batch_size",
+__all__ = ["DATASET_COLUMN", "DEFAULT_CHUNK_SIZE", "memory_chunk_size", "Member", "Spec", "batch_size",
            "bucket_key", "bucket_size", "long_table", "model_keywords", "padded_structure",
            "split_design", "FactorSpec"]
