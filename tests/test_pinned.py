@@ -1,6 +1,10 @@
 """A refactor changes no answer: fits of six models, recorded at full precision before the
 code moved into stage packages (scripts/pin_fits.py, run on the commit before it), must come
-out the same to 1e-10."""
+out the same to 1e-6.  They agreed to 1e-10 through the refactor; the batch engine's wave
+then ended the Laplace mode search where its predicted gain falls below rounding and left
+the data-only log-gamma terms out of it, which moved Laplace estimates by up to 2e-9 and
+standard errors by up to 2e-7 (the optimizer follows a path a rounding apart).  A larger
+change is a changed answer: say why."""
 import json
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import pytest
 import jaxglmm as jg
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_fits.json").read_text())
-TOL = 1e-10
+TOL = 1e-6
 
 
 def _compare(actual, expected, where):

@@ -24,11 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import resystem as rs
+from .ops import gather_levels, segment_sum
 from .predictor import fixed_predictor, spherical_predictor
 from .problem import ProblemArrays
 
 PIRLS_MAXITER = 100
 PIRLS_TOL = 1e-10
+PIRLS_ROUNDING = 1e-13
 
 
 class Layout(NamedTuple):
@@ -45,8 +47,10 @@ class Layout(NamedTuple):
 
 def _obs_derivs(family, a: ProblemArrays, eta, fp):
     """First and second derivatives of the weighted log-likelihood in eta, per observation."""
+    kernel = family.loglik_parts()[0]
+
     def total(e):
-        return jnp.sum(a.weights * family.loglik(a.y, e, a.trials, fp))
+        return jnp.sum(a.weights * kernel(a.y, e, a.trials, fp))
     d1_fn = jax.grad(total)
     d1, d2 = jax.jvp(d1_fn, (eta,), (jnp.ones_like(eta),))
     return d1, d2
@@ -67,9 +71,20 @@ class GlmmModel:
         return spherical_predictor(self.s, self.a, beta, theta, u)
 
     def h(self, u, theta, beta, phi):
+        """The joint log-density: the log-likelihood and the random effects' prior."""
+        _, constant = self.family.loglik_parts()
+        out = self.h_kernel(u, theta, beta, phi)
+        if constant is not None:
+            out = out + jnp.sum(self.a.weights * constant(self.a.y, self.a.trials))
+        return out
+
+    def h_kernel(self, u, theta, beta, phi):
+        """:meth:`h` less the log-likelihood's data-only part (the mode search's objective:
+        it compares and differentiates, so the log-gamma constants are left out)."""
+        kernel, _ = self.family.loglik_parts()
         fp = self.family.natural_params(phi)
         e = self.eta(u, theta, beta)
-        return jnp.sum(self.a.weights * self.family.loglik(self.a.y, e, self.a.trials, fp)) - 0.5 * jnp.dot(u, u)
+        return jnp.sum(self.a.weights * kernel(self.a.y, e, self.a.trials, fp)) - 0.5 * jnp.dot(u, u)
 
     def weights(self, u, theta, beta, phi, fisher: bool):
         fp = self.family.natural_params(phi)
@@ -111,7 +126,7 @@ class GlmmModel:
         for k in range(q1):
             D[k, k:n1:q1] = 1.0
         D[q1 + np.arange(p2), n1 + np.arange(p2)] = 1.0
-        grad = jax.grad(lambda v: self.h(v, theta, beta, phi))
+        grad = jax.grad(lambda v: self.h_kernel(v, theta, beta, phi))
         A = -jax.vmap(lambda d: jax.jvp(grad, (u,), (d,))[1])(jnp.asarray(D))   # (q1+p2, n_u)
         a11 = jnp.transpose(A[:q1, :n1].reshape(q1, G1, q1), (1, 2, 0))
         a21 = A[q1:, :n1].reshape(p2, G1, q1)
@@ -134,7 +149,7 @@ class GlmmModel:
     # -- conditional mode ---------------------------------------------------------------
     def mode(self, theta, beta, phi, u0=None):
         u0 = jnp.zeros(self.s.n_u) if u0 is None else u0
-        hfun = lambda u: self.h(u, theta, beta, phi)
+        hfun = lambda u: self.h_kernel(u, theta, beta, phi)
         gfun = jax.grad(hfun)
 
         def cond(c):
@@ -144,12 +159,17 @@ class GlmmModel:
         def body(c):
             u, f, it, _ = c
             ch = self.system(u, theta, beta, phi, fisher=True)
-            d = self.solve(ch, gfun(u))
+            g = gfun(u)
+            d = self.solve(ch, g)
             d = jnp.where(jnp.all(jnp.isfinite(d)), d, 0.0)
+            # At the mode the step's predicted gain (g'd / 2) falls below the rounding of h,
+            # and rounding can make h(u + d) < h(u): the step is taken and the search ends,
+            # rather than halving it to nothing (under vmap every member waited for that).
+            tiny = 0.5 * jnp.abs(jnp.dot(g, d)) <= PIRLS_ROUNDING * (1.0 + jnp.abs(f))
 
             def hcond(s):
                 t, fn = s
-                return (t > 1e-8) & ~(fn >= f)
+                return (t > 1e-8) & ~(fn >= f) & ~tiny
 
             def hbody(s):
                 t, _ = s
@@ -157,9 +177,9 @@ class GlmmModel:
                 return t, hfun(u + t * d)
 
             t, fn = jax.lax.while_loop(hcond, hbody, (jnp.asarray(1.0), hfun(u + d)))
-            ok = fn >= f
+            ok = (fn >= f) | (tiny & jnp.isfinite(fn))
             un = jnp.where(ok, u + t * d, u)
-            delta = jnp.where(ok, jnp.max(jnp.abs(t * d)) / (1.0 + jnp.max(jnp.abs(u))), 0.0)
+            delta = jnp.where(ok & ~tiny, jnp.max(jnp.abs(t * d)) / (1.0 + jnp.max(jnp.abs(u))), 0.0)
             return un, jnp.where(ok, fn, f), it + 1, delta
 
         u, f, it, _ = jax.lax.while_loop(cond, body, (u0, hfun(u0), jnp.asarray(0), jnp.asarray(jnp.inf)))
@@ -171,7 +191,7 @@ class GlmmModel:
         sg = jax.lax.stop_gradient
         us = sg(self.mode(sg(theta), sg(beta), sg(phi), None if u0 is None else sg(u0)))
         ch = sg(self.system(us, sg(theta), sg(beta), sg(phi), fisher=False))
-        g = jax.grad(self.h)(us, theta, beta, phi)
+        g = jax.grad(self.h_kernel)(us, theta, beta, phi)
         return us + self.solve(ch, g)
 
     # -- objectives (deviance scale: -2 log-likelihood) ---------------------------------
@@ -191,17 +211,17 @@ class GlmmModel:
         W = self.weights(u, theta, beta, phi, fisher=self.family.laplace_information == "expected")
         idx, z = self.a.index[0], self.a.Z[0][:, 0]
         lam = theta[0]
-        prec = 1.0 + lam ** 2 * jax.ops.segment_sum(W * z * z, idx, f0.n_levels)
+        prec = 1.0 + lam ** 2 * segment_sum(W * z * z, idx, f0.n_levels)
         sd = 1.0 / jnp.sqrt(prec)
         nodes, wts = np.polynomial.hermite.hermgauss(n_points)
         shift = jnp.sqrt(2.0) * sd[:, None] * nodes[None, :]           # (G, K)
         ug = u[:, None] + shift
         fp = self.family.natural_params(phi)
         eta0 = self.eta(u, theta, beta)
-        eta_k = eta0[:, None] + (z * lam)[:, None] * shift[idx]         # (n, K)
+        eta_k = eta0[:, None] + (z * lam)[:, None] * gather_levels(shift, idx)         # (n, K)
         ll = self.a.weights[:, None] * self.family.loglik(
             self.a.y[:, None], eta_k, self.a.trials[:, None], fp)
-        llg = jax.ops.segment_sum(ll, idx, f0.n_levels)                  # (G, K)
+        llg = segment_sum(ll, idx, f0.n_levels)                 # (G, K)
         logf = llg - 0.5 * ug ** 2 - 0.5 * jnp.log(2 * jnp.pi) + nodes[None, :] ** 2
         per_group = jnp.log(jnp.sqrt(2.0) * sd) + jax.scipy.special.logsumexp(
             logf, b=wts[None, :], axis=1)
@@ -225,10 +245,11 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
     the link of it."""
     fp = family.natural_params(phi0)
     p = a.X.shape[1]
+    kernel = family.loglik_parts()[0]
 
     def total(beta):
         eta = fixed_predictor(structure, a, beta)
-        return jnp.sum(a.weights * family.loglik(a.y, eta, a.trials, fp))
+        return jnp.sum(a.weights * kernel(a.y, eta, a.trials, fp))
 
     def body(_, beta):
         if structure.n_channels == 1:
@@ -240,14 +261,16 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
             g = jax.grad(total)(beta)
         d = jnp.linalg.solve(H, g)
         f = total(beta)
+        # converged: the predicted gain is below rounding (see GlmmModel.mode)
+        tiny = 0.5 * jnp.abs(jnp.dot(g, d)) <= PIRLS_ROUNDING * (1.0 + jnp.abs(f))
 
         def hcond(s):
             t, fn = s
-            return (t > 1e-6) & ~(fn >= f)
+            return (t > 1e-6) & ~(fn >= f) & ~tiny
 
         t, fn = jax.lax.while_loop(hcond, lambda s: (0.5 * s[0], total(beta + 0.5 * s[0] * d)),
                                    (jnp.asarray(1.0), total(beta + d)))
-        return jnp.where(fn >= f, beta + t * d, beta)
+        return jnp.where((fn >= f) | (tiny & jnp.isfinite(fn)), beta + t * d, beta)
 
     beta0 = jnp.zeros(p)
     if family.mustart is not None and structure.n_channels == 1:

@@ -97,6 +97,12 @@ class Family:
     mustart: optional ``(y, trials) -> mu``, a mean inside the support for every
         observation, as R's ``family$initialize``: where the fixed effects' usual start
         (all zero) has no finite likelihood, fits start from the link of it.
+    loglik_split: optional ``(loglik, kernel, constant)``: ``loglik`` split into a part that
+        depends on the parameters, ``kernel(y, eta, trials, fparams)``, and one that depends
+        on the data alone, ``constant(y, trials)`` (binomial's log C(n, y), Poisson's
+        -log y!), so the conditional-mode search, which compares and differentiates the
+        log-likelihood, skips the log-gamma functions.  Used only while ``loglik`` is the
+        first element (a family derived with another ``loglik`` does not inherit it).
     """
 
     name: str
@@ -127,12 +133,21 @@ class Family:
     variant: tuple = ()
     factory: Callable | None = field(default=None, repr=False)
     mustart: Callable | None = None
+    loglik_split: tuple | None = None
 
     # -- what fitters ask -----------------------------------------------------------------
     @property
     def exact_lmm(self) -> bool:
         """True when the model is a linear mixed model (gaussian with the identity link)."""
         return self.exact_lmm_link is not None and self.link.name == self.exact_lmm_link
+
+    def loglik_parts(self):
+        """``(kernel, constant)``: the log-likelihood's parameter-dependent part and its
+        data-only part (None: the kernel is the whole log-likelihood)."""
+        split = self.loglik_split
+        if split is not None and split[0] is self.loglik:
+            return split[1], split[2]
+        return self.loglik, None
 
     def n_predictors(self, response_levels) -> int:
         """Linear predictors the model needs: one, or one per non-reference category."""

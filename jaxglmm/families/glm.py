@@ -9,7 +9,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from .base import (Family, _dmu_deta, _glm_weight, _is_integer_valued, _log_mu, _log_p_and_q,
-                   _pois_lpmf, _validate_counts, _validate_finite)
+                   _pois_lpmf, _validate_counts, _validate_finite, _xlogy0)
 from .links import Link
 
 
@@ -42,15 +42,21 @@ def _gaussian(link: Link) -> Family:
 
 
 # ----------------------------------------------------------------------------- binomial
-def _binomial_loglik(link: Link):
-    def loglik(y, eta, trials, fp):
+def _binomial_parts(link: Link):
+    """(loglik, kernel, constant) of the binomial (see Family.loglik_split)."""
+    def kernel(y, eta, trials, fp):
         logp, logq = _log_p_and_q(link, eta)
-        lchoose = gammaln(trials + 1) - gammaln(y + 1) - gammaln(trials - y + 1)
         # 0 * log(0) terms are zero; jnp.where keeps gradients finite.
         a = jnp.where(y > 0, y * logp, 0.0)
         b = jnp.where(trials - y > 0, (trials - y) * logq, 0.0)
-        return lchoose + a + b
-    return loglik
+        return a + b
+
+    def constant(y, trials):
+        return gammaln(trials + 1) - gammaln(y + 1) - gammaln(trials - y + 1)
+
+    def loglik(y, eta, trials, fp):
+        return constant(y, trials) + kernel(y, eta, trials, fp)
+    return loglik, kernel, constant
 
 
 def _binomial_fisher(link: Link):
@@ -85,9 +91,10 @@ def _binomial(link: Link) -> Family:
     def simulate(key, eta, trials, fp):
         return jax.random.binomial(key, trials, link.linkinv(eta)).astype(jnp.result_type(float))
 
+    parts = _binomial_parts(link)
     return Family(
         "binomial", link, ("logit", "probit", "cloglog", "cauchit", "log"),
-        _binomial_loglik(link), validate=validate, simulate=simulate,
+        parts[0], loglik_split=parts, validate=validate, simulate=simulate,
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
         variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
         needs_trials=True, laplace_information="expected", response="binary",
@@ -120,6 +127,12 @@ def _bernoulli(link: Link) -> Family:
 # ----------------------------------------------------------------------------- poisson
 def _poisson(link: Link) -> Family:
     """Poisson counts: ``log f(y) = y log(mu) - mu - log(y!)``; R's ``dpois``."""
+    def kernel(y, eta, trials, fp):
+        return _xlogy0(y, _log_mu(link, eta)) - link.linkinv(eta)
+
+    def constant(y, trials):
+        return -gammaln(y + 1)
+
     def loglik(y, eta, trials, fp):
         return _pois_lpmf(y, _log_mu(link, eta), link.linkinv(eta))
 
@@ -127,6 +140,7 @@ def _poisson(link: Link) -> Family:
         return jax.random.poisson(key, link.linkinv(eta)).astype(jnp.result_type(float))
 
     return Family("poisson", link, ("log", "identity", "sqrt"), loglik,
+                  loglik_split=(loglik, kernel, constant),
                   validate=lambda y, trials: _validate_counts("poisson", y),
                   simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
                   variance=lambda eta, fp: link.linkinv(eta),

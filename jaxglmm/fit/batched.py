@@ -87,8 +87,11 @@ def _glmm_kind(problem: Problem, n_agq: int) -> _Kind:
         return _value_and_grad(glmm_objective(model(a), n_agq), True, 0)
 
     def init(a, phi0, x0, Hinv0):
-        # x0 holding a NaN: start where a single fit starts (lme4's theta, the GLM's beta)
-        x0 = jnp.where(jnp.all(jnp.isfinite(x0)), x0, glmm_start(model(a), phi0))
+        # x0 holding a NaN: start where a single fit starts (lme4's theta, the GLM's beta);
+        # x0 is one vector for the batch, so the condition is not batched and the GLM fit
+        # is skipped, not computed and discarded
+        x0 = jax.lax.cond(jnp.all(jnp.isfinite(x0)), lambda: x0,
+                          lambda: glmm_start(model(a), phi0))
         return a, flat_init(x0, jnp.zeros(s.n_u), Hinv0=Hinv0)
 
     def step(a, state, until):

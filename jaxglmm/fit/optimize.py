@@ -27,6 +27,7 @@ LINESEARCH = 3
 
 ARMIJO_C1 = 1e-4
 F_ROUNDING = 1e-13
+MAX_STEP = 5.0
 
 
 class OptResult(NamedTuple):
@@ -257,8 +258,12 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
         # the first, unscaled gradient step moves at most 0.5 in any coordinate: with a
         # step of 1, lme4's start (a variance factor of 1) lands a one-parameter term on
         # exactly 0, a stationary point of the (even) deviance, and stops there
+        # every step moves at most MAX_STEP in any coordinate (a trust region): in a
+        # direction of almost no curvature (a quasi-separated binomial dataset) the first
+        # BFGS steps can reach 700, where one member's mode search holds up the batch
         t_new = jnp.where(fresh & ~c.scaled,
-                          0.5 / jnp.maximum(1.0, jnp.max(jnp.abs(d_new))), 1.0)
+                          0.5 / jnp.maximum(1.0, jnp.max(jnp.abs(d_new))),
+                          jnp.minimum(1.0, MAX_STEP / jnp.maximum(jnp.max(jnp.abs(d_new)), 1e-300)))
         small = ~fresh & ((c.f - ft) <= ftol * (1.0 + jnp.abs(ft)))
         stall = jnp.where(small, c.stall + 1, 0)
         done = jnp.where(_converged(ft, gt, gtol) | (stall >= 3), CONVERGED, -1)
