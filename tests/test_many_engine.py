@@ -185,3 +185,41 @@ def test_bad_inputs_name_the_problem(sleep_fit):
         jg.fit_many(SLEEP, data.assign(sim=1), by="sim", chunk_size=0)
     with pytest.raises(ValueError, match="no .csv"):
         jg.fit_many(SLEEP, "/nonexistent/*.csv")
+
+
+FAMILY_CASES = {
+    "poisson_crossed": ("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", "grouseticks",
+                        "poisson", {}, "TICKS"),
+    "negbinomial": ("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", "grouseticks", "negbinomial", {},
+                    "TICKS"),
+    "cumulative": ("rating ~ temp + contact + (1 | judge)", "wine", "cumulative", {}, "rating"),
+    "binomial_agq": ("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp",
+                     "binomial", {"method": "agq", "agq_points": 9}, "incidence"),
+    "gaussian_ml_nested": ("strength ~ 1 + (1 | batch/cask)", "pastes", "gaussian",
+                           {"method": "ml"}, "strength"),
+    "gaussian_reml_crossed": ("diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin",
+                              "gaussian", {}, "diameter"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_every_likelihood_method_batches_as_alone(case):
+    """Families with parameters, ordinal thresholds, adaptive quadrature, nested and crossed
+    factors: three simulated datasets in one long table, each as fitted alone."""
+    formula, name, family, options, response = FAMILY_CASES[case]
+    data = jg.load_dataset(name)
+    fit = jg.fit(formula, data, family, **options)
+    sims = fit.simulate(3, seed=12)
+    frames = []
+    for k, col in enumerate(sims.columns):
+        frame = data.loc[sims.index].copy()
+        frame[response] = sims[col].to_numpy()         # counts, or an ordinal's labels
+        frames.append(frame.assign(sim=k))
+    fits = jg.fit_many(formula, pd.concat(frames, ignore_index=True), family, by="sim",
+                       progress=False, **options)
+    for k, frame in enumerate(frames):
+        alone = jg.fit(formula, frame.drop(columns="sim"), family, **options)
+        np.testing.assert_allclose(fits.fixef.iloc[k], alone.fixef, rtol=1e-5, atol=1e-6)
+        assert abs(fits.loglik.iloc[k] - alone.loglik) < 1e-5
+        assert fits.converged.iloc[k] == alone.converged

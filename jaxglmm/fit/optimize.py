@@ -186,6 +186,8 @@ class FlatState(NamedTuple):
     status: jnp.ndarray     # -1 while running
     x0: jnp.ndarray
     f0: jnp.ndarray
+    phase: jnp.ndarray      # after the optimizer stops: Hessian evaluations done (of 2k)
+    hess_g: jnp.ndarray     # (2k, k) gradients at x + h e_j, then x - h e_j
 
 
 def _direction(Hinv, g):
@@ -211,11 +213,13 @@ def flat_init(x0: jnp.ndarray, aux0=None, Hinv0=None) -> FlatState:
     zero = jnp.zeros((), x0.dtype)
     return FlatState(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), aux0, Hinv,
                      jnp.zeros_like(x0), zero, given, jnp.asarray(0), jnp.asarray(0),
-                     jnp.asarray(0), jnp.asarray(-1), x0, zero)
+                     jnp.asarray(0), jnp.asarray(-1), x0, zero, jnp.asarray(0),
+                     jnp.zeros((2 * k, k), x0.dtype))
 
 
 def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
-             ftol: float = 1e-15, max_backtracks: int = 40) -> FlatState:
+             ftol: float = 1e-15, max_backtracks: int = 40, maxiter: int = 500,
+             rel_step: float = 1e-4) -> FlatState:
     """BFGS for a batch under ``vmap``: each iteration evaluates one trial point, so no
     member waits inside another's line search.
 
@@ -225,18 +229,32 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
     3 us for one evaluation).  Here a rejected trial point shrinks the step for the next
     iteration instead (to the minimizer of the quadratic through f(0), f'(0) and f(t),
     kept within [0.1 t, 0.5 t]; Nocedal & Wright 3.5), and an accepted one makes the BFGS
-    update and the next direction.  Same stopping rule as :func:`minimize`; iterates until
-    ``state.it`` (evaluations) reaches ``until`` (traced: rounds compile once).
+    update and the next direction.  Same stopping rule as :func:`minimize` (at most
+    ``maxiter`` evaluations); iterates until ``state.it`` (evaluations) reaches ``until``
+    (traced: rounds compile once).
+
+    Once the optimizer stops, the next 2k iterations evaluate the gradient at ``x +- h e_j``
+    (``h = rel_step (1 + |x_j|)``, as :func:`fd_hessian`, with the optimum's aux): the
+    finite-difference Hessian comes from the loop's own evaluation, so the batch compiles
+    the objective's gradient once, not again for the Hessian.
     """
-    eye = jnp.eye(state.x.shape[0], dtype=state.x.dtype)
+    k = state.x.shape[0]
+    eye = jnp.eye(k, dtype=state.x.dtype)
 
     def cond(c: FlatState):
-        return (c.it < until) & (c.status < 0)
+        return (c.it < until) & ((c.status < 0) | (c.phase < 2 * k))
 
     def body(c: FlatState):
-        fresh = c.it == 0                  # the first evaluation: at x0 itself
-        xt = c.x + c.t * c.d
+        hess = c.status >= 0               # the optimizer has stopped: a Hessian point
+        j = c.phase % k
+        h = rel_step * (1.0 + jnp.abs(c.x[j]))
+        shift = jnp.where(c.phase < k, h, -h) * eye[j]
+        fresh = (c.it == 0) & ~hess        # the first evaluation: at x0 itself
+        xt = jnp.where(hess, c.x + shift, c.x + c.t * c.d)
         (ft, auxt), gt = vg(xt, c.aux)
+        stored = c.hess_g.at[jnp.minimum(c.phase, 2 * k - 1)].set(gt)
+        c = c._replace(hess_g=jnp.where(hess, stored, c.hess_g),
+                       phase=jnp.where(hess, c.phase + 1, c.phase))
         slope = jnp.dot(c.g, c.d)
         # Armijo's test, up to the objective's rounding (Hager and Zhang's approximate
         # Wolfe condition): near the optimum the predicted decrease falls below the
@@ -275,23 +293,31 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
         failed = jnp.where(fresh, NONFINITE,
                            jnp.where(nback >= max_backtracks, LINESEARCH, -1))
         pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(ok, u, v), a, b)
-        return c._replace(
+        status = jnp.where(ok, done, failed)
+        status = jnp.where((status < 0) & (c.it + 1 >= maxiter), MAXITER, status)
+        moved = c._replace(
             x=pick(xt, c.x), f=pick(ft, c.f), g=pick(gt, c.g), aux=pick(auxt, c.aux),
             Hinv=pick(H, c.Hinv), d=pick(d_new, c.d), t=jnp.where(ok, t_new, t_back),
-            scaled=c.scaled | (ok & ~fresh), it=c.it + 1, nback=nback,
-            stall=jnp.where(ok, stall, c.stall), status=jnp.where(ok, done, failed),
+            scaled=c.scaled | (ok & ~fresh), nback=nback,
+            stall=jnp.where(ok, stall, c.stall), status=status,
             f0=jnp.where(fresh, ft, c.f0))
+        out = jax.tree.map(lambda a, b: jnp.where(hess, a, b), c, moved)
+        return out._replace(it=c.it + 1)
 
     return jax.lax.while_loop(cond, body, state)
 
 
-def flat_result(vg: Callable, state: FlatState, hessian: bool = True) -> OptResult:
-    """The run's result, as :func:`bfgs_result`."""
-    status = jnp.where(state.status < 0, MAXITER, state.status)
+def flat_result(state: FlatState) -> OptResult:
+    """The run's result, as :func:`bfgs_result`, its Hessian from the run's own
+    finite-difference evaluations (NaN where they were not all made)."""
     k = state.x.shape[0]
-    H = fd_hessian(lambda z: vg(z, state.aux)[1], state.x) if hessian else \
-        jnp.full((k, k), jnp.nan)
-    return OptResult(state.x, state.f, state.g, H, state.aux, state.it, state.it, status,
+    h = 1e-4 * (1.0 + jnp.abs(state.x))
+    G = state.hess_g
+    H = (G[:k] - G[k:]) / (2.0 * h[:, None])
+    H = jnp.where(state.phase >= 2 * k, 0.5 * (H + H.T), jnp.nan)
+    status = jnp.where(state.status < 0, MAXITER, state.status)
+    n_opt = state.it - state.phase
+    return OptResult(state.x, state.f, state.g, H, state.aux, n_opt, n_opt, status,
                      state.x0, state.f0)
 
 
