@@ -187,6 +187,17 @@ def test_bad_inputs_name_the_problem(sleep_fit):
         jg.fit_many(SLEEP, "/nonexistent/*.csv")
 
 
+@pytest.mark.parametrize("formula", ["Reaction ~ scale(Days) + (1 | Subject)",
+                                     "Reaction ~ log(1 + center(Days)) + (1 | Subject)",
+                                     "Reaction ~ poly(Days, 2) + (1 | Subject)"])
+def test_data_dependent_transforms_are_refused_not_pooled(formula):
+    """One design for all datasets would standardize over all of them at once: a fit of
+    each alone standardizes over its own rows, so the batch refuses, naming the call."""
+    data = jg.load_dataset("sleepstudy")
+    with pytest.raises(ValueError, match=r"computed over all of them together"):
+        jg.fit_many(formula, pd.concat([data.assign(sim=0), data.assign(sim=1)]), by="sim")
+
+
 FAMILY_CASES = {
     "poisson_crossed": ("TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", "grouseticks",
                         "poisson", {}, "TICKS"),

@@ -28,7 +28,8 @@ from ..model import Model
 from ..results.build import likelihood_result
 from .chunk import Bucket, ChunkFits, Payload, fit_chunk
 from .executor import run_chunks
-from .plan import Member, batch_size, memory_chunk_size, Spec, long_table, model_keywords, split_design
+from .plan import (Member, Spec, batch_size, long_table, memory_chunk_size, model_keywords,
+                   refuse_stateful, split_design)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -77,6 +78,7 @@ def plan_many(formula: str, data, family: str | Family = "gaussian", method: str
     """Read the datasets, build the long design once and split it into chunks."""
     _refuse_bayes(method)
     model_kw = model_keywords(kwargs)
+    refuse_stateful(formula, model_kw, by)
     _chunk_size(chunk_size, 1)
     start = time.perf_counter()
     table, ids, codes = long_table(data, by)

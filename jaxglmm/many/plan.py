@@ -26,6 +26,7 @@ import pandas as pd
 from ..core.resystem import FactorSpec, ReStructure
 from ..design.matrices import dense_unique
 from ..families import Family
+from ..formula.tokens import FormulaError, tokenize
 from ..model import MODEL_KEYWORDS, Model
 
 DATASET_COLUMN = "__dataset__"
@@ -106,6 +107,39 @@ def long_table(data, by: str | None) -> tuple[pd.DataFrame, list[str], np.ndarra
     return table, ids, codes
 
 
+# Transforms whose values depend on the data they are computed on (its mean, SD or
+# orthogonal basis): over a long table they would use every dataset's rows at once.
+STATEFUL = ("scale", "center", "poly")
+
+
+def _stateful_calls(text: str) -> list[str]:
+    try:
+        tokens = tokenize(text)
+    except FormulaError:
+        return []                       # the model's own parse names the problem
+    found = []
+    for tok in tokens:
+        if tok.kind == "CALL":
+            if tok.func in STATEFUL:
+                found.append(tok.text)
+            found.extend(_stateful_calls(tok.args))
+    return found
+
+
+def refuse_stateful(formula: str, model_kw: dict, by: str | None) -> None:
+    """fit_many builds one design for all datasets; a transform computed from the data
+    would then see all of them together, unlike a fit of each dataset alone."""
+    texts = [formula] + [str(v) for v in (model_kw.get("dpars") or {}).values()]
+    found = [c for t in texts for c in _stateful_calls(t)]
+    if found:
+        column = by or "dataset"
+        raise ValueError(
+            f"fit_many builds one design for all datasets, so {', '.join(found)} would be "
+            "computed over all of them together, not per dataset as a fit of each alone "
+            "is; transform the column per dataset first, e.g. df['x_s'] = "
+            f"df.groupby({column!r})['x'].transform(lambda v: (v - v.mean()) / v.std())")
+
+
 # ----------------------------------------------------------------------------- the split
 @dataclass(frozen=True)
 class Member:
@@ -139,9 +173,13 @@ def split_design(model: Model, codes: np.ndarray, n_datasets: int) -> list[Membe
     X = np.asarray(model.arrays.X)[order]
     p = X.shape[1]
     gram = np.zeros((n_datasets, p, p))
-    for k in range(n_datasets):
-        Xd = X[bounds[k]:bounds[k + 1]]
-        gram[k] = Xd.T @ Xd
+    starts, full = bounds[:-1], bounds[1:] > bounds[:-1]
+    if X.shape[0]:
+        for i in range(p):               # each dataset's X'X by sums over its sorted rows
+            for j in range(i, p):
+                # a trailing zero: an empty last dataset's start is a valid index
+                sums = np.add.reduceat(np.append(X[:, i] * X[:, j], 0.0), starts)
+                gram[:, i, j] = gram[:, j, i] = np.where(full, sums, 0.0)
     # rank by the Gram matrix's eigenvalues, at R's QR tolerance (1e-7 on singular values)
     evals = np.linalg.eigvalsh(gram) if p else np.ones((n_datasets, 1))
     rank_ok = evals[:, 0] > 1e-14 * np.maximum(evals[:, -1], 1e-300)
@@ -153,7 +191,7 @@ def split_design(model: Model, codes: np.ndarray, n_datasets: int) -> list[Membe
             continue
         index = tuple(f[lo:hi] for f in per_factor)
         levels = tuple(lv[first[k]:first[k + 1]] for lv, first in present)
-        out.append(Member(order[lo:hi], index, levels, bool(rank_ok[k]) and hi - lo >= p))
+        out.append(Member(order[lo:hi], index, levels, bool(rank_ok[k] and hi - lo >= p)))
     return out
 
 
@@ -200,6 +238,6 @@ def model_keywords(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
 
 
-__all__ = ["DATASET_COLUMN", "dense_unique", "DEFAULT_CHUNK_SIZE", "memory_chunk_size", "Member", "Spec", "batch_size",
+__all__ = ["STATEFUL", "refuse_stateful", "DATASET_COLUMN", "dense_unique", "DEFAULT_CHUNK_SIZE", "memory_chunk_size", "Member", "Spec", "batch_size",
            "bucket_key", "bucket_size", "long_table", "model_keywords", "padded_structure",
            "split_design", "FactorSpec"]
