@@ -234,3 +234,20 @@ def test_every_likelihood_method_batches_as_alone(case):
         np.testing.assert_allclose(fits.fixef.iloc[k], alone.fixef, rtol=1e-5, atol=1e-6)
         assert abs(fits.loglik.iloc[k] - alone.loglik) < 1e-5
         assert fits.converged.iloc[k] == alone.converged
+
+
+def test_a_response_the_family_refuses_is_flagged_in_its_row():
+    rng = np.random.default_rng(13)
+    frames = []
+    for k in range(3):
+        g = np.repeat(np.arange(12), 6)
+        frames.append(pd.DataFrame({"y": rng.poisson(3.0, g.size).astype(float),
+                                    "x": rng.normal(size=g.size), "g": g, "sim": k}))
+    frames[1].loc[3, "y"] = -1.0                          # not a count
+    fits = jg.fit_many("y ~ x + (1 | g)", pd.concat(frames, ignore_index=True),
+                       family="poisson", by="sim", progress=False)
+    assert fits.converged.tolist() == [True, False, True]
+    assert "not fitted" in fits.messages.iloc[1] and "poisson" in fits.messages.iloc[1]
+    alone = jg.fit("y ~ x + (1 | g)", frames[2].drop(columns="sim"), family="poisson")
+    np.testing.assert_allclose(fits.fixef.iloc[2], alone.fixef, rtol=1e-5)
+    assert fits.spec.family == alone.model.family      # the family, checking included

@@ -10,7 +10,7 @@ map are refused rather than run as something else.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..bayes.drivers import BAYES_METHODS
 from ..core.problem import ProblemArrays
-from ..families import Family
+from ..families import Family, get_family
 from ..fit.batched import fit_batch, shard
 from ..fit.cache import relieve_map_pressure
 from ..fit.convergence import judge_many
@@ -29,7 +29,7 @@ from ..results.build import likelihood_result
 from .chunk import Bucket, ChunkFits, Payload, fit_chunk
 from .executor import run_chunks
 from .plan import (Member, Spec, batch_size, long_table, memory_chunk_size, model_keywords,
-                   refuse_stateful, split_design)
+                   refuse_stateful, split_design, unvalidated)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -63,7 +63,7 @@ class ManyPlan:
                 rebased.append(None)
                 continue
             rebased.append(Member(np.arange(offset, offset + m.rows.size), m.index, m.levels,
-                                  m.rank_ok))
+                                  m.rank_ok, m.invalid))
             offset += m.rows.size
         return Payload(self.spec, [self.ids[i] for i in positions], arrays, rebased, start)
 
@@ -82,12 +82,14 @@ def plan_many(formula: str, data, family: str | Family = "gaussian", method: str
     _chunk_size(chunk_size, 1)
     start = time.perf_counter()
     table, ids, codes = long_table(data, by)
-    model = Model(formula, table, family, link, **model_kw)
+    checked = get_family(family, link)
+    # each dataset's response is checked alone (one the family refuses is flagged)
+    model = Model(formula, table, unvalidated(checked), None, **model_kw)
     method, options = model.resolve_method(method, kwargs)
     method = model.check_method(method, options)
-    members = split_design(model, codes, len(ids))
-    spec = Spec(formula, model.family, method, dict(options), model.structure,
-                tuple(model.design.fixef_names), model_kw)
+    members = split_design(model, codes, len(ids), checked.validate)
+    spec = Spec(formula, replace(model.family, validate=checked.validate), method,
+                dict(options), model.structure, tuple(model.design.fixef_names), model_kw)
     arrays = jax.tree.map(np.asarray, model.arrays)
     sizes = [m.rows.size for m in members if m is not None]
     chunk_size = _chunk_size(chunk_size, memory_chunk_size(

@@ -150,6 +150,8 @@ def fit_chunk(payload: Payload) -> ChunkFits:
     for k, m in enumerate(payload.members):
         if m is None:
             messages[k] = ("no usable rows (every row has a missing value in a used column)",)
+        elif m.invalid:
+            messages[k] = (f"not fitted: {m.invalid}",)
         elif not m.rank_ok:
             messages[k] = ("the fixed-effect matrix of this dataset is rank deficient (a "
                            "factor level absent, or confounded columns): not fitted in the "
