@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..core.laplace import GlmmModel
 from ..core.lmm import lmm_data, refit_data
-from ..core.problem import Problem, ProblemArrays
+from ..core.problem import Problem
 from .aot import AheadOfTime
 from .cache import program
 from .likelihood import (RawFit, glmm_finish, glmm_objective, glmm_start, lmm_finish,
@@ -262,6 +262,3 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     total = time.perf_counter() - start
     return raw, BatchTimes(clock[0], total - clock[0], rounds)
 
-
-def stack_arrays(arrays: list[ProblemArrays]) -> ProblemArrays:
-    return jax.tree.map(lambda *xs: np.stack(xs), *arrays)

@@ -25,9 +25,9 @@ LIKELIHOOD_METHODS = ("reml", "ml", "laplace", "agq")
 # where optimization level 0 halves compile time and changes run time little (measured on
 # sleepstudy: 2.2 s vs 3.5 s cold, 1.0 ms vs 0.7 ms warm).  Small problems only: from
 # core.problem.LARGE_N rows on, run time dominates and XLA's fusion pays (200k-row
-# bernoulli, (1 + x | g): 29 s vs 79 s warm).  The batched fits keep XLA's default
-# optimizations too: fusing the vmapped elementwise work matters there (sleepstudy
-# bootstrap, 200 refits: 0.9 s vs 3.3 s at level 0).
+# bernoulli, (1 + x | g): 29 s vs 79 s warm).  The batch engine (fit/batched.py) keeps XLA's
+# default optimizations too: fusing the vmapped elementwise work matters there (cbpp, 1,000
+# refits: 0.4 s vs 1.4 s warm at level 0, for 1.5 s vs 2.8 s of compile).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
@@ -162,27 +162,21 @@ def uses_lmm(problem: Problem, method: str) -> bool:
     return method in ("reml", "ml") or (method == "laplace" and problem.exact_lmm)
 
 
-def _program(problem: Problem, method: str, n_agq: int, many: bool):
+def _program(problem: Problem, method: str, n_agq: int):
     s, fam = problem.structure, problem.family
-    opts = {} if (many or problem.large) else {"compiler_options": COMPILER_OPTIONS}
+    opts = {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
     if uses_lmm(problem, method):
         reml = method == "reml"
         one = lambda a, t0: fit_lmm(s, a, reml, t0)
-        fn = jax.vmap(one, in_axes=(0, None)) if many else one
-        return program(("lmm", s, reml, many, problem.large), lambda: jax.jit(fn, **opts))
+        return program(("lmm", s, reml, problem.large), lambda: jax.jit(one, **opts))
     one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq)
-    fn = jax.vmap(one) if many else one
-    return program(("glmm", s, fam, n_agq, many, problem.large), lambda: jax.jit(fn, **opts))
+    return program(("glmm", s, fam, n_agq, problem.large), lambda: jax.jit(one, **opts))
 
 
-def run(problem: Problem, method: str, options: dict, arrays: ProblemArrays | None = None,
-        phi0=None, many: bool = False) -> RawFit:
-    """Fit ``method`` to the problem's arrays (or to ``arrays``: a same-shape dataset, or a
-    stacked batch with ``many=True`` and per-dataset ``phi0``).  Returns device arrays."""
-    arrays = problem.arrays if arrays is None else arrays
+def run(problem: Problem, method: str, options: dict) -> RawFit:
+    """Fit ``method`` to the problem's arrays (one dataset; many datasets go through the
+    batch engine, :mod:`jaxglmm.fit.batched`).  Returns device arrays."""
     n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
-    fn = _program(problem, method, n_agq, many)
+    fn = _program(problem, method, n_agq)
     theta0, phi_start = problem.starts
-    if uses_lmm(problem, method):
-        return fn(arrays, theta0)
-    return fn(arrays, phi_start if phi0 is None else phi0)
+    return fn(problem.arrays, theta0 if uses_lmm(problem, method) else phi_start)

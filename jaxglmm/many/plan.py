@@ -24,13 +24,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..core.resystem import FactorSpec, ReStructure
+from ..core.resystem import ReStructure
 from ..design.matrices import dense_unique
 from ..families import Family
 from ..formula.tokens import FormulaError, tokenize
 from ..model import MODEL_KEYWORDS, Model
 
-DATASET_COLUMN = "__dataset__"
 DEFAULT_CHUNK_SIZE = 2048
 # The default chunk: as many datasets as fit in this much memory (see memory_chunk_size).
 CHUNK_MEMORY = 1 << 30
@@ -264,6 +263,6 @@ def model_keywords(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
 
 
-__all__ = ["unvalidated", "STATEFUL", "refuse_stateful", "DATASET_COLUMN", "dense_unique", "DEFAULT_CHUNK_SIZE", "memory_chunk_size", "Member", "Spec", "batch_size",
-           "bucket_key", "bucket_size", "long_table", "model_keywords", "padded_structure",
-           "split_design", "FactorSpec"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "STATEFUL", "Member", "Spec", "batch_size", "bucket_key",
+           "bucket_size", "long_table", "memory_chunk_size", "model_keywords",
+           "padded_structure", "refuse_stateful", "split_design", "unvalidated"]
