@@ -31,11 +31,20 @@ def _compile(lowered):
         return lowered.compile()
 
 
+def _placement(x) -> str:
+    """A leaf's sharding where it spans several devices; one device (or a host array, or
+    an abstract one placed by default) compiles the same program."""
+    sharding = getattr(x, "sharding", None)
+    if sharding is None or len(getattr(sharding, "device_set", ())) < 2:
+        return ""
+    return str(sharding)
+
+
 def shape_key(args) -> tuple:
     """Shapes, dtypes and shardings of the arguments: an executable is compiled for each."""
     leaves, tree = jax.tree.flatten(args)
     return (tree,) + tuple((np.shape(x), np.dtype(getattr(x, "dtype", None) or np.asarray(x).dtype).str,
-                            str(getattr(x, "sharding", "")))
+                            _placement(x))
                            for x in leaves)
 
 
@@ -45,14 +54,28 @@ class AheadOfTime:
     def __init__(self, fn):
         self.fn = fn
         self.compiled: dict[tuple, Future] = {}
+        self.lowered: dict[tuple, object] = {}      # lowered, not yet compiled
+        self.outputs: dict[tuple, object] = {}      # output shapes, by argument shapes
         self.lock = threading.Lock()
+
+    def out_info(self, *args):
+        """The output shapes (ShapeDtypeStructs) for these arguments' shapes: lowered now
+        (kept for :meth:`prepare` to compile) the first time, then remembered."""
+        key = shape_key(args)
+        with self.lock:
+            if key not in self.outputs:
+                lowered = self.fn.lower(*args)
+                self.outputs[key] = lowered.out_info
+                if key not in self.compiled:
+                    self.lowered[key] = lowered
+            return self.outputs[key]
 
     def prepare(self, *args, background: bool = True) -> Future:
         """Lower for these arguments' shapes (now) and compile (in the background, or now)."""
         key = shape_key(args)
         with self.lock:
             if key not in self.compiled:
-                lowered = self.fn.lower(*args)
+                lowered = self.lowered.pop(key, None) or self.fn.lower(*args)
                 if background:
                     self.compiled[key] = _POOL.submit(_compile, lowered)
                 else:

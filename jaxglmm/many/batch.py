@@ -20,7 +20,7 @@ import pandas as pd
 from ..bayes.drivers import BAYES_METHODS
 from ..core.problem import ProblemArrays
 from ..families import Family, get_family
-from ..fit.batched import fit_batch, shard
+from ..fit.batched import fit_batch
 from ..fit.cache import relieve_map_pressure
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
@@ -389,14 +389,16 @@ def _refit_chunk(job) -> ChunkFits:
     H0 = np.full((k, k), np.nan) if start is None or start[1] is None else start[1]
     if uses_lmm(problem, spec.method):
         x0 = np.where(np.isfinite(x0), x0, problem.structure.theta_init())
-        args = (model.arrays, shard(jnp.asarray(Yp)), jnp.asarray(x0), jnp.asarray(H0))
+        # host arrays: the engine hands the slots their members' rows (fit/batched.py)
+        args = (model.arrays, Yp, jnp.asarray(x0), jnp.asarray(H0))
         refit = True
     else:
-        arrays = jax.tree.map(lambda v: jnp.broadcast_to(v, (pad,) + v.shape), model.arrays)
-        arrays = arrays._replace(y=jnp.asarray(Yp))
+        arrays = jax.tree.map(lambda v: np.broadcast_to(np.asarray(v), (pad,) + v.shape),
+                              model.arrays)
+        arrays = arrays._replace(y=Yp)
         phi0 = np.stack([np.asarray(model.family.init_params(y, model.design.trials), float)
                          for y in Yp])
-        args = (shard(arrays), shard(jnp.asarray(phi0)), jnp.asarray(x0), jnp.asarray(H0))
+        args = (arrays, phi0, jnp.asarray(x0), jnp.asarray(H0))
         refit = False
     raw, times = fit_batch(problem, spec.method, spec.options, args, refit=refit,
                            pilot=start is None)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.problem import Problem, ProblemArrays
-from ..fit.batched import fit_batch, shard
+from ..fit.batched import fit_batch
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
 from .plan import Member, Spec, batch_size, bucket_key, padded_structure
@@ -130,12 +130,13 @@ def _bucket_args(spec: Spec, problem: Problem, arrays: ProblemArrays, start, B: 
     H0 = jnp.full((k, k), jnp.nan) if H0 is None else jnp.asarray(H0)
     if uses_lmm(problem, spec.method):
         x0 = jnp.where(jnp.isfinite(x0), x0, jnp.asarray(spec.structure.theta_init()))
-        return (shard(jax.tree.map(jnp.asarray, arrays)), x0, H0)
+        # host arrays: the engine hands the slots their members' rows (fit/batched.py)
+        return (arrays, x0, H0)
     fam = spec.family
     phi0 = np.stack([np.asarray(fam.init_params(arrays.y[b][arrays.weights[b] > 0],
                                                 arrays.trials[b][arrays.weights[b] > 0]),
                                 np.float64) for b in range(B)])
-    return (shard(jax.tree.map(jnp.asarray, arrays)), shard(jnp.asarray(phi0)), x0, H0)
+    return (arrays, phi0, x0, H0)
 
 
 def fit_chunk(payload: Payload) -> ChunkFits:
