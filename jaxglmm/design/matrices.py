@@ -112,17 +112,18 @@ def evaluate_expr(expr: PyExpr, frame: pd.DataFrame) -> np.ndarray:
         return np.asarray(ev(expr.tree), dtype=float)
 
 
-def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True
-                  ) -> tuple[str, ...]:
+def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True,
+                  codes=None) -> tuple[str, ...]:
     """Level labels of a factor, in coding order (the first is the reference).
 
     ``given`` (from ``levels={col: [...]}``) sets the order; otherwise a pandas Categorical
     keeps its categories' order, numbers sort numerically and strings as R's ``factor()``
     sorts them (:func:`~jaxglmm.design.collation.r_sort_key`: ICU's order, ``apple <
     Banana < cherry``, ``"10" < "9"``).  Unobserved levels are left out unless
-    ``observed_only`` is False.
+    ``observed_only`` is False.  ``codes``: the series' :func:`_label_codes`, where the
+    caller has them.
     """
-    seen = set(_label_codes(series.to_numpy())[1])
+    seen = set((_label_codes(series) if codes is None else codes)[1])
     if given is not None:
         order = [format_label(v) for v in given]
         unknown = sorted(seen - set(order), key=r_sort_key)
@@ -147,13 +148,21 @@ def _label_codes(values) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, labels)``: each value's label is ``labels[codes[i]]``.  Labels are made once
     per distinct value (a 1.8-million-row long table has 180 distinct values in a column,
     and formatting each row took 1.5 s); an object array mixing kinds (where True == 1 would
-    merge two labels) is labelled row by row."""
+    merge two labels) is labelled row by row.  A pandas string column is factorized as it is
+    stored (1.8 million Arrow strings: 0.03 s, against 0.24 s through a numpy copy)."""
+    if isinstance(values, pd.Series) and pd.api.types.is_string_dtype(values.dtype) \
+            and values.dtype != object:
+        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        return _merge_labels(codes, uniques)
     arr = np.asarray(values)
     if arr.dtype == object and pd.api.types.infer_dtype(arr, skipna=False) not in _ONE_LABEL_KINDS:
         labels = np.array([format_label(v) for v in arr], dtype=object)
         codes, uniques = pd.factorize(labels, use_na_sentinel=False)
         return codes, np.asarray(uniques, dtype=object)
-    codes, uniques = pd.factorize(arr, use_na_sentinel=False)
+    return _merge_labels(*pd.factorize(arr, use_na_sentinel=False))
+
+
+def _merge_labels(codes, uniques):
     labels = np.array([format_label(v) for v in np.asarray(uniques, dtype=object)], dtype=object)
     # distinct values with one label (2 and 2.0): merge them
     merged, first = pd.factorize(labels)
@@ -380,10 +389,11 @@ class GroupingFactor:
             ) -> tuple["GroupingFactor", np.ndarray]:
         """Levels in R's order for ``factor(a:b)``: the first factor varies slowest, only
         combinations that occur; returns the factor and the int32 group index."""
-        per_col = [factor_levels(frame[c], coding.given(c)) for c in columns]
+        label_codes = [_label_codes(frame[c]) for c in columns]
+        per_col = [factor_levels(frame[c], coding.given(c), codes=lc)
+                   for c, lc in zip(columns, label_codes)]
         codes = []
-        for c, lv in zip(columns, per_col):
-            value_codes, labels = _label_codes(frame[c].to_numpy())
+        for (value_codes, labels), lv in zip(label_codes, per_col):
             position = {label: k for k, label in enumerate(lv)}
             lookup = np.array([position.get(label, -1) for label in labels], dtype=np.int64)
             codes.append(lookup[value_codes] if len(labels) else np.zeros(0, np.int64))
