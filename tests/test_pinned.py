@@ -42,7 +42,7 @@ def test_fit_is_unchanged(name):
     out = fit.to_dict()
     out.pop("seconds")
     out["theta"] = np.asarray(fit.theta, float).tolist()
-    out["vcov"] = np.asarray(fit.vcov, float).tolist()
+    out["vcov"] = np.asarray(fit.vcov(), float).tolist()
     out["ranef"] = {g: f.to_numpy(float).tolist() for g, f in fit.ranef.items()}
     out["predict"] = np.asarray(fit.predict(type="link"), float).tolist()
     _compare(out, case["fit"], name)

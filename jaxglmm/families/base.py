@@ -103,6 +103,10 @@ class Family:
         -log y!), so the conditional-mode search, which compares and differentiates the
         log-likelihood, skips the log-gamma functions.  Used only while ``loglik`` is the
         first element (a family derived with another ``loglik`` does not inherit it).
+    unit_deviance: optional ``(y, mu, trials, fparams) -> (n,)`` NumPy: R's
+        ``family$dev.resids`` per observation before prior weights (the binomial's counts
+        ``y`` of ``trials``, ``mu`` per trial), for deviance residuals; None where R has no
+        deviance for the family (residuals of type "deviance" are then refused).
     """
 
     name: str
@@ -134,6 +138,7 @@ class Family:
     factory: Callable | None = field(default=None, repr=False)
     mustart: Callable | None = None
     loglik_split: tuple | None = None
+    unit_deviance: Callable | None = None
 
     # -- what fitters ask -----------------------------------------------------------------
     @property
@@ -275,6 +280,13 @@ def _validate_positive(name: str, y) -> None:
     if np.any(y <= 0):
         raise ValueError(f"{name} response must be strictly positive; "
                          f"{int(np.sum(y <= 0))} values are <= 0")
+
+
+def _ylogy_ratio(y, m):
+    """``y log(y / m)``, 0 where y is 0 (R's ``y_log_y`` in its family C code)."""
+    y, m = np.asarray(y, float), np.asarray(m, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(y > 0, y * np.log(y / m), 0.0)
 
 
 def _logit(p) -> float:

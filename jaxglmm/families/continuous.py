@@ -70,6 +70,9 @@ def _gamma(link: Link) -> Family:
         validate=lambda y, trials: _validate_positive("Gamma", y), simulate=simulate,
         mean=lambda eta, fp: link.linkinv(eta), variance=variance,
         fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, variance(eta, fp)),
+        # R's Gamma()$dev.resids
+        unit_deviance=lambda y, mu, trials, fp: -2.0 * (np.log(np.asarray(y, float) / mu)
+                                                        - (np.asarray(y, float) - mu) / mu),
         param_names=("shape",), mustart=lambda y, trials: y)     # R's Gamma()$initialize
 
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betaln, gammaln
 
-from .base import (Family, _dmu_deta, _glm_weight, _log1mexp, _log_gamma_draw, _log_mu,
-                       _logit, _pois_lpmf, _validate_counts, _xlogy0)
+from .base import (Family, _dmu_deta, _glm_weight, _log1mexp, _log_gamma_draw, _log_mu, _logit,
+                   _pois_lpmf, _validate_counts, _xlogy0, _ylogy_ratio)
 from .links import Link
 
 COUNT_LINKS = ("log", "identity", "sqrt")
@@ -162,6 +162,13 @@ NEGBINOMIAL = _Count(
     sample=_nb_sample, sample_positive=_nb_positive)
 
 
+def _nb_deviance(y, mu, trials, fp):
+    """MASS's ``negative.binomial(theta)$dev.resids``: 2 [y log(y / mu) - (y + k)
+    log((y + k) / (mu + k))]."""
+    y, k = np.asarray(y, float), float(np.asarray(fp["shape"]))
+    return 2.0 * (_ylogy_ratio(y, mu) - (y + k) * np.log((y + k) / (mu + k)))
+
+
 # ----------------------------------------------------------------------------- negbinomial
 def _negbinomial(link: Link) -> Family:
     """Negative binomial (NB2, gamma-Poisson) counts.
@@ -202,7 +209,8 @@ def _negbinomial(link: Link) -> Family:
         variance=lambda eta, fp: nb.var(link.linkinv(eta), fp),
         fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, nb.var(link.linkinv(eta), fp)),
         param_names=nb.param_names,
-        mustart=lambda y, trials: y + (y == 0) / 6.0)   # MASS's negative.binomial()$initialize
+        mustart=lambda y, trials: y + (y == 0) / 6.0,   # MASS's negative.binomial()$initialize
+        unit_deviance=_nb_deviance)
 
 
 # ----------------------------------------------------------------------------- wrappers

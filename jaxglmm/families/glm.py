@@ -9,7 +9,7 @@ import numpy as np
 from jax.scipy.special import gammaln
 
 from .base import (Family, _dmu_deta, _glm_weight, _is_integer_valued, _log_mu, _log_p_and_q,
-                   _pois_lpmf, _validate_counts, _validate_finite, _xlogy0)
+                   _pois_lpmf, _validate_counts, _validate_finite, _xlogy0, _ylogy_ratio)
 from .links import Link
 
 
@@ -38,7 +38,8 @@ def _gaussian(link: Link) -> Family:
         simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
         variance=lambda eta, fp: jnp.broadcast_to(fp["sigma"] ** 2, jnp.shape(eta)),
         fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, fp["sigma"] ** 2),
-        param_names=("sigma",), residual="sigma", exact_lmm_link="identity")
+        param_names=("sigma",), residual="sigma", exact_lmm_link="identity",
+        unit_deviance=lambda y, mu, trials, fp: np.square(np.asarray(y) - mu))
 
 
 # ----------------------------------------------------------------------------- binomial
@@ -98,7 +99,15 @@ def _binomial(link: Link) -> Family:
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
         variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
         needs_trials=True, laplace_information="expected", response="binary",
-        response_scale_priors=False, mustart=lambda y, trials: (y + 0.5) / (trials + 1.0))
+        response_scale_priors=False, mustart=lambda y, trials: (y + 0.5) / (trials + 1.0),
+        unit_deviance=_binomial_deviance)
+
+
+def _binomial_deviance(y, mu, trials, fp):
+    """R's ``binomial()$dev.resids`` in counts: 2 [y log(y / (n mu)) + (n - y) log((n - y) /
+    (n (1 - mu)))]."""
+    y, n = np.asarray(y, float), np.broadcast_to(np.asarray(trials, float), np.shape(y))
+    return 2.0 * (_ylogy_ratio(y, n * mu) + _ylogy_ratio(n - y, n * (1.0 - mu)))
 
 
 def _bernoulli(link: Link) -> Family:
@@ -121,7 +130,8 @@ def _bernoulli(link: Link) -> Family:
     ones = lambda eta: jnp.ones_like(eta)
     return replace(base, name="bernoulli", loglik=loglik, validate=validate, simulate=simulate,
                    fisher_weight=lambda eta, trials, fp: _binomial_fisher(link)(eta, ones(eta), fp),
-                   needs_trials=False)
+                   needs_trials=False,
+                   unit_deviance=lambda y, mu, trials, fp: _binomial_deviance(y, mu, 1.0, fp))
 
 
 # ----------------------------------------------------------------------------- poisson
@@ -146,7 +156,9 @@ def _poisson(link: Link) -> Family:
                   variance=lambda eta, fp: link.linkinv(eta),
                   fisher_weight=lambda eta, trials, fp: _glm_weight(link, eta, link.linkinv(eta)),
                   laplace_information="expected",
-                  mustart=lambda y, trials: y + 0.1)      # R's poisson()$initialize
+                  mustart=lambda y, trials: y + 0.1,      # R's poisson()$initialize
+                  unit_deviance=lambda y, mu, trials, fp:
+                      2.0 * (_ylogy_ratio(y, mu) - (np.asarray(y, float) - mu)))
 
 
 #: name -> (factory, default link)

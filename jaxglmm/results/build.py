@@ -101,7 +101,7 @@ def _assemble(model, problem: Problem, method: str, options: dict, seconds: floa
     ranef, b_terms = _ranef_frames(problem, b, b_sd)
     return FitResult(model=model, method=method,
                      fixef=pd.Series(fixef, index=names, name="fixef"),
-                     fixef_se=pd.Series(fixef_se, index=names, name="fixef_se"), vcov=vcov,
+                     fixef_se=pd.Series(fixef_se, index=names, name="fixef_se"), fixef_vcov=vcov,
                      df=problem.n_params, ranef=ranef, converged=verdict.converged,
                      singular=verdict.singular,
                      messages=tuple(problem.design.messages) + verdict.messages,

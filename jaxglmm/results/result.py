@@ -26,7 +26,7 @@ class FitResult:
     ----------
     fixef, fixef_se: Series of fixed effects and their standard errors (posterior means and
         SDs for ``nuts``/``vi``/``map``).
-    vcov: DataFrame, covariance of the fixed effects.
+    fixef_vcov: DataFrame, covariance of the fixed effects (:meth:`vcov` returns a copy).
     varcorr: DataFrame in lme4's ``as.data.frame(VarCorr(fit))`` layout (group, var1, var2,
         vcov, sd_or_cor).
     sigma: residual SD of a gaussian model, else None.
@@ -49,7 +49,7 @@ class FitResult:
     method: str
     fixef: pd.Series
     fixef_se: pd.Series
-    vcov: pd.DataFrame
+    fixef_vcov: pd.DataFrame
     varcorr: pd.DataFrame
     sigma: float | None
     family_params: dict
@@ -100,6 +100,76 @@ class FitResult:
     @property
     def link(self) -> str:
         return self.model.family.link.name
+
+    # ------------------------------------------------------------------ lme4's accessors
+    def vcov(self) -> pd.DataFrame:
+        """Covariance of the fixed effects, lme4's ``vcov(fit)``: ``sigma^2 (R_X' R_X)^-1``
+        for an LMM, the inverse Hessian of the deviance in (theta, beta) for a GLMM
+        (lme4's ``use.hessian = TRUE``), the posterior covariance for a Bayesian fit."""
+        return self.fixef_vcov.copy()
+
+    def fitted(self) -> pd.Series:
+        """lme4's ``fitted(fit)``: the mean of each training row conditional on the random
+        effects' modes, on the response scale (per trial for binomial, as R's
+        proportions), indexed as the rows the model used."""
+        self._scalar_response("fitted()")
+        return self.predict().rename("fitted")
+
+    def residuals(self, type: str = "response") -> pd.Series:
+        """lme4's ``residuals(fit, type=)`` of the training rows, conditional on the random
+        effects' modes:
+
+        * ``"response"``: ``y - fitted`` (binomial: the observed proportion minus the fitted
+          one, as R's);
+        * ``"pearson"``: ``sqrt(w) (y - mu) / sqrt(V(mu))``, with V the family's variance of
+          one observation; for gaussian models V leaves out sigma, as lme4's (unscaled)
+          Pearson residuals do (``summary``'s "Scaled residuals" divide by it);
+        * ``"deviance"``: ``sign(y - mu) sqrt(w d(y, mu))``, d the family's unit deviance
+          (R's ``dev.resids``); refused for families R defines none for.
+
+        ``w`` are the prior weights (the binomial's trials included)."""
+        types = ("response", "pearson", "deviance")
+        if type not in types:
+            raise ValueError(f"type must be one of {types}, got {type!r}")
+        self._scalar_response("residuals()")
+        fam, design = self.model.family, self.model.design
+        mu = self.fitted().to_numpy(float)
+        y = np.asarray(design.y, float)
+        trials = np.asarray(self.model.problem.arrays.trials, float)
+        w = np.asarray(design.weights, float)
+        index = design.row_index
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if type == "response":
+                obs = np.where(trials > 0, y / trials, np.nan) if fam.needs_trials else y
+                return pd.Series(obs - mu, index=index, name="residuals")
+            if type == "pearson":
+                if fam.variance is None:
+                    raise ValueError(f"Pearson residuals need the {fam.name} family's "
+                                     "variance, which it does not define")
+                eta = jnp.asarray(self.linear_predictor())
+                fp = self._natural_family_params()
+                var = np.asarray(fam.variance(eta, fp), float)
+                if fam.residual is not None:        # lme4's: unscaled by sigma
+                    var = var / np.square(float(np.asarray(fp[fam.residual])))
+                r = np.sqrt(w * trials) * (y / np.where(trials > 0, trials, 1.0) - mu) / np.sqrt(var)
+                return pd.Series(np.where(trials > 0, r, 0.0), index=index, name="residuals")
+            if fam.unit_deviance is None:
+                raise ValueError(f"deviance residuals are not defined for the {fam.name} "
+                                 "family (R has no dev.resids for it); use type='pearson' "
+                                 "or 'response'")
+            fp = {k: np.asarray(v) for k, v in self._natural_family_params().items()}
+            d = np.asarray(fam.unit_deviance(y, mu, trials, fp), float)
+            r = np.sign(y - trials * mu) * np.sqrt(np.clip(w * d, 0.0, None))
+        return pd.Series(r, index=index, name="residuals")
+
+    def _scalar_response(self, what: str) -> None:
+        fam = self.model.family
+        if fam.per_category or fam.category_probs is not None or self.model.dpars:
+            kind = ("a categorical or ordinal response" if not self.model.dpars
+                    else "a model with distributional-parameter formulas")
+            raise ValueError(f"{what} needs one mean per row, which {kind} does not have; "
+                             "use predict(type='response') for its probabilities or "
+                             "parameters")
 
     def summary(self, correlation: bool = True):
         """lme4's summary as a data object that prints (brms-style for Bayesian fits);

@@ -91,9 +91,10 @@ class Summary(_Rendered):
             np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), index=["Min", "1Q", "Median", "3Q", "Max"])
         cor = None
         if correlation and len(est) > 1:
-            v = fit.vcov.to_numpy(float)
+            vc = fit.vcov()
+            v = vc.to_numpy(float)
             d = np.sqrt(np.diag(v))
-            cor = pd.DataFrame(v / np.outer(d, d), index=fit.vcov.index, columns=fit.vcov.columns)
+            cor = pd.DataFrame(v / np.outer(d, d), index=vc.index, columns=vc.columns)
         return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
                    groups, coef, dict(fit.family_params), tuple(fit.messages),
                    dict(fit.family_params_se), fit.model.data_name, quartiles, cor)
@@ -152,7 +153,7 @@ def _correlation_block(cor: pd.DataFrame) -> list[str]:
     p = cor.shape[0]
     if p > MAX_CORRELATION_P:
         return [f"Correlation matrix not shown by default, as p = {p} > {MAX_CORRELATION_P}.",
-                "Use fit.vcov to see it."]
+                "Use fit.vcov() to see it."]
     names = [str(n) for n in cor.index]
     heads = [_abbreviate(n) for n in names[:-1]]
     cells = [[f"{cor.iloc[i, j]:.3f}" for j in range(i)] for i in range(1, p)]
