@@ -19,6 +19,7 @@ from .families import Family, get_family, register_family  # noqa: E402
 from .fit.cache import clear_caches, enable_compilation_cache  # noqa: E402
 from .fit.convergence import ConvergenceWarning  # noqa: E402
 from .formula import FormulaError  # noqa: E402
+from .inference import anova  # noqa: E402
 from .io.datasets import list_datasets, load_dataset, read_table  # noqa: E402
 from .many import ManyFits, fit_many, refit_many  # noqa: E402
 from .model import Model, fit  # noqa: E402
@@ -28,5 +29,5 @@ __all__ = [
     "Model", "fit", "fit_many", "refit_many", "FitResult", "ManyFits", "Design", "RandomTerm",
     "build_design", "Family", "get_family", "register_family", "FormulaError",
     "load_dataset", "list_datasets", "read_table", "enable_compilation_cache", "clear_caches",
-    "ConvergenceWarning", "__version__",
+    "ConvergenceWarning", "anova", "__version__",
 ]

@@ -1,3 +1,13 @@
-"""Inference after the fit (a later stage, not built yet): bootstrap, confidence intervals,
-likelihood-ratio tests, denominator degrees of freedom and power, each run as a batch of fits
-on :mod:`jaxglmm.many`.  It may import every stage up to :mod:`jaxglmm.many`."""
+"""Inference after the fit: likelihood-ratio tests (:func:`anova`), the parametric
+bootstrap and confidence intervals, each batch of refits run on :mod:`jaxglmm.many`.  It
+may import every stage up to :mod:`jaxglmm.many`; it registers ``FitResult.bootstrap`` and
+``FitResult.confint`` (:mod:`jaxglmm.results.extensions`)."""
+from ..results.extensions import register
+from .anova import anova
+from .bootstrap import Replicates, bootstrap
+from .confint import confint
+
+register("bootstrap", bootstrap)
+register("confint", confint)
+
+__all__ = ["anova", "bootstrap", "confint", "Replicates"]

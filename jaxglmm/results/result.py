@@ -15,6 +15,8 @@ import pandas as pd
 
 from ..core.predictor import fixed_predictor, random_predictor
 from ..core.resystem import term_covariances
+from ..fit.cache import program
+from . import extensions
 from .summary import Summary
 
 
@@ -161,6 +163,21 @@ class FitResult:
             d = np.asarray(fam.unit_deviance(y, mu, trials, fp), float)
             r = np.sign(y - trials * mu) * np.sqrt(np.clip(w * d, 0.0, None))
         return pd.Series(r, index=index, name="residuals")
+
+    def bootstrap(self, n: int = 1000, statistic=None, seed: int | None = None,
+                  use_re: str = "sample", progress: bool | None = None) -> pd.DataFrame:
+        """A parametric bootstrap, lme4's ``bootMer``: ``n`` responses simulated from the
+        fit, refitted in one batch; one row per replicate (see
+        :func:`jaxglmm.inference.bootstrap`)."""
+        return extensions.call("bootstrap", self, n=n, statistic=statistic, seed=seed,
+                               use_re=use_re, progress=progress)
+
+    def confint(self, method: str = "wald", level: float = 0.95, parm=None,
+                **options) -> pd.DataFrame:
+        """Confidence intervals (columns lower, upper), lme4's ``confint.merMod`` (see
+        :func:`jaxglmm.inference.confint`)."""
+        return extensions.call("confint", self, method=method, level=level, parm=parm,
+                               **options)
 
     def _scalar_response(self, what: str) -> None:
         fam = self.model.family
@@ -353,20 +370,35 @@ class FitResult:
         draw_all = mask is None or not all(np.all(m == 1) for m in mask)
         fp = self._natural_family_params()
         trials = arrays.trials
-        cols = {}
-        for k in range(n):
+        # The n draws at once, from the keys a loop over simulations would use, in one
+        # compiled program per model shape (cbpp, 1,000 simulations: 1.5 s a call as a loop;
+        # 0.05 s warm here, its compile ~1.5 s once)
+        keys = []
+        for _ in range(n):
             key, k_re, k_y = jax.random.split(key, 3)
-            eta = conditioned
-            if draw_all:
-                eta = eta + self._draw_re_predictor(k_re, arrays, codes, mask)
-            y = np.asarray(fam.simulate(k_y, jnp.asarray(eta), trials, fp))
-            if precision:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    y = np.where(w > 0, eta + (y - eta) / np.sqrt(w), np.nan)
-            if design.proportion:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    y = y / np.asarray(trials)
-            cols[f"sim_{k + 1}"] = self._as_labels(y)
+            keys.append((k_re, k_y))
+        k_re = jnp.stack([k[0] for k in keys])
+        k_y = jnp.stack([k[1] for k in keys])
+        terms = self._term_draws(codes) if draw_all else ()
+        chols = tuple(L for *_, L in terms)
+        spec = tuple((k, col0, levels, q) for k, col0, levels, q, _ in terms)
+        masks = None if mask is None else tuple(jnp.asarray(m) for m in mask)
+        sizes = tuple(levels for _, levels in codes)
+        run = program(("simulate", self.model.structure, fam, spec, sizes, masks is None),
+                      lambda: jax.jit(functools.partial(_simulate, self.model.structure, fam,
+                                                        spec, sizes)))
+        index_arr = tuple(jnp.asarray(c, jnp.int32) for c, _ in codes)
+        Y, eta = run(k_re, k_y, jnp.asarray(conditioned), chols, index_arr, arrays.Z, trials,
+                     fp, masks)
+        Y = np.asarray(Y)
+        eta = np.asarray(eta)
+        if precision:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                Y = np.where(w > 0, eta + (Y - eta) / np.sqrt(w), np.nan)
+        if design.proportion:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                Y = Y / np.asarray(trials)
+        cols = {f"sim_{k + 1}": self._as_labels(Y[k]) for k in range(n)}
         return pd.DataFrame(cols, index=index)
 
     # ------------------------------------------------------------------ internals
@@ -431,28 +463,47 @@ class FitResult:
         return pd.Categorical.from_codes(np.asarray(y, int), categories=list(levels),
                                          ordered=fam.response == "ordered")
 
-    def _draw_re_predictor(self, key, arrays, codes, mask=None) -> np.ndarray:
-        """Z b for new random effects drawn from their fitted distribution (one draw per
-        design term, in the design's order), for the levels numbered by ``codes`` (per
-        factor: (index, number of levels)); columns that ``mask`` conditions on get none."""
+    def _term_draws(self, codes) -> list:
+        """Per design term (in the design's order): its factor, first column, number of
+        levels, size and the Cholesky factor of its fitted covariance."""
         problem = self.model.problem
         s = problem.structure
         # Lambda is relative to sigma only for the exact gaussian (LMM) fits
         scale = self.sigma if problem.exact_lmm else 1.0
         covs = term_covariances(s, self.theta, scale)
         where = {(t.label, t.names): (k, t.col0) for k, f in enumerate(s.factors) for t in f.terms}
-        b = [np.zeros((n_levels, f.q)) for f, (_, n_levels) in zip(s.factors, codes)]
+        out = []
         for t in problem.design.terms:
-            key, sub = jax.random.split(key)
-            cov = covs[(t.label, tuple(t.names))]
-            L = np.linalg.cholesky(cov + 1e-12 * np.eye(t.q))
             k, col0 = where[(t.label, tuple(t.names))]
-            draw = np.asarray(jax.random.normal(sub, (codes[k][1], t.q))) @ L.T
-            b[k][:, col0:col0 + t.q] = draw
-        if mask is not None:
-            b = [bf * (1.0 - m) for bf, m in zip(b, mask)]
-        index = tuple(jnp.asarray(c, jnp.int32) for c, _ in codes)
-        return np.asarray(random_predictor(s, b, index, arrays.Z))
+            L = np.linalg.cholesky(covs[(t.label, tuple(t.names))] + 1e-12 * np.eye(t.q))
+            out.append((k, col0, codes[k][1], t.q, jnp.asarray(L)))
+        return out
+
+
+def _simulate(structure, fam, spec, sizes, k_re, k_y, conditioned, chols, index, Z, trials,
+              fp, masks):
+    """Responses (n, rows) and their linear predictors: new random effects drawn from the
+    fitted covariances (``chols``, one draw per term in ``spec`` for each of the n keys
+    ``k_re``; columns ``masks`` conditions on get none) added to ``conditioned``, then the
+    family's draw with the keys ``k_y``."""
+    def one(kr, ky):
+        eta = conditioned
+        if spec:
+            parts = [[None] * f.q for f in structure.factors]
+            key = kr
+            for (k, col0, levels, q), L in zip(spec, chols):
+                key, sub = jax.random.split(key)
+                draw = jax.random.normal(sub, (levels, q)) @ L.T
+                for j in range(q):
+                    parts[k][col0 + j] = draw[:, j]
+            b = [jnp.stack([c if c is not None else jnp.zeros(n) for c in cols], axis=1)
+                 for cols, n in zip(parts, sizes)]
+            if masks is not None:
+                b = [bf * (1.0 - m) for bf, m in zip(b, masks)]
+            eta = eta + random_predictor(structure, b, index, Z)
+        return fam.simulate(ky, eta, trials, fp), eta
+
+    return jax.vmap(one)(k_re, k_y)
 
 
 def _frame(newdata) -> pd.DataFrame | None:

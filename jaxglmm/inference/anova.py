@@ -1,0 +1,111 @@
+"""Likelihood-ratio tests of nested models, lme4's ``anova.merMod``."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chi2
+
+COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
+
+
+def anova(*fits, names=None) -> pd.DataFrame:
+    """The likelihood-ratio table of nested likelihood fits of one dataset, as lme4's
+    ``anova(fit0, fit1, ...)``: rows ordered by the number of parameters, columns npar,
+    AIC, BIC, logLik, deviance, Chisq, Df and Pr(>Chisq) (each test against the row
+    above).  REML fits are refitted by ML first, with a warning, as lme4 does.  Models
+    fitted to different rows, of different families, or not nested, are refused.
+    ``names``: row labels (default ``model1``, ``model2``... in the order given);
+    ``attrs["formulas"]`` maps them to the formulas."""
+    if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
+        fits = tuple(fits[0])
+    if len(fits) < 2:
+        raise ValueError("anova compares two or more fits of nested models; got "
+                         f"{len(fits)}")
+    names = [f"model{k + 1}" for k in range(len(fits))] if names is None else list(names)
+    if len(names) != len(fits) or len(set(names)) != len(names):
+        raise ValueError(f"names must be {len(fits)} distinct labels, got {names}")
+    for name, f in zip(names, fits):
+        if not hasattr(f, "model") or not hasattr(f, "loglik"):
+            raise TypeError(f"{name} is not a fit (got {type(f).__name__})")
+        if getattr(f, "draws", None) is not None or f.loglik is None:
+            raise ValueError(f"{name} is a {f.method!r} fit: anova compares likelihood fits "
+                             "(ml, laplace, agq; reml fits are refitted by ml)")
+    _same_rows(fits, names)
+    if any(f.method == "reml" for f in fits):
+        warnings.warn("refitting model(s) with ML (instead of REML)", UserWarning, stacklevel=2)
+        fits = tuple(f.model.fit("ml") if f.method == "reml" else f for f in fits)
+    order = sorted(range(len(fits)), key=lambda k: fits[k].df)       # stable: ties as given
+    fits = [fits[k] for k in order]
+    names = [names[k] for k in order]
+    for (a, na), (b, nb) in zip(zip(fits, names), zip(fits[1:], names[1:])):
+        why = _not_nested(a, b)
+        if why:
+            raise ValueError(f"{na} is not nested in {nb}: {why}")
+    ll = np.array([f.loglik for f in fits], float)
+    npar = np.array([f.df for f in fits])
+    chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(ll))])
+    df = np.concatenate([[np.nan], np.diff(npar).astype(float)])
+    with np.errstate(invalid="ignore"):
+        p = np.where(df > 0, chi2.sf(chisq, np.where(df > 0, df, 1)), np.nan)
+    table = pd.DataFrame({"npar": npar, "AIC": [f.aic for f in fits],
+                          "BIC": [f.bic for f in fits], "logLik": ll, "deviance": -2.0 * ll,
+                          "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
+                         index=pd.Index(names), columns=COLUMNS)
+    table.attrs["formulas"] = {n: f.model.formula for n, f in zip(names, fits)}
+    return table
+
+
+def _same_rows(fits, names) -> None:
+    d0 = fits[0].model.design
+    for name, f in zip(names[1:], fits[1:]):
+        d = f.model.design
+        if d.nobs != d0.nobs:
+            raise ValueError(f"models were not all fitted to the same rows: {names[0]} has "
+                             f"{d0.nobs} observations, {name} {d.nobs}")
+        same = (np.array_equal(np.asarray(d.row_index), np.asarray(d0.row_index))
+                and np.allclose(np.asarray(d.y, float), np.asarray(d0.y, float))
+                and np.allclose(np.asarray(d.weights, float), np.asarray(d0.weights, float)))
+        if not same:
+            raise ValueError(f"models were not all fitted to the same rows and response: "
+                             f"{name} differs from {names[0]}")
+        fam, fam0 = f.model.family, fits[0].model.family
+        if (fam.name, fam.link.name) != (fam0.name, fam0.link.name):
+            raise ValueError(f"models of different families cannot be compared: "
+                             f"{names[0]} is {fam0.name}({fam0.link.name}), {name} is "
+                             f"{fam.name}({fam.link.name})")
+
+
+def _spans(big: np.ndarray, small: np.ndarray) -> bool:
+    """Whether every column of ``small`` lies in the column space of ``big``."""
+    if small.shape[1] == 0:
+        return True
+    if big.shape[1] == 0:
+        return False
+    coef, *_ = np.linalg.lstsq(big, small, rcond=None)
+    resid = small - big @ coef
+    return bool(np.all(np.linalg.norm(resid, axis=0) <= 1e-8 * (1.0 + np.linalg.norm(small, axis=0))))
+
+
+def _not_nested(small, big, both: bool = True) -> str:
+    """Why ``small`` is not a special case of ``big`` ("" when it is): its fixed-effect
+    columns must lie in ``big``'s, and each random term's columns in those of ``big``'s
+    terms on the same grouping factor (per level)."""
+    ds, db = small.model.design, big.model.design
+    if not _spans(np.asarray(db.X, float), np.asarray(ds.X, float)):
+        return "its fixed effects are not within the other's"
+    for t in ds.terms:
+        same = [u for u in db.terms if u.group == t.group
+                and np.array_equal(np.asarray(u.group_index), np.asarray(t.group_index))]
+        if not same:
+            return f"the other has no random effects for {t.group!r}"
+        Zb = np.concatenate([np.asarray(u.Z, float) for u in same], axis=1)
+        idx = np.asarray(t.group_index)
+        for g in np.unique(idx):
+            rows = idx == g
+            if not _spans(Zb[rows], np.asarray(t.Z, float)[rows]):
+                return f"its random effects for {t.group!r} are not within the other's"
+    if both and small.df == big.df and _not_nested(big, small, both=False):
+        return "the two have as many parameters but different models"
+    return ""

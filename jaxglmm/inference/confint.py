@@ -1,0 +1,71 @@
+"""Confidence intervals, lme4's ``confint.merMod``: Wald and parametric-bootstrap
+percentile intervals.  Rows are named as brms names parameters (:mod:`.params`)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from .bootstrap import bootstrap
+from .params import of_fit
+
+METHODS = ("wald", "profile", "bootstrap")
+
+
+def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options) -> pd.DataFrame:
+    """Intervals with columns ``lower`` and ``upper``, one row per parameter.
+
+    * ``"wald"``: ``estimate -/+ z se`` for the fixed effects; the variance parameters get
+      NaN, as lme4's (their sampling distribution is far from normal);
+    * ``"bootstrap"``: percentile intervals of :meth:`FitResult.bootstrap` (``n``,
+      ``seed``, ``use_re`` and ``progress`` pass through; ``n`` defaults to 1000); rows
+      whose refit did not converge are left out;
+    * ``"profile"``: refused for now, saying so (not yet built).
+
+    ``parm``: a list of row names, or lme4's ``"beta_"`` (the fixed effects) or
+    ``"theta_"`` (the variance parameters)."""
+    if not isinstance(method, str) or method.lower() not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    method = method.lower()
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise ValueError(f"level must be a probability between 0 and 1, got {level!r}")
+    if getattr(fit, "draws", None) is not None:
+        raise ValueError(f"confint is for likelihood fits; for this {fit.method!r} fit use "
+                         "fit.posterior_summary (its q2.5 and q97.5 columns)")
+    unknown = set(options) - ({"n", "seed", "use_re", "progress"} if method == "bootstrap"
+                              else set())
+    if unknown:
+        raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}")
+    if method == "profile":
+        raise NotImplementedError("profile confidence intervals are not built yet; use "
+                                  "method='wald' (fixed effects) or method='bootstrap'")
+    est = of_fit(fit)
+    fixed = list(fit.fixef.index)
+    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
+    if method == "wald":
+        z = norm.ppf(hi)
+        se = fit.fixef_se.reindex(est.index).to_numpy(float)
+        lower = np.where(est.index.isin(fixed), est.to_numpy() - z * se, np.nan)
+        upper = np.where(est.index.isin(fixed), est.to_numpy() + z * se, np.nan)
+        out = pd.DataFrame({"lower": lower, "upper": upper}, index=est.index)
+    else:
+        reps = bootstrap(fit, **{"n": 1000, **options})
+        ok = reps[reps["converged"]].drop(columns="converged")
+        out = pd.DataFrame({"lower": ok.quantile(lo), "upper": ok.quantile(hi)})
+        out.attrs["n"] = len(ok)
+    return out.loc[_rows(parm, list(out.index), fixed)]
+
+
+def _rows(parm, names: list[str], fixed: list[str]) -> list[str]:
+    if parm is None:
+        return names
+    if isinstance(parm, str):
+        if parm == "beta_":
+            return [n for n in names if n in fixed]
+        if parm == "theta_":
+            return [n for n in names if n not in fixed]
+        parm = [parm]
+    missing = [p for p in parm if p not in names]
+    if missing:
+        raise ValueError(f"unknown parameter(s) {missing}; the fit has {names}")
+    return list(parm)
