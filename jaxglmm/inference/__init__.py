@@ -6,8 +6,10 @@ from ..results.extensions import register
 from .anova import anova
 from .bootstrap import Replicates, bootstrap
 from .confint import confint
+from .ddf import coef_table
 
 register("bootstrap", bootstrap)
 register("confint", confint)
+register("coef_table", coef_table)
 
-__all__ = ["anova", "bootstrap", "confint", "Replicates"]
+__all__ = ["anova", "bootstrap", "coef_table", "confint", "Replicates"]

@@ -188,10 +188,17 @@ class FitResult:
                              "use predict(type='response') for its probabilities or "
                              "parameters")
 
-    def summary(self, correlation: bool = True):
+    def summary(self, correlation: bool = True, ddf: str | None = None):
         """lme4's summary as a data object that prints (brms-style for Bayesian fits);
-        ``correlation=False`` leaves out the correlation of the fixed effects."""
-        return Summary.from_fit(self, correlation=correlation)
+        ``correlation=False`` leaves out the correlation of the fixed effects; ``ddf``
+        (``"satterthwaite"`` or ``"kenward-roger"``, LMMs) prints lmerTest's table."""
+        return Summary.from_fit(self, correlation=correlation, ddf=ddf)
+
+    def coef_table(self, ddf: str | None = None, exponentiate: bool = False) -> pd.DataFrame:
+        """Estimate, Std. Error, (df,) the t or z value and its p-value; ``ddf``
+        ``"satterthwaite"`` or ``"kenward-roger"`` as lmerTest's ``summary(fit, ddf=)``
+        (see :func:`jaxglmm.inference.ddf.coef_table`)."""
+        return extensions.call("coef_table", self, ddf=ddf, exponentiate=exponentiate)
 
     def __repr__(self) -> str:
         return str(self.summary())

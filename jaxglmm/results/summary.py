@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from jax.scipy.stats import norm
 
+from . import extensions
+
 METHOD_TITLES = {
     "reml": "Linear mixed model fit by REML",
     "ml": "Linear mixed model fit by maximum likelihood",
@@ -53,10 +55,13 @@ class Summary(_Rendered):
     correlation: pd.DataFrame | None = None
 
     @classmethod
-    def from_fit(cls, fit, correlation: bool = True):
+    def from_fit(cls, fit, correlation: bool = True, ddf: str | None = None):
         """``correlation=False`` leaves out the correlation of the fixed effects, as
-        lme4's ``print(summary(fit), correlation = FALSE)``."""
+        lme4's ``print(summary(fit), correlation = FALSE)``; ``ddf`` (LMMs) gives the
+        fixed-effects table lmerTest's denominator df and p-values (:meth:`coef_table`)."""
         if fit.posterior_summary is not None:
+            if ddf is not None:
+                raise ValueError("ddf is for likelihood fits of linear mixed models")
             return BayesSummary.from_fit(fit)
         design = fit.model.design
         title = METHOD_TITLES.get(fit.method, f"Mixed model fit by {fit.method}")
@@ -73,7 +78,10 @@ class Summary(_Rendered):
         se = fit.fixef_se
         z = est / se
         coef = pd.DataFrame({"Estimate": est, "Std. Error": se})
-        if fit.model.family.residual is not None:     # an estimated residual scale: t
+        if ddf is not None:         # lmerTest's table (jaxglmm.inference.ddf)
+            coef = extensions.call("coef_table", fit, ddf=ddf)
+            title += (f". t-tests use {DDF_TITLES.get(str(ddf).lower(), ddf)} method")
+        elif fit.model.family.residual is not None:     # an estimated residual scale: t
             coef["t value"] = z
         else:
             coef["z value"] = z
@@ -91,10 +99,10 @@ class Summary(_Rendered):
             np.quantile(resid, [0, 0.25, 0.5, 0.75, 1]), index=["Min", "1Q", "Median", "3Q", "Max"])
         cor = None
         if correlation and len(est) > 1:
-            vc = fit.vcov()
-            v = vc.to_numpy(float)
+            cov = fit.vcov()
+            v = cov.to_numpy(float)
             d = np.sqrt(np.diag(v))
-            cor = pd.DataFrame(v / np.outer(d, d), index=vc.index, columns=vc.columns)
+            cor = pd.DataFrame(v / np.outer(d, d), index=cov.index, columns=cov.columns)
         return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
                    groups, coef, dict(fit.family_params), tuple(fit.messages),
                    dict(fit.family_params_se), fit.model.data_name, quartiles, cor)
@@ -144,6 +152,7 @@ class Summary(_Rendered):
         return self._close(out, self.messages)
 
 
+DDF_TITLES = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's"}
 MAX_CORRELATION_P = 12     # lme4 prints the correlation of fixed effects up to p = 12
 
 

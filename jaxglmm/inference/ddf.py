@@ -1,0 +1,208 @@
+"""Denominator degrees of freedom for linear mixed models: Satterthwaite's (lmerTest) and
+Kenward and Roger's (pbkrtest), for the coefficient table.
+
+Satterthwaite (lmerTest 3.x): with the variance parameters ``phi = (theta, sigma)`` (lme4's
+theta and the residual SD), ``A = 2 H^-1`` (H the Hessian of the unprofiled REML or ML
+deviance in phi) and ``C(phi)`` the covariance of the fixed effects, a contrast ``l`` has
+``df = 2 (l' C l)^2 / (g' A g)``, ``g = d(l' C l)/d phi``.  H and g come from autodiff
+through the blocked Cholesky, not finite differences."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+from scipy.stats import t as student_t
+
+from ..core import linalg
+from ..core import resystem as rs
+from ..core.lmm import lmm_data
+
+DDF = ("satterthwaite", "kenward-roger")
+
+
+def _lmm_functions(fit):
+    """(deviance(phi), vcov(phi)) of an LMM fit, phi = (theta, sigma)."""
+    problem = fit.model.problem
+    s, p = problem.structure, fit.model.design.n_fixef
+    d = lmm_data(s, problem.arrays)
+    reml = fit.method == "reml"
+    p2 = s.p2
+
+    def parts(theta):
+        ch = rs.factor(*rs.scaled_system(s, rs.lambdas(s, theta), d.cp))
+        L22 = ch.L22
+        return rs.logdet_z(ch, p2), L22[p2:p2 + p, p2:p2 + p], jnp.square(L22[-1, -1])
+
+    def deviance(phi):
+        theta, sigma = phi[:-1], phi[-1]
+        ld, LX, r2 = parts(theta)
+        dof = d.n - p if reml else d.n
+        dev = ld + dof * jnp.log(2 * jnp.pi * sigma ** 2) + r2 / sigma ** 2 - d.sum_log_w
+        if reml:
+            dev = dev + 2.0 * jnp.sum(jnp.log(jnp.diagonal(LX)))
+        return dev
+
+    def vcov(phi):
+        _, LX, _ = parts(phi[:-1])
+        inv = linalg.solve_lower(LX, jnp.eye(p, dtype=LX.dtype))
+        return phi[-1] ** 2 * inv.T @ inv
+
+    return deviance, vcov
+
+
+def satterthwaite(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(variance, df) of ``contrasts @ beta`` for each row of ``contrasts`` (k, p)."""
+    deviance, vcov = _lmm_functions(fit)
+    phi = jnp.asarray(np.append(np.asarray(fit.theta, float), fit.sigma))
+    H = np.asarray(jax.hessian(deviance)(phi))
+    A = 2.0 * np.linalg.pinv(H)
+    L = jnp.asarray(np.atleast_2d(contrasts), dtype=phi.dtype)
+    var_fn = lambda ph: jnp.einsum("kp,pq,kq->k", L, vcov(ph), L)     # noqa: E731
+    var = np.asarray(var_fn(phi))
+    G = np.asarray(jax.jacfwd(var_fn)(phi))                            # (k, n_phi)
+    denom = np.einsum("ki,ij,kj->k", G, A, G)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(denom > 0, 2.0 * var ** 2 / denom, np.nan)
+    return var, df
+
+
+def coef_table(fit, ddf: str | None = None, exponentiate: bool = False) -> pd.DataFrame:
+    """The fixed-effects table: Estimate, Std. Error and the test statistic; with ``ddf``
+    (LMM fits by REML or ML only) also df and ``Pr(>|t|)`` from Student's t with
+    Satterthwaite's or Kenward-Roger's denominator degrees of freedom, as lmerTest's
+    ``summary(fit, ddf=)``.  Without ``ddf``, a model with an estimated residual scale gets
+    lme4's t value and no p-value; the others z and ``Pr(>|z|)``.  ``exponentiate``:
+    estimates as exp(estimate), their standard errors by the delta method (exp(b) se);
+    statistics and p-values stay those of the linear-predictor scale."""
+    if ddf is not None and (not isinstance(ddf, str) or ddf.lower() not in DDF):
+        raise ValueError(f"ddf must be None or one of {DDF}, got {ddf!r}")
+    if getattr(fit, "draws", None) is not None:
+        raise ValueError(f"coef_table tests likelihood fits; for this {fit.method!r} fit use "
+                         "fit.posterior_summary")
+    est = fit.fixef.to_numpy(float)
+    se = fit.fixef_se.to_numpy(float)
+    names = list(fit.fixef.index)
+    out = pd.DataFrame({"Estimate": est, "Std. Error": se}, index=names)
+    stat = est / se
+    if ddf is None:
+        if fit.model.family.residual is not None:
+            out["t value"] = stat
+        else:
+            out["z value"] = stat
+            out["Pr(>|z|)"] = 2.0 * norm.sf(np.abs(stat))
+    else:
+        ddf = ddf.lower()
+        lmm = fit.model.family.exact_lmm and fit.method in ("reml", "ml")
+        if not lmm:
+            raise ValueError(f"denominator degrees of freedom are for linear mixed models "
+                             f"fitted by 'reml' or 'ml'; this is a {fit.model.family.name} "
+                             f"{fit.method!r} fit (use ddf=None: Wald z tests)")
+        if ddf == "kenward-roger":
+            var, df = kenward_roger(fit, np.eye(len(names)))
+        else:
+            var, df = satterthwaite(fit, np.eye(len(names)))
+        se = np.sqrt(var)
+        stat = est / se
+        out["Std. Error"] = se
+        out["df"] = df
+        out["t value"] = stat
+        out["Pr(>|t|)"] = 2.0 * student_t.sf(np.abs(stat), df)
+    if exponentiate:
+        out["Std. Error"] = np.exp(est) * out["Std. Error"]
+        out["Estimate"] = np.exp(est)
+    return out
+
+
+KR_MAX_ROWS = 6000      # the n x n matrices below: 6000 rows is 0.3 GB each
+
+
+def kenward_roger(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(adjusted variance, df) of ``contrasts @ beta``, as pbkrtest's ``vcovAdj`` and
+    ``Lb_ddf`` (which lmerTest's ``ddf = "Kenward-Roger"`` calls): the marginal covariance
+    ``Sigma = sum_r gamma_r G_r + sigma^2 W^-1`` is linear in the (co)variance components
+    gamma (each term's variances and covariances, then the residual variance), so the
+    adjustment needs only ``Sigma^-1`` and the ``G_r``.  Dense in the rows, as pbkrtest."""
+    if fit.method != "reml":
+        raise ValueError("Kenward-Roger degrees of freedom need a REML fit (as pbkrtest); "
+                         f"this fit is by {fit.method!r}: refit with method='reml' or use "
+                         "ddf='satterthwaite'")
+    design, s = fit.model.design, fit.model.problem.structure
+    n = design.nobs
+    if n > KR_MAX_ROWS:
+        raise ValueError(f"Kenward-Roger here builds dense {n} x {n} matrices (as pbkrtest); "
+                         f"{n} rows is over {KR_MAX_ROWS}: use ddf='satterthwaite'")
+    X = np.asarray(design.X, float)
+    w = np.asarray(design.weights, float)
+    covs = rs.term_covariances(s, np.asarray(fit.theta, float), float(fit.sigma))
+    G, gamma = [], []
+    for t in design.terms:
+        idx = np.asarray(t.group_index)
+        same = (idx[:, None] == idx[None, :]).astype(float)
+        Z = np.asarray(t.Z, float)
+        C = covs[(t.label, tuple(t.names))]
+        for j in range(t.q):
+            for i in range(j, t.q):
+                outer = np.outer(Z[:, i], Z[:, j])
+                G.append(same * (outer + outer.T if i != j else outer))
+                gamma.append(C[i, j])
+    with np.errstate(divide="ignore"):
+        G.append(np.diag(np.where(w > 0, 1.0 / w, 0.0)))
+    gamma.append(float(fit.sigma) ** 2)
+    Sigma = sum(g * Gr for g, Gr in zip(gamma, G))
+    Sinv = np.linalg.inv(Sigma)
+    Sinv = 0.5 * (Sinv + Sinv.T)
+    T = Sinv @ X
+    Phi = np.linalg.inv(X.T @ T)
+    H = [Gr @ Sinv for Gr in G]
+    O = [h @ X for h in H]
+    R = len(G)
+    P = [-(o.T @ T) for o in O]
+    P = [0.5 * (m + m.T) for m in P]
+    Q = {(a, b): O[a].T @ Sinv @ O[b] for a in range(R) for b in range(a, R)}
+    IE2 = np.empty((R, R))
+    for a in range(R):
+        for b in range(a, R):
+            IE2[a, b] = IE2[b, a] = (np.sum(H[a].T * H[b]) - 2.0 * np.sum(Phi * Q[a, b])
+                                     + np.sum((Phi @ P[a]) * (P[b] @ Phi)))
+    ok = np.min(np.abs(np.linalg.eigvalsh(IE2))) > 1e-10
+    W = 2.0 * (np.linalg.inv(IE2) if ok else np.linalg.pinv(IE2))
+    U = np.zeros_like(Phi)
+    for a in range(R - 1):
+        for b in range(a + 1, R):
+            U += W[a, b] * (Q[a, b] - P[a] @ Phi @ P[b])
+    U = U + U.T
+    for a in range(R):
+        U += W[a, a] * (Q[a, a] - P[a] @ Phi @ P[a])
+    PhiA = Phi + 2.0 * Phi @ U @ Phi
+    L = np.atleast_2d(np.asarray(contrasts, float))
+    var = np.einsum("kp,pq,kq->k", L, PhiA, L)
+    df = np.array([_kr_df(l[None, :], Phi, P, W) for l in L])
+    return var, df
+
+
+def _kr_df(L, V0, P, W) -> float:
+    """pbkrtest's ``Lb_ddf``: the denominator df of one contrast (rank q = 1 here)."""
+    Theta = L.T @ np.linalg.solve(L @ V0 @ L.T, L)
+    ThetaV0 = Theta @ V0
+    A1 = A2 = 0.0
+    R = len(P)
+    for i in range(R):
+        ui = ThetaV0 @ P[i] @ V0
+        for j in range(i, R):
+            e = 1.0 if i == j else 2.0
+            uj = ThetaV0 @ P[j] @ V0
+            A1 += e * W[i, j] * np.trace(ui) * np.trace(uj)
+            A2 += e * W[i, j] * np.sum(ui * uj.T)
+    q = 1.0
+    B = (A1 + 6.0 * A2) / (2.0 * q)
+    g = ((q + 1) * A1 - (q + 4) * A2) / ((q + 2) * A2)
+    den = 3 * q + 2 * (1 - g)
+    c1, c2, c3 = g / den, (q - g) / den, (q + 2 - g) / den
+    V0_ = 1 + c1 * B
+    V0_ = 0.0 if abs(V0_) < 1e-10 else V0_
+    V1, V2 = 1 - c2 * B, 1 - c3 * B
+    ratio = 0.0 if V1 == 0 else (1 - A2 / q) / V1
+    rho = (ratio ** 2) * V0_ / V2 / q
+    return 4.0 + (q + 2) / (q * rho - 1)
