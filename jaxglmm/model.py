@@ -70,6 +70,10 @@ class Model:
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         self.formula = formula
         self.weights = weights
+        # what a related model needs to be built the same way (inference: null models, power)
+        self.data = data
+        self.options = {"family": family, "link": link, "categorical": tuple(categorical),
+                        "levels": levels, "weights": weights, "dpars": dpars}
         self.data_name = data.attrs.get("name") or \
             f"DataFrame ({data.shape[0]} rows, {data.shape[1]} columns)"
         self.family = get_family(family, link)

@@ -7,9 +7,11 @@ from .anova import anova
 from .bootstrap import Replicates, bootstrap
 from .confint import confint
 from .ddf import coef_table
+from .power import PowerCurve, power
 
 register("bootstrap", bootstrap)
 register("confint", confint)
 register("coef_table", coef_table)
+register("power", power)
 
-__all__ = ["anova", "bootstrap", "coef_table", "confint", "Replicates"]
+__all__ = ["anova", "bootstrap", "coef_table", "confint", "power", "PowerCurve", "Replicates"]

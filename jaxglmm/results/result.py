@@ -179,6 +179,14 @@ class FitResult:
         return extensions.call("confint", self, method=method, level=level, parm=parm,
                                **options)
 
+    def power(self, term: str, effect: float | None = None, along: str | None = None,
+              sizes=None, nsim: int = 1000, test: str = "lrt", alpha: float = 0.05,
+              seed: int | None = None, progress: bool | None = None):
+        """Power by simulation, as simr's ``powerSim``/``powerCurve``: a table of size,
+        power, lower, upper and nsim (see :func:`jaxglmm.inference.power`)."""
+        return extensions.call("power", self, term, effect=effect, along=along, sizes=sizes,
+                               nsim=nsim, test=test, alpha=alpha, seed=seed, progress=progress)
+
     def _scalar_response(self, what: str) -> None:
         fam = self.model.family
         if fam.per_category or fam.category_probs is not None or self.model.dpars:
