@@ -115,8 +115,6 @@ def test_confint_errors(ss, cbpp_fit):
         fit.confint(parm=["Dayz"])
     with pytest.raises(ValueError, match="unknown option"):
         fit.confint("wald", n=10)
-    with pytest.raises(NotImplementedError, match="profile confidence intervals are not built"):
-        cbpp_fit.confint("profile")
 
 
 def test_bootstrap_sds_match_bootmer(cbpp_fit):
@@ -164,3 +162,36 @@ def test_bootstrap_refuses_bayesian_fits_and_bad_input(ss, cbpp_fit):
         cbpp_fit.bootstrap(n=10, use_re="new")
     with pytest.raises(ValueError, match="positive number of replicates"):
         cbpp_fit.bootstrap(n=0)
+
+
+def brms_row(name: str) -> str:
+    """The reference's brms-style names, in jaxglmm's spelling."""
+    if name.startswith(("sd_", "cor_")):
+        return name.replace("(Intercept)", "Intercept")
+    return r_name(name, ("period",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["ss_reml", "ss_ml", "cbpp"])
+def test_profile_intervals_match_lme4(ss, cbpp_fit, case):
+    if case == "cbpp":
+        fit = cbpp_fit
+    else:
+        fit = jg.Model(LMM, ss).fit("reml" if case == "ss_reml" else "ml")
+    ref = REF[case]["confint_profile"]
+    ci = fit.confint("profile")
+    assert list(ci.columns) == ["lower", "upper"]
+    for lme4_name, brms in zip(ref["lme4_names"], ref["brms_names"]):
+        got = ci.loc[brms_row(brms)].to_numpy()
+        want = [ref["lower"][lme4_name], ref["upper"][lme4_name]]
+        np.testing.assert_allclose(got, want, rtol=1e-3, err_msg=brms)
+    x, zeta = ci.attrs["profiles"][brms_row(ref["brms_names"][-1])]
+    assert np.all(np.diff(zeta) > 0) and np.all(np.diff(x) > 0)
+
+
+def test_profile_warns_on_a_fit_that_did_not_converge(cbpp_fit):
+    import dataclasses
+    bad = dataclasses.replace(cbpp_fit, converged=False)
+    with pytest.warns(UserWarning, match="did not converge"):
+        ci = bad.confint("profile", parm=["sd_herd__Intercept"])
+    assert list(ci.index) == ["sd_herd__Intercept"]

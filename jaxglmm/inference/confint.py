@@ -2,12 +2,15 @@
 percentile intervals.  Rows are named as brms names parameters (:mod:`.params`)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
 from .bootstrap import bootstrap
 from .params import of_fit
+from .profile import profile_intervals
 
 METHODS = ("wald", "profile", "bootstrap")
 
@@ -20,7 +23,9 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
     * ``"bootstrap"``: percentile intervals of :meth:`FitResult.bootstrap` (``n``,
       ``seed``, ``use_re`` and ``progress`` pass through; ``n`` defaults to 1000); rows
       whose refit did not converge are left out;
-    * ``"profile"``: refused for now, saying so (not yet built).
+    * ``"profile"``: profile-likelihood intervals, as lme4's (see
+      :mod:`jaxglmm.inference.profile`; a REML fit is profiled by its ML refit, as lme4
+      does); ``attrs["profiles"]`` holds each parameter's (values, zeta).
 
     ``parm``: a list of row names, or lme4's ``"beta_"`` (the fixed effects) or
     ``"theta_"`` (the variance parameters)."""
@@ -36,9 +41,6 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
                               else set())
     if unknown:
         raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}")
-    if method == "profile":
-        raise NotImplementedError("profile confidence intervals are not built yet; use "
-                                  "method='wald' (fixed effects) or method='bootstrap'")
     est = of_fit(fit)
     fixed = list(fit.fixef.index)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
@@ -48,6 +50,16 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
         lower = np.where(est.index.isin(fixed), est.to_numpy() - z * se, np.nan)
         upper = np.where(est.index.isin(fixed), est.to_numpy() + z * se, np.nan)
         out = pd.DataFrame({"lower": lower, "upper": upper}, index=est.index)
+    elif method == "profile":
+        wanted = _rows(parm, list(est.index), fixed)
+        limits, curves = profile_intervals(fit, level, wanted)
+        missing = [n for n in wanted if n not in limits]
+        if missing:
+            warnings.warn(f"not profiled (the family's own parameters): {missing}; their "
+                          "rows are NaN", UserWarning, stacklevel=2)
+        out = pd.DataFrame([limits.get(n, (np.nan, np.nan)) for n in est.index],
+                           index=est.index, columns=["lower", "upper"])
+        out.attrs["profiles"] = curves
     else:
         reps = bootstrap(fit, **{"n": 1000, **options})
         ok = reps[reps["converged"]].drop(columns="converged")
