@@ -47,7 +47,7 @@ from .many.chunk import fit_chunk
 from .many.executor import run_chunks
 from .many.plan import DEFAULT_CHUNK_SIZE
 from .model import Model
-from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, check_options,
+from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, PowerConfig, check_options,
                         expand_datasets, is_bundled, load_config)
 
 __all__ = ["main"]
@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in (("fit", "fit one model to one dataset"),
-                       ("fit-many", "fit one model to many same-shape datasets in one call")):
+                       ("fit-many", "fit one model to many same-shape datasets in one call"),
+                       ("power", "the power to detect a fixed effect, by simulation")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", metavar="CONFIG.yaml", help="the run config (see README)")
         p.add_argument("-o", "--output", metavar="FOLDER",
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             enable_compilation_cache()
         except OSError:   # an unwritable home: run without the cache
             pass
-    run = _run_fit if args.command == "fit" else _run_fit_many
+    run = {"fit": _run_fit, "fit-many": _run_fit_many, "power": _run_power}[args.command]
     with _warnings_on_stderr():
         return run(args.config, args.output, args.strict)
 
@@ -150,18 +151,91 @@ def _run_fit(config_path: str, output: str | None, strict: bool = False) -> int:
         return _fail(err)
 
     fit = model.fit(method, **config.options)
-    summary = str(fit.summary())
+    try:
+        record, tables = _inference(fit, config)
+    except _INPUT_ERRORS as err:
+        return _fail(err)
+    summary = str(fit.summary(ddf=config.ddf))
     files = {
-        "fit.json": json.dumps(fit.to_dict(), indent=2) + "\n",
+        "fit.json": json.dumps(fit.to_dict() | record, indent=2) + "\n",
         "summary.txt": summary + "\n",
         "ranef.csv": fit.ranef_long().to_csv(index=False),
-    }
+    } | tables
     if fit.posterior is not None:   # NUTS/VI/MAP draws, as ArviZ InferenceData
         files["draws.nc"] = _netcdf_bytes(fit.posterior)
     _deliver(config, {"method": method, "link": fit.link}, files, summary)
     if strict and not fit.converged:
         return _fail(f"the fit did not converge (--strict); its outputs are in {config.output}",
                      EXIT_NOT_CONVERGED)
+    return 0
+
+
+def _inference(fit, config) -> tuple[dict, dict]:
+    """What the config asks after the fit (confint, bootstrap, ddf): fit.json's extra keys
+    and extra tables."""
+    record, tables = {}, {}
+    if config.ddf is not None:
+        table = fit.coef_table(ddf=config.ddf)
+        record["coef_table"] = {"ddf": config.ddf, **{
+            name: {k: _json_number(v) for k, v in row.items()} for name, row in table.iterrows()}}
+    boot = None
+    if config.bootstrap is not None:
+        b = config.bootstrap
+        boot = fit.bootstrap(n=b.n, seed=b.seed, use_re=b.use_re, progress=False)
+        stats = boot.drop(columns="converged")
+        record["bootstrap"] = {"n": b.n, "seed": b.seed, "use_re": b.use_re,
+                               "converged": int(boot["converged"].sum()),
+                               "mean": {k: _json_number(v) for k, v in stats.mean().items()},
+                               "sd": {k: _json_number(v) for k, v in stats.std().items()},
+                               "seconds": boot.attrs["seconds"]["total"]}
+        tables["bootstrap.csv"] = boot.to_csv()
+    if config.confint is not None:
+        kw = {}
+        if config.confint == "bootstrap" and config.bootstrap is not None:
+            b = config.bootstrap
+            kw = {"n": b.n, "seed": b.seed, "use_re": b.use_re, "progress": False}
+        ci = fit.confint(config.confint, level=config.confint_level, **kw)
+        record["confint"] = {"method": config.confint, "level": config.confint_level, **{
+            name: {"lower": _json_number(r.lower), "upper": _json_number(r.upper)}
+            for name, r in ci.iterrows()}}
+        tables["confint.csv"] = ci.to_csv(index_label="parameter")
+    return record, tables
+
+
+def _json_number(v):
+    v = float(v)
+    return v if v == v and abs(v) != float("inf") else None
+
+
+# ----------------------------------------------------------------------------- power
+def _run_power(config_path: str, output: str | None, strict: bool = False) -> int:
+    try:
+        config = _load(config_path, PowerConfig, output)
+        data = _read_data(config.data)
+        _check_columns(config, data, config.data)
+        model = Model(config.formula, data, config.family, **config.model_kwargs())
+        method = _check_method(model, config)
+    except _INPUT_ERRORS as err:
+        return _fail(err)
+    fit = model.fit(method, **config.options)
+    spec = config.power
+    try:
+        curve = fit.power(spec.term, effect=spec.effect, along=spec.along, sizes=spec.sizes,
+                          nsim=spec.nsim, test=spec.test, alpha=spec.alpha, seed=spec.seed,
+                          progress=False)
+    except _INPUT_ERRORS as err:
+        return _fail(err)
+    record = {"term": spec.term, "tested": curve.attrs["tested"], "test": spec.test,
+              "alpha": spec.alpha, "effect": spec.effect, "along": spec.along,
+              "seconds": curve.attrs["seconds"],
+              "curve": [{k: _json_number(v) for k, v in row.items()}
+                        for row in curve.to_dict("records")]}
+    report = (f"power to detect {spec.term} ({spec.test}, alpha {spec.alpha}):\n"
+              + pd.DataFrame(curve).to_string(index=False))
+    files = {"power.csv": pd.DataFrame(curve).to_csv(index=False),
+             "power.json": json.dumps(record, indent=2) + "\n",
+             "fit.json": json.dumps(fit.to_dict(), indent=2) + "\n"}
+    _deliver(config, {"method": method, "link": fit.link}, files, report)
     return 0
 
 

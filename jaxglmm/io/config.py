@@ -44,7 +44,8 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 from ..families import get_family
 from .datasets import list_datasets
 
-__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "ExecutorConfig", "FIT_MANY_KEYS",
+__all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "PowerConfig", "ExecutorConfig",
+           "FIT_MANY_KEYS", "BootstrapSpec", "PowerSpec",
            "ConfigError", "ConfigLoader",
            "load_config", "check_options", "METHOD_OPTIONS", "format_validation_error",
            "is_bundled", "expand_datasets"]
@@ -230,10 +231,55 @@ class _ModelSpec(BaseModel):
         return cols
 
 
+class BootstrapSpec(BaseModel):
+    """``bootstrap: N`` or ``bootstrap: {n: N, seed: S, use_re: sample | conditional}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(1000, ge=1, strict=True)
+    seed: int | None = None
+    use_re: Literal["sample", "conditional"] = "sample"
+
+
+class PowerSpec(BaseModel):
+    """``power:`` of ``jaxglmm power`` (the arguments of ``fit.power``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    term: str
+    effect: float | None = None
+    along: str | None = None
+    sizes: list[int] | None = None
+    nsim: int = Field(1000, ge=1, strict=True)
+    test: Literal["lrt", "wald", "satterthwaite"] = "lrt"
+    alpha: float = Field(0.05, gt=0, lt=1)
+    seed: int | None = None
+
+
 class FitConfig(_ModelSpec):
-    """Config of ``jaxglmm fit``: one model on one dataset."""
+    """Config of ``jaxglmm fit``: one model on one dataset, and what to infer after it:
+    ``confint`` (wald | profile | bootstrap; ``confint_level``, default 0.95),
+    ``bootstrap`` (replicates, or a mapping n/seed/use_re) and ``ddf`` (satterthwaite |
+    kenward-roger: the coefficient table's denominator df), each landing in ``fit.json``."""
 
     data: str
+    confint: Literal["wald", "profile", "bootstrap"] | None = None
+    confint_level: float = Field(0.95, gt=0, lt=1)
+    bootstrap: BootstrapSpec | None = None
+    ddf: Literal["satterthwaite", "kenward-roger"] | None = None
+
+    @field_validator("confint", "ddf", mode="before")
+    @classmethod
+    def _lower_choice(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _bootstrap_count(cls, value):
+        if isinstance(value, bool):
+            raise ValueError("bootstrap is a number of replicates (or a mapping n/seed/use_re), "
+                             f"not {value!r}")
+        return {"n": value} if isinstance(value, int) else value
 
     @field_validator("data")
     @classmethod
@@ -259,6 +305,12 @@ class ExecutorConfig(BaseModel):
 
 #: Keys only ``jaxglmm fit-many`` takes (a ``jaxglmm fit`` config naming one is told so).
 FIT_MANY_KEYS = ("datasets", "split_by", "chunk_size", "format", "executor", "progress")
+
+
+class PowerConfig(FitConfig):
+    """Config of ``jaxglmm power``: the model and data of ``jaxglmm fit`` and ``power:``."""
+
+    power: PowerSpec
 
 
 class FitManyConfig(_ModelSpec):
