@@ -140,13 +140,18 @@ _INPUT_ERRORS = (ValueError, NotImplementedError, FileNotFoundError)
 
 
 # ----------------------------------------------------------------------------- fit
+def _config_model(config_path: str, kind, output: str | None):
+    """(config, model, method) of a one-dataset config (fit, power); input errors raise."""
+    config = _load(config_path, kind, output)
+    data = _read_data(config.data)
+    _check_columns(config, data, config.data)
+    model = Model(config.formula, data, config.family, **config.model_kwargs())
+    return config, model, _check_method(model, config)
+
+
 def _run_fit(config_path: str, output: str | None, strict: bool = False) -> int:
     try:
-        config = _load(config_path, FitConfig, output)
-        data = _read_data(config.data)
-        _check_columns(config, data, config.data)
-        model = Model(config.formula, data, config.family, **config.model_kwargs())
-        method = _check_method(model, config)
+        config, model, method = _config_model(config_path, FitConfig, output)
     except _INPUT_ERRORS as err:
         return _fail(err)
 
@@ -210,11 +215,7 @@ def _json_number(v):
 # ----------------------------------------------------------------------------- power
 def _run_power(config_path: str, output: str | None, strict: bool = False) -> int:
     try:
-        config = _load(config_path, PowerConfig, output)
-        data = _read_data(config.data)
-        _check_columns(config, data, config.data)
-        model = Model(config.formula, data, config.family, **config.model_kwargs())
-        method = _check_method(model, config)
+        config, model, method = _config_model(config_path, PowerConfig, output)
     except _INPUT_ERRORS as err:
         return _fail(err)
     fit = model.fit(method, **config.options)

@@ -1,9 +1,11 @@
 """Issue 13: anova, the parametric bootstrap and Wald/bootstrap intervals, against lme4
 (scripts/inference_reference.R -> tests/data/inference_reference.json), and their errors."""
+import dataclasses
 import json
 import warnings
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -135,7 +137,7 @@ def test_bootstrap_sds_match_bootmer(cbpp_fit):
 
 
 def test_bootstrap_statistic_and_intervals(cbpp_fit):
-    stat = lambda r: {"b0": r.fixef[0], "odds": jnp_exp(r.fixef[1:])}      # noqa: E731
+    stat = lambda r: {"b0": r.fixef[0], "odds": jnp.exp(r.fixef[1:])}      # noqa: E731
     boot = cbpp_fit.bootstrap(n=64, statistic=stat, seed=3)
     assert list(boot.columns) == ["b0", "odds[1]", "odds[2]", "odds[3]", "converged"]
     plain = cbpp_fit.bootstrap(n=64, seed=3)
@@ -147,11 +149,6 @@ def test_bootstrap_statistic_and_intervals(cbpp_fit):
                                ok["sd_herd__Intercept"].quantile([0.025, 0.975]).to_numpy())
     cond = cbpp_fit.bootstrap(n=64, seed=3, use_re="conditional")
     assert not np.allclose(cond["Intercept"], plain["Intercept"])
-
-
-def jnp_exp(v):
-    import jax.numpy as jnp
-    return jnp.exp(v)
 
 
 def test_bootstrap_refuses_bayesian_fits_and_bad_input(ss, cbpp_fit):
@@ -190,7 +187,6 @@ def test_profile_intervals_match_lme4(ss, cbpp_fit, case):
 
 
 def test_profile_warns_on_a_fit_that_did_not_converge(cbpp_fit):
-    import dataclasses
     bad = dataclasses.replace(cbpp_fit, converged=False)
     with pytest.warns(UserWarning, match="did not converge"):
         ci = bad.confint("profile", parm=["sd_herd__Intercept"])
