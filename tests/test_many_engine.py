@@ -158,6 +158,58 @@ def test_refit_from_a_fit_and_from_a_model_agree(sleep_fit):
                                atol=1e-7)
 
 
+def test_chunks_after_the_first_start_from_its_fits(sleep_fit):
+    """refit_many from a Model pilots once: later chunks start from the first chunk's
+    typical optimum, and every chunk's fits equal one unchunked batch's."""
+    model, fit = sleep_fit
+    Y = fit.simulate(40, seed=12).to_numpy().T
+    whole = jg.refit_many(model, Y, progress=False)
+    chunked = jg.refit_many(model, Y, chunk_size=16, progress=False)
+    assert len(chunked.chunks) == 3
+    np.testing.assert_allclose(chunked.fixef.to_numpy(), whole.fixef.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(chunked.loglik.to_numpy(), whole.loglik.to_numpy(), atol=1e-6)
+    later = chunked.chunks[1].buckets[0].raw.n_iter
+    first = chunked.chunks[0].buckets[0].raw.n_iter
+    assert np.median(later) < np.median(first)       # no pilot from lme4's start
+
+
+def test_a_batchs_forward_difference_hessian_matches_a_single_fits(sleep_fit):
+    """LMM batches make theta's Hessian by forward differences (k gradients, not 2k):
+    within 1e-3 of the single fit's central differences, and just as positive definite."""
+    model, fit = sleep_fit
+    Y = np.asarray(model.arrays.y)[None, :]
+    batch = jg.refit_many(model, Y, progress=False)
+    H_batch = np.asarray(batch.result(0).optinfo["hessian"])
+    H_alone = np.asarray(fit.optinfo["hessian"])
+    # theta is determined up to the signs of Lambda's columns (the batch may land on the
+    # mirror image): compare what those leave alone, the diagonal and the eigenvalues
+    np.testing.assert_allclose(np.diag(H_batch), np.diag(H_alone), rtol=1e-3)
+    np.testing.assert_allclose(np.linalg.eigvalsh(H_batch), np.linalg.eigvalsh(H_alone),
+                               rtol=1e-3)
+    np.testing.assert_allclose(np.abs(H_batch), np.abs(H_alone), rtol=1e-3,
+                               atol=1e-3 * np.abs(H_alone).max())
+    assert np.linalg.eigvalsh(H_batch).min() > 0 and bool(batch.converged.iloc[0])
+
+
+def test_prepared_refits_compile_nothing_more():
+    """prepare_refits compiles refit_many's programs in the background (the bootstrap
+    simulates meanwhile); the refit then compiles nothing and equals an unprepared one."""
+    from jaxglmm.many.batch import prepare_refits
+    cache.clear_caches()
+    model = jg.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                     jg.load_dataset("cbpp"), "binomial")
+    fit = model.fit()
+    Y = np.asarray(fit.simulate(24, seed=3).to_numpy().T, float)
+    seconds = prepare_refits(fit, 24).result()
+    assert seconds > 0
+    before = cache.n_compiled()
+    prepared = jg.refit_many(fit, Y, progress=False)
+    assert cache.n_compiled() == before and prepared.seconds["compile"] < 0.05
+    cache.clear_caches()
+    fresh = jg.refit_many(fit, Y, progress=False)
+    np.testing.assert_allclose(prepared.fixef.to_numpy(), fresh.fixef.to_numpy(), rtol=1e-10)
+
+
 def test_glmm_by_equals_alone():
     rng = np.random.default_rng(11)
     frames = []

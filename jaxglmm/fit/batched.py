@@ -22,6 +22,7 @@ refits of 1,000 datasets, alternating old and new under the same load: cold 9.9-
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import jax
@@ -46,6 +47,8 @@ SLOT_FRACTION = 8
 MIN_SLOTS = 32
 MAX_SLOTS = 1024
 PILOT_MAXITER = 200
+# prepare_batch's thread (its compiles of step go on to aot's compile thread)
+_PREPARE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxglmm-prepare")
 
 
 class BatchTimes(NamedTuple):
@@ -70,7 +73,10 @@ def _lmm_kind(problem: Problem, reml: bool) -> _Kind:
         return _value_and_grad(lmm_objective(s, d, p, reml), False, None)
 
     def init(d, theta0, Hinv0):
-        return d, flat_init(theta0, Hinv0=Hinv0)
+        # forward differences for the Hessian: an LMM's theta Hessian only feeds the
+        # convergence verdict and later refits' starting inverse Hessian (beta's covariance
+        # is exact), and k gradients instead of 2k save about a tenth of a sleepstudy batch
+        return d, flat_init(theta0, Hinv0=Hinv0, sides=1)
 
     def step(d, state, until):
         return flat_run(vg(d), state, until)
@@ -211,8 +217,61 @@ def _pilot_pick(state):
     return x[pick], np.asarray(state.Hinv)[pick]
 
 
+class _Compiled(NamedTuple):
+    programs: tuple     # init and finish compiled for the slots; step (compiling)
+    abstract: tuple     # the shapes of step's arguments (member data, state, until)
+    first: tuple        # init's arguments for the first slots' members
+    chunks: list        # the members of each slot-full, in order (the last wraps around)
+    slots: int
+    size: int           # members in the batch
+    stacked: tuple      # which of init's arguments are stacked over members
+
+
+def _compile_batch(problem, method, options, args, refit, slots, clock) -> _Compiled:
+    """The batch's three programs compiled for its slots (or found compiled)."""
+    n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
+    (init, step, finish), stacked = _programs(problem, method, n_agq, refit)
+    B = int(next(np.shape(jax.tree.leaves(a)[0])[0] for a, st in zip(args, stacked) if st))
+    S = slot_size(B) if slots is None else int(slots)
+    chunks = [np.arange(i, i + S) % B if i + S > B else np.arange(i, i + S)
+              for i in range(0, B, S)]
+    # Lower the programs first (init's output gives the others' shapes) and compile step,
+    # the longest, on the compile thread while this one compiles init and then finish: two
+    # cores, two compiles (cold cbpp refits under load: init 1.1 s and finish 0.7 s here,
+    # step 2.7 s there)
+    first = _members(args, stacked, chunks[0])
+    t0 = time.perf_counter()
+    data_abs, state_abs = _abstract(init.out_info(*first))
+    until_abs = jax.ShapeDtypeStruct((S,), state_abs.it.dtype, sharding=state_abs.it.sharding)
+    step.prepare(data_abs, state_abs, until_abs)
+    clock[0] += time.perf_counter() - t0
+    run_init = _compiled(init, first, clock)
+    run_finish = _compiled(finish, (data_abs, state_abs), clock)
+    return _Compiled((run_init, step, run_finish), (data_abs, state_abs, until_abs),
+                     first, chunks, S, B, stacked)
+
+
+def prepare_batch(problem: Problem, method: str, options: dict, args: tuple, refit: bool,
+                  slots: int | None = None) -> Future:
+    """Compile, in a background thread, the programs :func:`fit_batch` will run for a batch
+    of these arguments' shapes (their values are not used), so a caller can do other work
+    (simulate the responses) meanwhile; ``fit_batch`` then finds them compiled, or waits
+    for them.  The future's result is the seconds spent compiling."""
+    _programs(problem, method, int(options.get("agq_points", 25)) if method == "agq" else 1,
+              refit)                     # made (cached) here, so no thread races to make it
+
+    def run():
+        clock = [0.0]
+        c = _compile_batch(problem, method, options, args, refit, slots, clock)
+        _compiled(c.programs[1], c.abstract, clock)          # step, compiling meanwhile
+        return clock[0]
+
+    return _PREPARE.submit(run)
+
+
 def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: bool,
-              maxiter: int = MAXITER, pilot: bool = False) -> tuple[RawFit, BatchTimes]:
+              maxiter: int = MAXITER, pilot: bool = False,
+              slots: int | None = None) -> tuple[RawFit, BatchTimes]:
     """Fit every member of a stacked batch; returns the stacked :class:`RawFit` on the host
     and the seconds spent compiling and running.
 
@@ -228,27 +287,16 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     optimum (and BFGS inverse Hessian) of the first converged member nearest their median:
     same-model datasets have nearby optima (sleepstudy REML, 1,000 datasets: 25
     evaluations a member from lme4's start, 8 from a nearby optimum).
+
+    ``slots`` (default :func:`slot_size` of the batch) fixes the slot count, so batches of
+    different sizes share one compiled shape without padding the batch with dummy members
+    (the slots wrap: 10,000 refits padded to 16,384 members cost 64% more).
     """
-    n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
-    (init, step, finish), stacked = _programs(problem, method, n_agq, refit)
     clock = [0.0]
     start = time.perf_counter()
-    B = int(next(np.shape(jax.tree.leaves(a)[0])[0] for a, st in zip(args, stacked) if st))
-    S = slot_size(B)
-    chunks = [np.arange(i, i + S) % B if i + S > B else np.arange(i, i + S)
-              for i in range(0, B, S)]
-    # Lower the programs first (init's output gives the others' shapes) and compile step,
-    # the longest, on the compile thread while this one compiles init and then finish: two
-    # cores, two compiles (cold cbpp refits under load: init 1.1 s and finish 0.7 s here,
-    # step 2.7 s there)
-    first = _members(args, stacked, chunks[0])
-    t0 = time.perf_counter()
-    data_abs, state_abs = _abstract(init.out_info(*first))
-    until_abs = jax.ShapeDtypeStruct((S,), state_abs.it.dtype, sharding=state_abs.it.sharding)
-    step.prepare(data_abs, state_abs, until_abs)
-    clock[0] += time.perf_counter() - t0
-    run_init = _compiled(init, first, clock)
-    run_finish = _compiled(finish, (data_abs, state_abs), clock)
+    c = _compile_batch(problem, method, options, args, refit, slots, clock)
+    (run_init, step, run_finish), step_args = c.programs, c.abstract
+    first, chunks, S, B, stacked = c.first, c.chunks, c.slots, c.size, c.stacked
     # Members are initialized chunk by chunk as the slots reach them, so that those after
     # the pilot start from its optimum (and a GLMM's skip the GLM fit of lme4's start:
     # cbpp, 1,000 refits: 0.29 s of 0.9 s warm)
@@ -271,7 +319,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
             ready[0] += S
 
     prepare_upto(min(S, B), None)
-    n_hess = 2 * int(state.x.shape[1])            # the Hessian's evaluations, after the fit
+    n_hess = int(state.hess_g.shape[1])           # the Hessian's evaluations, after the fit
     member = np.full(S, -1)                       # the member in each slot (-1: none)
     take = np.arange(S) % B
     sl_data, sl_state = _rows(data, take), _rows(state, take)
@@ -280,7 +328,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     queued = min(S, B)
     piloting = pilot and B > S
     begin = None                                  # the pilot's start for the queued members
-    run_step = _compiled(step, (data_abs, state_abs, until_abs), clock)
+    run_step = _compiled(step, step_args, clock)
     rounds = 0
     while True:
         rounds += 1

@@ -186,8 +186,8 @@ class FlatState(NamedTuple):
     status: jnp.ndarray     # -1 while running
     x0: jnp.ndarray
     f0: jnp.ndarray
-    phase: jnp.ndarray      # after the optimizer stops: Hessian evaluations done (of 2k)
-    hess_g: jnp.ndarray     # (2k, k) gradients at x + h e_j, then x - h e_j
+    phase: jnp.ndarray      # after the optimizer stops: Hessian evaluations done (of 2k or k)
+    hess_g: jnp.ndarray     # (2k, k) gradients at x + h e_j, then x - h e_j; (k, k) forward
 
 
 def _direction(Hinv, g):
@@ -198,14 +198,22 @@ def _direction(Hinv, g):
             jnp.where(bad, -g / jnp.maximum(1.0, jnp.max(jnp.abs(g))), d))
 
 
-def flat_init(x0: jnp.ndarray, aux0=None, Hinv0=None) -> FlatState:
+def flat_init(x0: jnp.ndarray, aux0=None, Hinv0=None, sides: int = 2) -> FlatState:
     """The state before the first evaluation of :func:`flat_run` (which evaluates ``x0``
     first: this costs nothing, so a batch compiles the objective once, in the loop).
 
     ``Hinv0`` (optional) is a starting inverse Hessian, e.g. that of a similar dataset's
     optimum; where it holds a NaN it is ignored (the first step is then the gradient's,
     at most 0.5 in every coordinate, and the inverse Hessian is scaled from the first
-    curvature pair)."""
+    curvature pair).
+
+    ``sides`` chooses the finite-difference Hessian made after the optimizer stops: 2,
+    central differences (2k gradients, error O(h^2)); 1, forward differences from the
+    optimum's own gradient (k gradients, error O(h)).  The state's ``hess_g`` holds one
+    row per gradient, so :func:`flat_run` and :func:`flat_result` read the choice from its
+    shape."""
+    if sides not in (1, 2):
+        raise ValueError(f"sides must be 1 (forward) or 2 (central differences), got {sides!r}")
     k = x0.shape[0]
     eye = jnp.eye(k, dtype=x0.dtype)
     given = jnp.asarray(False) if Hinv0 is None else jnp.all(jnp.isfinite(Hinv0))
@@ -214,14 +222,21 @@ def flat_init(x0: jnp.ndarray, aux0=None, Hinv0=None) -> FlatState:
     return FlatState(x0, jnp.asarray(jnp.inf, x0.dtype), jnp.zeros_like(x0), aux0, Hinv,
                      jnp.zeros_like(x0), zero, given, jnp.asarray(0), jnp.asarray(0),
                      jnp.asarray(0), jnp.asarray(-1), x0, zero, jnp.asarray(0),
-                     jnp.zeros((2 * k, k), x0.dtype))
+                     jnp.zeros((sides * k, k), x0.dtype))
 
 
 def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
              ftol: float = 1e-15, max_backtracks: int = 40, maxiter: int = 500,
-             rel_step: float = 1e-4) -> FlatState:
+             rel_step: float = 1e-4, damped: bool = False) -> FlatState:
     """BFGS for a batch under ``vmap``: each iteration evaluates one trial point, so no
     member waits inside another's line search.
+
+    ``damped``: Powell's damped update (Nocedal & Wright 18.2), for one heavy fit
+    (:func:`jaxglmm.fit.likelihood.fit_glmm_sparse`): where the curvature along a step is
+    negative or small (``s'y < s'Bs / 5``; the deviance is not convex between lme4's start
+    and a variance near 0), ``y`` is moved towards ``Bs`` so the update still learns, instead
+    of being skipped and leaving a tiny inverse Hessian to crawl with; the first scaling
+    then takes ``|s'y|``.  Off by default (the batch engine's answers stay as they were).
 
     :func:`minimize` backtracks in an inner loop; under ``vmap`` that loop runs until the
     longest search in the batch ends, for every member (sleepstudy REML over 1,000
@@ -234,15 +249,17 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
     (traced: rounds compile once).
 
     Once the optimizer stops, the next 2k iterations evaluate the gradient at ``x +- h e_j``
-    (``h = rel_step (1 + |x_j|)``, as :func:`fd_hessian`, with the optimum's aux): the
+    (``h = rel_step (1 + |x_j|)``, as :func:`fd_hessian`, with the optimum's aux), or the
+    next k at ``x + h e_j`` only (a state made with ``flat_init(sides=1)``): the
     finite-difference Hessian comes from the loop's own evaluation, so the batch compiles
     the objective's gradient once, not again for the Hessian.
     """
     k = state.x.shape[0]
+    n_hess = state.hess_g.shape[0]
     eye = jnp.eye(k, dtype=state.x.dtype)
 
     def cond(c: FlatState):
-        return (c.it < until) & ((c.status < 0) | (c.phase < 2 * k))
+        return (c.it < until) & ((c.status < 0) | (c.phase < n_hess))
 
     def body(c: FlatState):
         hess = c.status >= 0               # the optimizer has stopped: a Hessian point
@@ -252,7 +269,7 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
         fresh = (c.it == 0) & ~hess        # the first evaluation: at x0 itself
         xt = jnp.where(hess, c.x + shift, c.x + c.t * c.d)
         (ft, auxt), gt = vg(xt, c.aux)
-        stored = c.hess_g.at[jnp.minimum(c.phase, 2 * k - 1)].set(gt)
+        stored = c.hess_g.at[jnp.minimum(c.phase, n_hess - 1)].set(gt)
         c = c._replace(hess_g=jnp.where(hess, stored, c.hess_g),
                        phase=jnp.where(hess, c.phase + 1, c.phase))
         slope = jnp.dot(c.g, c.d)
@@ -267,8 +284,16 @@ def flat_run(vg: Callable, state: FlatState, until, *, gtol: float = 1e-8,
         # accepted: the BFGS update (none at x0) and the next direction
         s, y = c.t * c.d, gt - c.g
         sy = jnp.dot(s, y)
+        scale = (jnp.abs(sy) if damped else sy) / jnp.maximum(jnp.dot(y, y), 1e-300)
+        H = jnp.where(c.scaled | fresh, c.Hinv, eye * scale)
+        if damped:
+            Bs = jnp.linalg.solve(H, s)
+            sBs = jnp.dot(s, Bs)
+            mix = jnp.where(sy >= 0.2 * sBs, 1.0, 0.8 * sBs / jnp.maximum(sBs - sy, 1e-300))
+            mix = jnp.where(jnp.isfinite(sBs) & (sBs > 0), mix, 1.0)
+            y = mix * y + (1.0 - mix) * Bs
+            sy = jnp.dot(s, y)
         update = ~fresh & (sy > 1e-300)
-        H = jnp.where(c.scaled | fresh, c.Hinv, eye * sy / jnp.maximum(jnp.dot(y, y), 1e-300))
         rho = 1.0 / jnp.where(update, sy, 1.0)
         V = eye - rho * jnp.outer(s, y)
         H = jnp.where(update, V @ H @ V.T + rho * jnp.outer(s, s), H)
@@ -313,8 +338,11 @@ def flat_result(state: FlatState) -> OptResult:
     k = state.x.shape[0]
     h = 1e-4 * (1.0 + jnp.abs(state.x))
     G = state.hess_g
-    H = (G[:k] - G[k:]) / (2.0 * h[:, None])
-    H = jnp.where(state.phase >= 2 * k, 0.5 * (H + H.T), jnp.nan)
+    if G.shape[0] == k:         # forward differences from the optimum's gradient
+        H = (G - state.g[None, :]) / h[:, None]
+    else:
+        H = (G[:k] - G[k:]) / (2.0 * h[:, None])
+    H = jnp.where(state.phase >= G.shape[0], 0.5 * (H + H.T), jnp.nan)
     status = jnp.where(state.status < 0, MAXITER, state.status)
     n_opt = state.it - state.phase
     return OptResult(state.x, state.f, state.g, H, state.aux, n_opt, n_opt, status,
@@ -374,3 +402,66 @@ def minimize_optax(fun: Callable, x0: jnp.ndarray, *, maxiter: int = 500, gtol: 
     grad_fn = jax.grad(fun)
     H = fd_hessian(grad_fn, x) if hessian else jnp.full((x0.shape[0],) * 2, jnp.nan)
     return OptResult(x, f, g, H, None, it, it, status, x0, f0)
+
+
+# ----------------------------------------------------------------------------- host loop
+def fd_points(x: jnp.ndarray, rel_step: float = 1e-4) -> jnp.ndarray:
+    """The points :func:`fd_derivatives` needs: x, x +- h e_i, and x + h e_i + h e_j (i < j);
+    1 + 2k + k(k-1)/2 evaluations of the objective give its gradient and Hessian."""
+    k = x.shape[0]
+    h = rel_step * (1.0 + jnp.abs(x))
+    E = jnp.eye(k, dtype=x.dtype) * h
+    i, j = jnp.triu_indices(k, 1)
+    return jnp.concatenate([x[None], x + E, x - E, x + E[i] + E[j]])
+
+
+def fd_derivatives(f: jnp.ndarray, x: jnp.ndarray, rel_step: float = 1e-4):
+    """Gradient (central differences) and Hessian (second differences) from the values
+    ``f`` at :func:`fd_points`; for objectives whose exact gradient costs more than a
+    few values (a large Cholesky factor)."""
+    k = x.shape[0]
+    h = rel_step * (1.0 + jnp.abs(x))
+    f0, fp, fm, fij = f[0], f[1:k + 1], f[k + 1:2 * k + 1], f[2 * k + 1:]
+    g = (fp - fm) / (2.0 * h)
+    H = jnp.diag((fp - 2.0 * f0 + fm) / (h * h))
+    i, j = jnp.triu_indices(k, 1)
+    off = (fij - fp[i] - fp[j] + f0) / (h[i] * h[j])
+    H = H.at[i, j].set(off).at[j, i].set(off)
+    return g, H
+
+
+def minimize_host(fun: Callable, x0, lower, *, verbose: bool = False, maxfev: int = 1000,
+                  rhobeg: float = 1.0, rhoend: float = 1e-6):
+    """Derivative-free minimization of ``fun`` (host float -> float) within lower bounds,
+    by Powell's model-based trust-region method (scipy's COBYQA, the successor of the
+    BOBYQA lme4 and MixedModels.jl use), one compiled evaluation per point.
+
+    For objectives whose every evaluation is a large factorization (the sparse crossed
+    LMM), where the exact gradient costs several evaluations.  Returns ``(x, f, n_evals,
+    status)`` with status CONVERGED or MAXITER.  ``verbose`` prints the objective at each
+    iteration on stderr."""
+    import sys
+
+    import numpy as np
+    from scipy.optimize import Bounds, minimize as sp_minimize
+
+    x0 = np.asarray(x0, float)
+    lo = np.asarray(lower, float)
+    count = [0]
+
+    def f(x):
+        count[0] += 1
+        return float(fun(x))
+
+    def report(intermediate_result):
+        print(f"iteration {report.k:4d}: objective {intermediate_result.fun:.10g} "
+              f"({count[0]} evaluations)", file=sys.stderr)
+        report.k += 1
+    report.k = 1
+
+    res = sp_minimize(f, x0, method="COBYQA", bounds=Bounds(lo, np.full_like(lo, np.inf)),
+                      callback=report if verbose else None,
+                      options={"maxfev": maxfev, "initial_tr_radius": rhobeg,
+                               "final_tr_radius": rhoend})
+    status = CONVERGED if res.success or count[0] < maxfev else MAXITER
+    return np.asarray(res.x, float), float(res.fun), count[0], status

@@ -20,7 +20,7 @@ import pandas as pd
 from ..bayes.drivers import BAYES_METHODS
 from ..core.problem import ProblemArrays
 from ..families import Family, get_family
-from ..fit.batched import fit_batch
+from ..fit.batched import fit_batch, prepare_batch, slot_size
 from ..fit.cache import relieve_map_pressure
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
@@ -338,6 +338,33 @@ def refit_many(model, responses: np.ndarray, method: str | None = None, *,
     theta; from a Model, a few responses are fitted first and start the rest."""
     _refuse_bayes(method)
     relieve_map_pressure()
+    spec, model, fit, Y, chunks, start = _refit_setup(model, responses, method, chunk_size,
+                                                      options)
+    jobs = _RefitJobs(spec, model, Y, start, chunks)
+    results = run_chunks(_refit_chunk, jobs, progress=progress, done=jobs.done,
+                         sizes=[len(c) for c in chunks])
+    seconds = {"design": 0.0, "compile": sum(r.seconds["compile"] for r in results),
+               "run": sum(r.seconds["run"] for r in results)}
+    seconds["total"] = seconds["compile"] + seconds["run"]
+    ids = [str(k) for k in range(Y.shape[0])]
+    return ManyFits(spec, ids, results, seconds, model=model, responses=Y)
+
+
+def prepare_refits(fit, n: int, method: str | None = None, **options):
+    """Compile, in a background thread, what ``refit_many(fit, Y)`` runs for ``n``
+    responses, so the caller can make them meanwhile (the parametric bootstrap simulates
+    while its refits compile: two cores, two compiles).  Returns a Future; refit_many
+    finds the programs compiled or waits for them."""
+    spec, model, fit, Y, chunks, start = _refit_setup(
+        fit, np.zeros((1, 0)), method, None, options, n_responses=n)
+    args, refit, slots = _refit_args(spec, model, Y[chunks[0]], start)
+    return prepare_batch(model.problem, spec.method, spec.options, args, refit, slots)
+
+
+def _refit_setup(model, responses, method, chunk_size, options, n_responses=None):
+    """refit_many's checked inputs: (spec, model, fit, Y, chunks, start).  With
+    ``n_responses`` (:func:`prepare_refits`) Y is that many copies of the model's own
+    response, for the shapes alone."""
     fit = None
     if not isinstance(model, Model):
         fit, model = model, getattr(model, "model", None)
@@ -347,24 +374,23 @@ def refit_many(model, responses: np.ndarray, method: str | None = None, *,
     method, options = model.resolve_method(method if method is not None or fit is None
                                            else fit.method, options)
     method = model.check_method(method, options)
-    Y = np.asarray(responses, float)
-    if Y.ndim != 2 or Y.shape[1] != model.design.nobs:
-        raise ValueError(f"responses must have shape (B, {model.design.nobs}), got {Y.shape}")
-    for row in Y:
-        model.family.validate(row, model.design.trials)
+    if n_responses is not None:
+        Y = np.broadcast_to(np.asarray(model.arrays.y, float), (n_responses, model.design.nobs))
+    else:
+        Y = np.asarray(responses, float)
+        if Y.ndim != 2 or Y.shape[1] != model.design.nobs:
+            raise ValueError(f"responses must have shape (B, {model.design.nobs}), got "
+                             f"{Y.shape}")
+        for row in Y:
+            model.family.validate(row, model.design.trials)
     spec = Spec(model.formula, model.family, method, dict(options), model.structure,
                 tuple(model.design.fixef_names), {})
     start = _fit_start(fit, method, model.problem.n_params)
-    size = _chunk_size(chunk_size, memory_chunk_size(model.design.nobs, model.design.n_fixef,
-                                                     model.structure))
+    size = _chunk_size(chunk_size, memory_chunk_size(
+        model.design.nobs, model.design.n_fixef, model.structure,
+        responses_only=uses_lmm(model.problem, method)))
     chunks = [np.arange(i, min(i + size, Y.shape[0])) for i in range(0, Y.shape[0], size)]
-    results = run_chunks(_refit_chunk, [(spec, model, Y[c], start, c) for c in chunks],
-                         progress=progress, sizes=[len(c) for c in chunks])
-    seconds = {"design": 0.0, "compile": sum(r.seconds["compile"] for r in results),
-               "run": sum(r.seconds["run"] for r in results)}
-    seconds["total"] = seconds["compile"] + seconds["run"]
-    ids = [str(k) for k in range(Y.shape[0])]
-    return ManyFits(spec, ids, results, seconds, model=model, responses=Y)
+    return spec, model, fit, Y, chunks, start
 
 
 def _fit_start(fit, method: str, n_params: int):
@@ -378,11 +404,49 @@ def _fit_start(fit, method: str, n_params: int):
     return x, np.linalg.inv(H)
 
 
-def _refit_chunk(job) -> ChunkFits:
-    spec, model, Y, start, positions = job
+class _RefitJobs:
+    """``refit_many``'s chunk payloads, built as the chunks run (here, in order).  Without a
+    fit to start from, the first chunk pilots (:func:`~jaxglmm.fit.batched.fit_batch`) and
+    the later ones start from its typical optimum, as that chunk's own later members do:
+    one pilot per call, not one per chunk (10,000 sleepstudy refits in 5 chunks: the four
+    later pilots were about a tenth of the warm time)."""
+
+    def __init__(self, spec, model, Y, start, chunks):
+        self.spec, self.model, self.Y, self.start, self.chunks = spec, model, Y, start, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k):
+        c = self.chunks[k]
+        return (self.spec, self.model, self.Y[c], self.start, c)
+
+    def done(self, k: int, result: ChunkFits) -> None:
+        if self.start is None:
+            self.start = _chunk_start(result)
+
+
+def _chunk_start(result: ChunkFits):
+    """(x0, Hinv0) of the chunk's converged fit nearest the median of the converged ones
+    (the inverse of its Hessian where that is positive definite), or None."""
+    ok = np.asarray(result.converged, bool)
+    if not ok.any():
+        return None
+    x = result.stacked("x", np.shape(result.buckets[0].raw.x)[1:])
+    H = result.stacked("hessian", np.shape(result.buckets[0].raw.hessian)[1:])
+    xs = x[ok]
+    pick = np.flatnonzero(ok)[np.argmin(np.sum((xs - np.median(xs, axis=0)) ** 2, axis=1))]
+    Hp = H[pick]
+    if not (np.all(np.isfinite(Hp)) and np.linalg.eigvalsh(Hp)[0] > 0):
+        return x[pick], None
+    return x[pick], np.linalg.inv(Hp)
+
+
+def _refit_args(spec, model, Y, start):
+    """fit_batch's arguments for refits of ``Y`` (B, n): (args, refit, slots)."""
     B = Y.shape[0]
-    pad = batch_size(B, len(jax.devices()))      # every chunk one shape: one compile
-    Yp = np.concatenate([Y, np.repeat(Y[:1], pad - B, axis=0)])
+    # every chunk one shape (one compile): the slots of a power-of-two batch
+    slots = slot_size(batch_size(B, len(jax.devices())))
     problem = model.problem
     k = problem.n_params - (len(spec.fixef_names) + problem.n_phi if problem.exact_lmm else 0)
     x0 = np.full(k, np.nan) if start is None else start[0]
@@ -390,19 +454,25 @@ def _refit_chunk(job) -> ChunkFits:
     if uses_lmm(problem, spec.method):
         x0 = np.where(np.isfinite(x0), x0, problem.structure.theta_init())
         # host arrays: the engine hands the slots their members' rows (fit/batched.py)
-        args = (model.arrays, Yp, jnp.asarray(x0), jnp.asarray(H0))
+        args = (model.arrays, Y, jnp.asarray(x0), jnp.asarray(H0))
         refit = True
     else:
-        arrays = jax.tree.map(lambda v: np.broadcast_to(np.asarray(v), (pad,) + v.shape),
+        arrays = jax.tree.map(lambda v: np.broadcast_to(np.asarray(v), (B,) + v.shape),
                               model.arrays)
-        arrays = arrays._replace(y=Yp)
+        arrays = arrays._replace(y=Y)
         phi0 = np.stack([np.asarray(model.family.init_params(y, model.design.trials), float)
-                         for y in Yp])
+                         for y in Y])
         args = (arrays, phi0, jnp.asarray(x0), jnp.asarray(H0))
         refit = False
+    return args, refit, slots
+
+
+def _refit_chunk(job) -> ChunkFits:
+    spec, model, Y, start, positions = job
+    B, problem = Y.shape[0], model.problem
+    args, refit, slots = _refit_args(spec, model, Y, start)
     raw, times = fit_batch(problem, spec.method, spec.options, args, refit=refit,
-                           pilot=start is None)
-    raw = jax.tree.map(lambda v: np.asarray(v)[:B], raw)
+                           pilot=start is None, slots=slots)
     verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta,
                           problem.structure.theta_diagonal(), raw.n_iter)
     converged = np.array([v.converged for v in verdicts])

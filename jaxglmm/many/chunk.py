@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.problem import Problem, ProblemArrays
-from ..fit.batched import fit_batch
+from ..fit.batched import fit_batch, slot_size
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
 from .plan import Member, Spec, batch_size, bucket_key, padded_structure
@@ -166,19 +166,18 @@ def fit_chunk(payload: Payload) -> ChunkFits:
         members = [payload.members[k] for k in positions]
         n_pad = max(m.rows.size for m in members)
         levels = [max(m.levels[f].size for m in members) for f in range(len(members[0].levels))]
-        B = batch_size(len(members), ndev)
-        members_b = members + [members[0]] * (B - len(members))     # dummies: discarded
-        arrays = _stack_bucket(payload.arrays, members_b, n_pad)
+        B = len(members)
+        # one compiled shape per bucket: the slots of a power-of-two batch (no dummies)
+        slots = slot_size(batch_size(B, ndev))
+        arrays = _stack_bucket(payload.arrays, members, n_pad)
         structure = padded_structure(spec.structure, levels)
         shape = SimpleNamespace(n_fixef=len(spec.fixef_names), nobs=n_pad)
         phi_len = np.size(spec.family.init_params(arrays.y[0], arrays.trials[0]))
         problem = Problem(structure, spec.family, None, shape, np.zeros(phi_len))
         args = _bucket_args(spec, problem, arrays, payload.start, B)
         raw, times = fit_batch(problem, spec.method, spec.options, args, refit=False,
-                               pilot=payload.start is None)
+                               pilot=payload.start is None, slots=slots)
         clock["compile"] += times.compile
-        m = len(positions)
-        raw = jax.tree.map(lambda v: np.asarray(v)[:m], raw)
         verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta,
                               structure.theta_diagonal(), raw.n_iter)
         for j, k in enumerate(positions):

@@ -36,17 +36,19 @@ CHUNK_MEMORY = 1 << 30
 MAX_CHUNK = 16384
 
 
-def memory_chunk_size(nobs: int, n_fixef: int, structure: ReStructure) -> int:
+def memory_chunk_size(nobs: int, n_fixef: int, structure: ReStructure,
+                      responses_only: bool = False) -> int:
     """Datasets per chunk when the user does not say: as many as fit in ``CHUNK_MEMORY``,
-    reckoning each dataset's arrays (rows by columns, four copies: input, padded, device,
-    gathered) and what the compiled fit holds of it at once (the finite-difference Hessian
-    evaluates 2k + 1 points side by side, each over the rows for a GLMM or the
-    cross-products for an LMM); between 64 and ``MAX_CHUNK``."""
-    cols = n_fixef + 5 + sum(f.q + 1 for f in structure.factors)
+    reckoning what a chunk holds per dataset: its arrays (rows by columns, four copies:
+    input, stacked, device, the engine's member data; for an LMM refit, ``responses_only``,
+    the response alone: the design is shared) and its cross-products.  The batch engine's
+    working memory is its slots' (:func:`~jaxglmm.fit.batched.slot_size`, at most 1,024
+    members evaluated at once, the Hessian's points one at a time), whatever the chunk's
+    size.  Between 64 and ``MAX_CHUNK``."""
+    cols = 1 if responses_only else n_fixef + 5 + sum(f.q + 1 for f in structure.factors)
     m = structure.p2 + n_fixef + 1
     f0 = structure.factors[0]
-    k = structure.n_theta + n_fixef + 2
-    per = 8 * (4 * nobs * cols + 2 * (2 * k + 1) * (nobs * cols + f0.n_levels * f0.q * (f0.q + m) + m * m))
+    per = 8 * (4 * nobs * cols + 2 * (f0.n_levels * f0.q * (f0.q + m) + m * m))
     return int(max(64, min(MAX_CHUNK, CHUNK_MEMORY // per)))
 _READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
 
