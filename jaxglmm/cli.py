@@ -80,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--strict", action="store_true",
                        help="exit with status 3 (after writing the outputs) when a fit did not "
                             "converge")
+        if name == "fit":
+            p.add_argument("--verbose", action="store_true",
+                           help="print the objective at each outer iteration of a likelihood fit")
     args = parser.parse_args(argv)
     if not os.environ.get("JAXGLMM_NO_CACHE"):
         try:
@@ -87,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:   # an unwritable home: run without the cache
             pass
     run = {"fit": _run_fit, "fit-many": _run_fit_many, "power": _run_power}[args.command]
+    extra = {"verbose": True} if getattr(args, "verbose", False) else {}
     with _warnings_on_stderr():
-        return run(args.config, args.output, args.strict)
+        return run(args.config, args.output, args.strict, **extra)
 
 
 @contextlib.contextmanager
@@ -149,13 +153,15 @@ def _config_model(config_path: str, kind, output: str | None):
     return config, model, _check_method(model, config)
 
 
-def _run_fit(config_path: str, output: str | None, strict: bool = False) -> int:
+def _run_fit(config_path: str, output: str | None, strict: bool = False,
+             verbose: bool = False) -> int:
     try:
         config, model, method = _config_model(config_path, FitConfig, output)
     except _INPUT_ERRORS as err:
         return _fail(err)
 
-    fit = model.fit(method, **config.options)
+    likelihood = method in ("reml", "ml", "laplace", "agq")
+    fit = model.fit(method, **config.options, **({"verbose": True} if verbose and likelihood else {}))
     try:
         record, tables = _inference(fit, config)
     except _INPUT_ERRORS as err:

@@ -119,3 +119,30 @@ def test_no_module_is_over_800_lines():
     long = {m: n for m, p in _modules().items()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, f"modules over {MAX_LINES} lines (split them): {long}"
+
+
+def test_the_onehot_segment_strategy_gives_the_same_fit(monkeypatch):
+    """JAXGLMM_SEGMENT_SUM=onehot (the GPU scatter-add workaround) routes gathers and
+    segment sums through one-hot products: same sums, same fit; a bad name is refused."""
+    import jax.numpy as jnp
+    import numpy as np
+    import jaxglmm as jg
+    from jaxglmm.core import ops
+    from jaxglmm.fit import cache
+    idx = jnp.asarray([2, 0, -1, 2, 1])
+    data = jnp.arange(10.0).reshape(5, 2)
+    vals = jnp.arange(6.0).reshape(3, 2)
+    plain = (ops.segment_sum(data, idx, 3), ops.gather_levels(vals, idx))
+    monkeypatch.setenv("JAXGLMM_SEGMENT_SUM", "onehot")
+    onehot = (ops.segment_sum(data, idx, 3), ops.gather_levels(vals, idx))
+    for a, b in zip(plain, onehot):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b))
+    cache.clear_caches()
+    fit = jg.fit("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                 jg.load_dataset("cbpp"), "binomial")
+    assert abs(fit.loglik - (-92.02628)) < 1e-3
+    monkeypatch.setenv("JAXGLMM_SEGMENT_SUM", "bogus")
+    with pytest.raises(ValueError, match="JAXGLMM_SEGMENT_SUM"):
+        ops.segment_sum(data, idx, 3)
+    monkeypatch.delenv("JAXGLMM_SEGMENT_SUM")
+    cache.clear_caches()

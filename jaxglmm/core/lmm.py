@@ -41,19 +41,9 @@ def profiled_parts(structure, cp, theta, n, p, reml, sum_log_w, full: bool):
     ch = _factor(structure, cp, theta)
     p2 = structure.p2
     L22 = ch.L22
-    ld = rs.logdet_z(ch, p2)
-    LX = L22[p2:p2 + p, p2:p2 + p]
-    r2 = jnp.square(L22[-1, -1])
-    if reml:
-        dof = n - p
-        dev = ld + 2.0 * jnp.sum(jnp.log(jnp.diagonal(LX))) + dof * (1.0 + jnp.log(2 * jnp.pi * r2 / dof))
-    else:
-        dof = n
-        dev = ld + n * (1.0 + jnp.log(2 * jnp.pi * r2 / n))
-    dev = dev - sum_log_w
+    dev, LX, sigma2 = _deviance(rs.logdet_z(ch, p2), L22, p2, p, n, reml, sum_log_w)
     if not full:
         return dev
-    sigma2 = r2 / dof
     # [u; beta] solves L_aug' x = (y row of L), by back substitution through both blocks.
     Laug = L22[:-1, :-1]
     x2 = rs.linalg.solve_upper_t(Laug, L22[-1, :-1, None])[:, 0]
@@ -107,6 +97,19 @@ def refit_data(structure: rs.ReStructure, a: ProblemArrays, Y: jnp.ndarray) -> L
     return jax.vmap(per_response)(Y)
 
 
+def _deviance(ld, L22, p2, p, n, reml, sum_log_w):
+    """The profiled deviance from log|A| and the dense block's factor; also R_X and sigma^2."""
+    LX = L22[p2:p2 + p, p2:p2 + p]
+    r2 = jnp.square(L22[-1, -1])
+    if reml:
+        dof = n - p
+        dev = ld + 2.0 * jnp.sum(jnp.log(jnp.diagonal(LX))) + dof * (1.0 + jnp.log(2 * jnp.pi * r2 / dof))
+    else:
+        dof = n
+        dev = ld + n * (1.0 + jnp.log(2 * jnp.pi * r2 / n))
+    return dev - sum_log_w, LX, r2 / dof
+
+
 def _factor(structure, cp, theta) -> rs.BlockedCholesky:
     return rs.factor(*rs.scaled_system(structure, rs.lambdas(structure, theta), cp))
 
@@ -147,3 +150,47 @@ def conditional_u(structure: rs.ReStructure, d: LmmData, theta, beta, sigma, eps
                                         jnp.concatenate([x2, beta])) + sigma * e1
     x1 = rs.linalg.solve_upper_t(ch.L11, rhs1[..., None])[..., 0]
     return jnp.concatenate([x1.reshape(-1), x2])
+
+
+# ----------------------------------------------------------------------------- sparse crossed
+class SparseLmmData(NamedTuple):
+    """:class:`LmmData` with the cross-products kept sparse (:class:`resystem.SparseSystem`)."""
+
+    sp: rs.SparseSystem
+    n: jnp.ndarray
+    sum_log_w: jnp.ndarray
+
+
+def sparse_lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> SparseLmmData:
+    """The sparse system of one dataset, built on the host (its pattern depends on the data)."""
+    import numpy as np
+    w = np.asarray(a.weights, float)
+    positive = w > 0
+    extra = np.concatenate([np.asarray(a.X, float),
+                            (np.asarray(a.y, float) - np.asarray(a.offset, float))[:, None]], 1)
+    keep = positive if not positive.all() else slice(None)
+    sp = rs.sparse_system(structure, [np.asarray(i)[keep] for i in a.index],
+                          [np.asarray(z)[keep] for z in a.Z], w[keep], extra[keep])
+    return SparseLmmData(sp, jnp.asarray(float(positive.sum())),
+                         jnp.asarray(float(np.sum(np.log(w[positive])))))
+
+
+def sparse_profiled_parts(structure: rs.ReStructure, d: SparseLmmData, theta, p: int,
+                          reml: bool, full: bool):
+    """:func:`profiled_parts` through the sparse factor (the same deviance and estimates)."""
+    ch = rs.sparse_factor(structure, rs.lambdas(structure, theta), d.sp)
+    p2 = structure.p2
+    L22 = ch.L22
+    ld = rs.linalg.logdet_chol(ch.L11) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L22)[:p2]))
+    dev, LX, sigma2 = _deviance(ld, L22, p2, p, d.n, reml, d.sum_log_w)
+    if not full:
+        return dev
+    x2 = rs.linalg.solve_upper_t(L22[:-1, :-1], L22[-1, :-1, None])[:, 0]
+    beta = x2[p2:]
+    rhs = (ch.CE[:, :, -1] - rs.sparse_l21_times(ch, d.sp, x2[:p2])
+           - jnp.einsum("gqe,e->gq", ch.CE[:, :, :p], beta))
+    x1 = rs.linalg.solve_upper_t(ch.L11, rhs[..., None])[..., 0]
+    u = jnp.concatenate([x1.reshape(-1), x2[:p2]])
+    LXinv = rs.linalg.solve_lower(LX, jnp.eye(p))
+    vcov = sigma2 * LXinv.T @ LXinv
+    return LmmParts(dev, beta, jnp.sqrt(sigma2), u, vcov, ch)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
@@ -332,7 +333,12 @@ def conditional_covariances(chol: BlockedCholesky, structure: ReStructure) -> li
     T = jnp.einsum("gqm,km->gqk", chol.C[:, :, :p2], Minv)        # C_g L2^{-T}
     inner = eye + jnp.einsum("gqk,grk->gqr", T, T)
     v11 = jnp.einsum("gkq,gkl,glr->gqr", L11inv, inner, L11inv)
-    out, off = [v11], 0
+    return [v11] + _level_blocks(structure, sigma22)
+
+
+def _level_blocks(structure: ReStructure, sigma22) -> list[jnp.ndarray]:
+    """The per-level diagonal blocks (G_f, q_f, q_f) of the dense factors' covariance."""
+    out, off = [], 0
     for f in structure.dense_factors:
         size = f.n_levels * f.q
         blk = sigma22[off:off + size, off:off + size].reshape(f.n_levels, f.q, f.n_levels, f.q)
@@ -371,3 +377,319 @@ def canonical_theta(structure: ReStructure, theta: np.ndarray) -> np.ndarray:
                 vals[cols == c] *= -1
         theta[t.theta_start:t.theta_start + t.n_theta] = vals
     return theta
+
+
+# ----------------------------------------------------------------------------- sparse crossed
+# MixedModels.jl's blocked Cholesky with L21 kept sparse.  The first factor (most levels) is
+# block-diagonal as above; the rows of the other factors' levels meet the first factor's
+# levels only where the two co-occur in the data, so ``A21 = [Z2]' W Z1`` is stored as a list
+# of (first-factor level, other level) *pairs* with their q_f x q1 blocks, and the Schur
+# update ``L21 L21'`` is a sum over *triplets* (two pairs sharing a first-factor level): it
+# costs about sum_g nnz_g^2, not levels2 * levels1 * levels2.  Only the trailing block (the
+# other factors with [X y]) is dense.  The pattern depends on the data, so it is built on the
+# host, once per dataset (:func:`sparse_system`); an evaluation then costs nothing in n.
+class SparseSystem(NamedTuple):
+    """Weighted cross-products of ``[Z1 | Z2 ... | E]`` with ``Z2' W Z1`` kept sparse.
+
+    d11: (G1, q1, q1)      Z1' W Z1 per first-factor level
+    dE:  (G1, q1, e)       Z1' W E per level (E: the extra dense columns, [X y] for an LMM)
+    d22: (m, m)            [Z2 E]' W [Z2 E], dense (m = p2 + e)
+    pg, prow: (P,), (P, qm) first-factor level of each pair and the dense rows of its other
+        level (qm: the largest q of the dense factors; padding rows point at m, dropped)
+    pv:  (P, qm, q1)       the pair's block of Z2' W Z1 (zero padding)
+    pf:  (P,)              which dense factor the pair belongs to
+    ta, tb: (T,)           the triplets: pairs ta >= tb (in dense row order) sharing a level
+    tdest: (T, qm, qm)     flat position (row * m + col, lower triangle) of each triplet's
+        block in the m x m Schur complement (m * m for padding), ascending
+    tg, tp: (T,), (T,) or (0,)  scalar blocks only (q1 = qm = 1; ta and tb are then empty):
+        each triplet's first-factor level and the product of its two pairs' cross-products
+        (empty when all are 1)
+    eg, ep, edest: (TE,)   scalar blocks only: the same for the E rows' part of the update,
+        L21 L21' restricted to the rows p2: (position (row - p2) * m + col), ascending
+    """
+
+    d11: jnp.ndarray
+    dE: jnp.ndarray
+    d22: jnp.ndarray
+    pg: jnp.ndarray
+    prow: jnp.ndarray
+    pv: jnp.ndarray
+    pf: jnp.ndarray
+    ta: jnp.ndarray
+    tb: jnp.ndarray
+    tdest: jnp.ndarray
+    tg: jnp.ndarray
+    tp: jnp.ndarray
+    eg: jnp.ndarray
+    ep: jnp.ndarray
+    edest: jnp.ndarray
+
+
+def _ranges(counts: np.ndarray):
+    """For groups of sizes ``counts``: each member's group and position within it."""
+    total = int(counts.sum())
+    group = np.repeat(np.arange(counts.size), counts)
+    start = np.cumsum(counts) - counts
+    return group, np.arange(total) - np.repeat(start, counts), start
+
+
+def _argsort_int(key: np.ndarray) -> np.ndarray:
+    """A stable argsort of non-negative integers by 16-bit digits (numpy's radix sort): much
+    faster than a comparison sort for the 1e8 triplets of a large crossed design."""
+    key = np.asarray(key)
+    top = int(key.max()) if key.size else 0
+    order = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        digit = ((key[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
+
+
+def _scalar_triplets(pg, rows, vals, counts, m: int, itype):
+    """Positions (ascending), first-factor levels and products of the scalar triplets."""
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    levels = np.flatnonzero(counts)
+    tril = {}
+
+    def per_level():
+        for g in levels:
+            c = int(counts[g])
+            if c not in tril:
+                tril[c] = np.tril_indices(c)
+            i, j = tril[c]
+            r = rows[starts[g]:ends[g]].astype(np.int64)
+            yield g, i, j, r[i] * m + r[j]
+
+    count = np.zeros(m * m, np.int64)
+    for _, _, _, k in per_level():
+        count[k] += 1
+    fill = np.cumsum(count) - count
+    total = int(count.sum())
+    tg = np.empty(total, np.int32)
+    unit = bool(np.all(vals == 1.0))
+    tp = np.zeros(0) if unit else np.empty(total)
+    for g, i, j, k in per_level():
+        pos = fill[k]
+        tg[pos] = g
+        if not unit:
+            v = vals[starts[g]:ends[g]]
+            tp[pos] = v[i] * v[j]
+        fill[k] += 1
+    del fill
+    tdest = np.repeat(np.arange(m * m, dtype=itype), count)[:, None, None]
+    return tdest, tg, tp
+
+
+def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
+    """The sparse cross-products and the triplet pattern of one dataset (host numpy)."""
+    f0 = structure.factors[0]
+    G1, q1 = f0.n_levels, f0.q
+    g1 = np.asarray(index[0], np.int64)
+    z1 = np.asarray(Z[0], float)
+    w = np.asarray(w, float)
+    E = np.asarray(extra, float)
+    e = E.shape[1]
+    wz1 = w[:, None] * z1
+    d11 = np.stack([np.stack([np.bincount(g1, wz1[:, a] * z1[:, b], G1) for b in range(q1)], -1)
+                    for a in range(q1)], 1)
+    dE = np.stack([np.stack([np.bincount(g1, wz1[:, a] * E[:, c], G1) for c in range(e)], -1)
+                   for a in range(q1)], 1)
+    dense = structure.dense_factors
+    m = structure.p2 + e
+    qm = max([f.q for f in dense], default=1)
+    # dense rows of every observation (as dense_rows, on the host) -> d22
+    vals, pos, off = [], [], 0
+    for f, idx, z in zip(dense, index[1:], Z[1:]):
+        vals.append(np.asarray(z, float))
+        pos.append(off + np.asarray(idx, np.int64)[:, None] * f.q + np.arange(f.q)[None, :])
+        off += f.n_levels * f.q
+    vals.append(E)
+    pos.append(np.broadcast_to(off + np.arange(e)[None, :], E.shape))
+    vals, pos = np.concatenate(vals, 1), np.concatenate(pos, 1)
+    flat = (pos[:, :, None] * m + pos[:, None, :]).ravel()
+    d22 = np.bincount(flat, (w[:, None, None] * vals[:, :, None] * vals[:, None, :]).ravel(),
+                      m * m).reshape(m, m)
+    # pairs (first-factor level, other level), factor by factor, sorted by first-factor level
+    pg, prow, pv, pf, off = [], [], [], [], 0
+    for j, (f, idx, z) in enumerate(zip(dense, index[1:], Z[1:])):
+        key = g1 * f.n_levels + np.asarray(idx, np.int64)
+        uniq, inv = np.unique(key, return_inverse=True)
+        v = np.zeros((uniq.size, qm, q1))
+        z = np.asarray(z, float)
+        for a in range(f.q):
+            for b in range(q1):
+                v[:, a, b] = np.bincount(inv, z[:, a] * wz1[:, b], uniq.size)
+        rows = np.full((uniq.size, qm), m, np.int64)
+        lev = uniq % f.n_levels
+        rows[:, :f.q] = off + lev[:, None] * f.q + np.arange(f.q)[None, :]
+        pg.append(uniq // f.n_levels)
+        prow.append(rows)
+        pv.append(v)
+        pf.append(np.full(uniq.size, j))
+        off += f.n_levels * f.q
+    if not dense:       # one grouping factor: no pairs
+        pg, prow, pv, pf = [np.zeros(0, int)], [np.zeros((0, 1), int)], [np.zeros((0, 1, q1))], \
+            [np.zeros(0, int)]
+    pg, prow, pv, pf = (np.concatenate(x) for x in (pg, prow, pv, pf))
+    # regroup all pairs by first-factor level, dense rows ascending within a level
+    order = np.lexsort((prow[:, 0], pg))
+    pg, prow, pv, pf = pg[order], prow[order], pv[order], pf[order]
+    counts = np.bincount(pg, minlength=G1)
+    # triplets: within each level, every pair a with every earlier pair b (and itself)
+    itype = np.int32 if m * m < 2 ** 31 - 1 else np.int64
+    tg = tp = np.zeros(0)
+    scalar = q1 == 1 and qm == 1
+    if scalar:
+        # scalar blocks: a triplet's product is P_t * lam1^2 / A11_g, scaled by the two dense
+        # factors' lambdas after the sum (P_t = 1 for unit weights and no repeated pairs:
+        # then not stored).  Placed in position order by a counting sort, level by level
+        # (a level's triplets have distinct positions): no comparison sort of the 8e7
+        # triplets of a MovieLens-sized design, and no (a, b) index arrays kept
+        tdest, tg, tp = _scalar_triplets(pg, prow[:, 0], pv[:, 0, 0], counts, m, itype)
+        ta = tb = np.zeros(0, np.int32)
+    else:
+        _, within, start = _ranges(counts)
+        reps = within + 1
+        ta = np.repeat(np.arange(pg.size, dtype=np.int32), reps)
+        tb = np.arange(ta.size, dtype=np.int64)
+        tb -= np.repeat(np.cumsum(reps) - reps, reps)
+        tb += np.repeat(start[pg], reps)
+        tb = tb.astype(np.int32)
+        ra, rb = prow[ta], prow[tb]
+        tdest = ra[:, :, None] * m + rb[:, None, :]
+        tdest = np.where((ra[:, :, None] < m) & (rb[:, None, :] < m), tdest, m * m).astype(itype)
+        srt = _argsort_int(tdest[:, 0, 0])
+        ta, tb, tdest = ta[srt], tb[srt], tdest[srt]
+        del srt
+    if scalar:
+        # the E rows' triplets the same way: (E row, pair) and (E row, E row) per level
+        p2 = structure.p2
+        er, ec = np.tril_indices(e)
+        eg = np.concatenate([np.repeat(pg, e), np.repeat(np.arange(G1), er.size)])
+        ep = np.concatenate([(pv[:, 0, :1] * dE[pg, 0, :]).ravel(),
+                             (dE[:, 0, er] * dE[:, 0, ec]).ravel()])
+        edest = np.concatenate([(np.arange(e)[None, :] * m + prow[:, :1]).ravel(),
+                                np.tile(er * m + p2 + ec, G1)])
+        srt = _argsort_int(edest)
+        extra_t = (eg[srt], ep[srt], edest[srt])
+    else:
+        extra_t = (np.zeros(0), np.zeros(0), np.zeros(0))
+    return SparseSystem(
+        jnp.asarray(d11), jnp.asarray(dE), jnp.asarray(d22), jnp.asarray(pg, np.int32),
+        jnp.asarray(prow, itype), jnp.asarray(pv), jnp.asarray(pf, np.int32),
+        jnp.asarray(ta, np.int32), jnp.asarray(tb, np.int32), jnp.asarray(tdest, itype),
+        jnp.asarray(tg, np.int32), jnp.asarray(tp, float), jnp.asarray(extra_t[0], np.int32),
+        jnp.asarray(extra_t[1], float), jnp.asarray(extra_t[2], itype))
+
+
+class SparseCholesky(NamedTuple):
+    """The blocked Cholesky factor with L21 sparse: L11 (G1, q1, q1); ``Ct`` (P, q1, qm) the
+    pairs' blocks of L11^{-1} A12 (the Z2 part of L21', sparse); ``CE`` (G1, q1, e) the
+    extra columns' part (dense over levels); L22 (m, m) dense."""
+
+    L11: jnp.ndarray
+    Ct: jnp.ndarray
+    CE: jnp.ndarray
+    L22: jnp.ndarray
+
+
+def _padded_lambdas(structure: ReStructure, lams, qm: int):
+    out = [jnp.pad(lam, ((0, qm - f.q), (0, qm - f.q)))
+           for f, lam in zip(structure.dense_factors, lams[1:])]
+    return jnp.stack(out) if out else jnp.zeros((1, qm, qm), lams[0].dtype)
+
+
+def sparse_factor(structure: ReStructure, lams, sp: SparseSystem) -> SparseCholesky:
+    """Factor ``Lambda' Z' W Z Lambda + I`` (augmented by E) from the sparse cross-products."""
+    lam1 = lams[0]
+    q1 = lam1.shape[0]
+    m = sp.d22.shape[0]
+    p2 = structure.p2
+    qm = sp.pv.shape[1]
+    L11 = linalg.chol(jnp.einsum("qr,gqs,st->grt", lam1, sp.d11, lam1) + jnp.eye(q1))
+    CE = linalg.solve_lower(L11, jnp.einsum("qr,gqe->gre", lam1, sp.dE))
+    lamp = _padded_lambdas(structure, lams, qm)[sp.pf]                   # (P, qm, qm)
+    A = jnp.einsum("kab,kaq,qr->krb", lamp, sp.pv, lam1)                  # (P, q1, qm)
+    Ct = linalg.solve_lower(L11[sp.pg], A)                               # (P, q1, qm)
+    # S = A22 - L21 L21': the Z2 x Z2 part over the triplets, the rest from CE
+    e = m - p2
+    scale = jnp.concatenate([jnp.full(f.n_levels * f.q, lam[0, 0])
+                             for f, lam in zip(structure.dense_factors, lams[1:])]
+                            + [jnp.ones(e)])
+    if sp.eg.shape[0]:
+        # scalar blocks (q1 = qm = 1): every product in L21 L21' is P_t lam1^2 / A11_g, times
+        # the two rows' lambdas; one sorted sum for the Z2 rows, one for the E rows, then
+        # S = D (d22 - T) D + I_p2 in one pass
+        wg = jnp.square(lam1[0, 0]) / (jnp.square(lam1[0, 0]) * sp.d11[:, 0, 0] + 1.0)
+        cz = wg[sp.tg] * sp.tp if sp.tp.shape[0] else wg[sp.tg]
+        Tz = segment_sum_sorted(cz, sp.tdest.reshape(-1), p2 * m, sorted_=True)
+        Te = segment_sum_sorted(wg[sp.eg] * sp.ep, sp.edest, e * m, sorted_=True)
+        T = jnp.concatenate([Tz, Te]).reshape(m, m)
+        S = scale[:, None] * (sp.d22 - T) * scale[None, :]
+        S = S.at[jnp.arange(p2), jnp.arange(p2)].add(1.0)
+    else:
+        contrib = jnp.einsum("tqa,tqb->tab", Ct[sp.ta], Ct[sp.tb])
+        T = segment_sum_sorted(contrib.reshape(-1), sp.tdest.reshape(-1), m * m + 1,
+                               sorted_=qm == 1)[:m * m].reshape(m, m)
+        ez = jnp.einsum("kqe,kqa->kae", CE[sp.pg], Ct)                    # (P, qm, e)
+        EZ = segment_sum_sorted(ez.reshape(-1, ez.shape[-1]), sp.prow.reshape(-1), m + 1,
+                                sorted_=False)[:p2]                      # (p2, e)
+        EE = jnp.einsum("gqe,gqf->ef", CE, CE)
+        a22 = _scale_dense_axis0(structure, lams, sp.d22)
+        a22 = _scale_dense_axis0(structure, lams, a22.T).T
+        a22 = a22 + jnp.diag(jnp.concatenate([jnp.ones(p2), jnp.zeros(m - p2)]))
+        S = a22 - T
+        S = S.at[p2:, :p2].add(-EZ.T).at[p2:, p2:].add(-EE)
+    L22 = jax.lax.linalg.cholesky(S, symmetrize_input=False)
+    return SparseCholesky(L11, Ct, CE, L22)
+
+
+def segment_sum_sorted(data, ids, num_segments: int, sorted_: bool):
+    """:func:`~jaxglmm.core.ops.segment_sum` (the one place of the strategy), its ids sorted
+    where ``sorted_``."""
+    return segment_sum(data, ids, num_segments, indices_are_sorted=sorted_)
+
+
+def sparse_l21_times(ch: SparseCholesky, sp: SparseSystem, x2: jnp.ndarray) -> jnp.ndarray:
+    """``L21' x`` restricted to the Z2 columns, per first-factor level: (G1, q1) from x2 (p2,)."""
+    xp = jnp.concatenate([x2, jnp.zeros(1, x2.dtype)])
+    rows = jnp.where(sp.prow >= x2.shape[0], x2.shape[0], sp.prow)
+    per = jnp.einsum("kqa,ka->kq", ch.Ct, xp[rows])
+    return segment_sum(per, sp.pg, ch.L11.shape[0])
+
+
+def sparse_conditional_covariances(ch: SparseCholesky, sp: SparseSystem,
+                                   structure: ReStructure, lams) -> list[jnp.ndarray]:
+    """As :func:`conditional_covariances`, for the sparse factor: the first factor's blocks
+    from the triplets (``C_g Sigma22 C_g'`` summed over the pairs of each level)."""
+    p2 = structure.p2
+    G1, q1 = ch.L11.shape[:2]
+    eye = jnp.broadcast_to(jnp.eye(q1), (G1, q1, q1))
+    L11inv = linalg.solve_lower(ch.L11, eye)
+    L2 = ch.L22[:p2, :p2]
+    Minv = solve_triangular(L2, jnp.eye(p2), lower=True)
+    sigma22 = Minv.T @ Minv
+    sig = jnp.pad(sigma22, ((0, 1), (0, 1)))
+    if sp.eg.shape[0]:
+        m = sp.d22.shape[0]
+        dest = sp.tdest.reshape(-1)
+        r, c = dest // m, dest % m
+        scale = jnp.concatenate([jnp.full(f.n_levels, lam[0, 0])
+                                 for f, lam in zip(structure.dense_factors, lams[1:])]
+                                + [jnp.zeros(1)])
+        wg = jnp.square(lams[0][0, 0]) / jnp.square(ch.L11[:, 0, 0])
+        x = wg[sp.tg] * (sp.tp if sp.tp.shape[0] else 1.0) * scale[r] * scale[c] * sig[r, c]
+        x = jnp.where(r == c, x, 2.0 * x)
+        inner = eye + segment_sum(x, sp.tg, G1)[:, None, None]
+    else:
+        rows = jnp.where(sp.prow >= p2, p2, sp.prow)
+        ra, rb = rows[sp.ta], rows[sp.tb]
+        blk = sig[ra[:, :, None], rb[:, None, :]]                         # (T, qm, qm)
+        X = jnp.einsum("tqa,tab,trb->tqr", ch.Ct[sp.ta], blk, ch.Ct[sp.tb])
+        X = X + jnp.where((sp.ta != sp.tb)[:, None, None], jnp.swapaxes(X, 1, 2), 0.0)
+        inner = eye + segment_sum(X, sp.pg[sp.ta], G1)
+    v11 = jnp.einsum("gkq,gkl,glr->gqr", L11inv, inner, L11inv)
+    return [v11] + _level_blocks(structure, sigma22)

@@ -8,17 +8,20 @@ dataset or ``vmap``-ed over a stacked batch.
 """
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ..core import resystem as rs
+from ..core.glmm_sparse import SparseLaplace
 from ..core.laplace import GlmmModel, Layout, glm_start
-from ..core.lmm import LmmData, lmm_data, profiled_parts
-from ..core.problem import Problem, ProblemArrays
+from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_lmm_data, sparse_profiled_parts
+from ..core.problem import LARGE_N, Problem, ProblemArrays
 from .cache import program
-from .optimize import minimize
+from .optimize import (fd_derivatives, fd_points, flat_init, flat_result, flat_run, minimize,
+                       minimize_host)
 
 LIKELIHOOD_METHODS = ("reml", "ml", "laplace", "agq")
 # Compile with XLA's backend optimizations off: the fit graphs are many small ops in loops,
@@ -88,6 +91,77 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
     return lmm_finish(structure, d, p, reml, opt)
 
 
+# The sparse crossed LMM path (MixedModels.jl's blocks, L21 sparse; core.resystem's
+# SparseSystem): taken where the dense Schur update of the trailing block, G1 * q1 * m^2
+# flops an evaluation, passes this (InstEval: 2972 * 1145^2 = 3.9e9; penicillin: 24 * 8^2).
+SPARSE_MIN_WORK = 1e8
+# the sparse system of each problem fitted (its host-built pattern), while the problem lives
+_SPARSE_DATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def uses_sparse_lmm(problem: Problem, method: str) -> bool:
+    """Whether an LMM fit takes the sparse crossed path (two or more grouping factors and a
+    trailing block large enough that the dense update dominates)."""
+    s = problem.structure
+    if not uses_lmm(problem, method) or len(s.factors) < 2:
+        return False
+    f0 = s.factors[0]
+    m = s.p2 + problem.arrays.X.shape[1] + 1
+    return f0.n_levels * f0.q * m * m >= SPARSE_MIN_WORK
+
+
+def _sparse_lmm_programs(s: rs.ReStructure, reml: bool):
+    """The compiled pieces of the sparse LMM path: the deviance; its value at the points of
+    a finite-difference gradient and Hessian (one ``lax.map``: one factor in memory at a
+    time); the estimates at the optimum."""
+    def build():
+        def dev(d, th):
+            return sparse_profiled_parts(s, d, th, d.sp.dE.shape[2] - 1, reml, full=False)
+
+        def derivs(d, x):
+            f = jax.lax.map(lambda z: dev(d, z), fd_points(x))
+            g, H = fd_derivatives(f, x)
+            return f[0], g, H
+
+        def finish(d, x):
+            parts = sparse_profiled_parts(s, d, x, d.sp.dE.shape[2] - 1, reml, full=True)
+            lams = rs.lambdas(s, x)
+            ucov = rs.sparse_conditional_covariances(parts.chol, d.sp, s, lams)
+            s2 = jnp.square(parts.sigma)
+            b = rs.random_effects(s, lams, parts.u)
+            bcov = [s2 * jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
+            return parts._replace(chol=None), tuple(b), tuple(bcov)
+
+        return jax.jit(dev), jax.jit(derivs), jax.jit(finish)
+    return program(("lmm_sparse", s, reml), build)
+
+
+def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
+                   maxfev: int = 1000) -> RawFit:
+    """Fit a gaussian LMM by REML or ML through the sparse blocked factor: the system is
+    built on the host once, then a derivative-free optimizer (:func:`minimize_host`) calls
+    the compiled deviance; the gradient and Hessian at the optimum are finite differences
+    of values (1 + 2k + k(k-1)/2 of them), as lme4's convergence checks."""
+    import numpy as np
+    s = problem.structure
+    d = _SPARSE_DATA.get(problem)
+    if d is None:           # once per dataset: a refit of the same problem reuses it
+        d = _SPARSE_DATA[problem] = sparse_lmm_data(s, problem.arrays)
+    dev, derivs, finish = _sparse_lmm_programs(s, reml)
+    theta0 = np.asarray(s.theta_init(), float)
+    lower = np.where(s.theta_diagonal(), 0.0, -np.inf)
+    f0 = dev(d, jnp.asarray(theta0))
+    x, _, nev, status = minimize_host(lambda th: dev(d, jnp.asarray(th)), theta0, lower,
+                                      verbose=verbose, maxfev=maxfev)
+    x = jnp.asarray(x)
+    _, g, H = derivs(d, x)
+    parts, b, bcov = finish(d, x)
+    return RawFit(theta=x, beta=parts.beta, sigma=parts.sigma, family_params=jnp.zeros(0),
+                  u=parts.u, b=b, b_cov=bcov, vcov=parts.vcov, deviance=parts.deviance,
+                  loglik=-0.5 * parts.deviance, x=x, grad=g, hessian=H,
+                  n_iter=jnp.asarray(nev), status=jnp.asarray(status), objective0=f0)
+
+
 def glmm_objective(model: GlmmModel, n_agq: int):
     """The Laplace (``n_agq == 1``) or adaptive Gauss-Hermite deviance ``(x, u0) ->
     (deviance, mode)``: each evaluation starts the mode search at the previous point's mode."""
@@ -117,12 +191,49 @@ def glmm_finish(model: GlmmModel, opt) -> RawFit:
 
 
 def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndarray,
-             n_agq: int = 1, maxiter: int = 500) -> RawFit:
-    """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable."""
+             n_agq: int = 1, maxiter: int = 500, sparse: bool | None = None,
+             verbose: bool = False) -> RawFit:
+    """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable.
+
+    ``sparse``: the many-rows Laplace path (:mod:`jaxglmm.core.glmm_sparse`: one pass over
+    the rows per Newton step, two for the gradient); by default from ``LARGE_N`` rows on and
+    for crossed or nested designs (several grouping factors), for models with one linear
+    predictor.  ``verbose``: print the deviance at each outer evaluation."""
+    if sparse is None:
+        sparse = a.y.shape[0] >= LARGE_N or len(structure.factors) > 1
+    if sparse and n_agq == 1 and structure.n_channels == 1:
+        return fit_glmm_sparse(structure, family, a, phi0, maxiter=maxiter, verbose=verbose)
     model = GlmmModel(structure, family, a, phi0.shape[0])
-    opt = minimize(glmm_objective(model, n_agq), glmm_start(model, phi0), has_aux=True,
+    objective = glmm_objective(model, n_agq)
+    if verbose:
+        objective = _printing(objective)
+    opt = minimize(objective, glmm_start(model, phi0), has_aux=True,
                    maxiter=maxiter, aux0=jnp.zeros(structure.n_u))
     return glmm_finish(model, opt)
+
+
+def _printing(objective):
+    def printed(x, u0):
+        dev, u = objective(x, u0)
+        jax.debug.print("laplace: deviance {d:.10g}", d=dev, ordered=True)
+        return dev, u
+    return printed
+
+
+def fit_glmm_sparse(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndarray,
+                    maxiter: int = 500, verbose: bool = False) -> RawFit:
+    """The Laplace fit of :func:`fit_glmm` for many rows (see :mod:`jaxglmm.core.glmm_sparse`):
+    the GLM start stopped at convergence, then BFGS evaluating the objective once per loop
+    iteration (:func:`~jaxglmm.fit.optimize.flat_run`, with Powell's damped update; its last
+    2k evaluations make the finite-difference Hessian), each evaluation warm-starting the
+    mode at the last one's."""
+    sl = SparseLaplace(structure, family, a, phi0.shape[0], verbose=verbose)
+    x0 = jnp.concatenate([jnp.asarray(structure.theta_init()), sl.glm_start(phi0), phi0])
+    k = x0.shape[0]
+    state = flat_run(sl.value_and_grad, flat_init(x0, jnp.zeros(structure.n_u)),
+                     maxiter + 2 * k, maxiter=maxiter, damped=True)
+    model = GlmmModel(structure, family, a, phi0.shape[0])
+    return glmm_finish(model, flat_result(state))
 
 
 def fixef_vcov(hessian, layout: Layout):
@@ -152,7 +263,7 @@ def check_method(problem: Problem, method: str, options: dict) -> None:
                              "random effect (as lme4's nAGQ > 1); use 'laplace'")
         if int(options.get("agq_points", 25)) < 1:
             raise ValueError("agq_points must be a positive integer")
-    unknown = set(options) - ({"agq_points"} if method == "agq" else set())
+    unknown = set(options) - ({"agq_points", "verbose"} if method == "agq" else {"verbose"})
     if unknown:
         raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}")
 
@@ -162,21 +273,25 @@ def uses_lmm(problem: Problem, method: str) -> bool:
     return method in ("reml", "ml") or (method == "laplace" and problem.exact_lmm)
 
 
-def _program(problem: Problem, method: str, n_agq: int):
+def _program(problem: Problem, method: str, n_agq: int, verbose: bool = False):
     s, fam = problem.structure, problem.family
     opts = {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
     if uses_lmm(problem, method):
         reml = method == "reml"
         one = lambda a, t0: fit_lmm(s, a, reml, t0)
         return program(("lmm", s, reml, problem.large), lambda: jax.jit(one, **opts))
-    one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq)
-    return program(("glmm", s, fam, n_agq, problem.large), lambda: jax.jit(one, **opts))
+    one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq, verbose=verbose)
+    return program(("glmm", s, fam, n_agq, problem.large, verbose),
+                   lambda: jax.jit(one, **opts))
 
 
 def run(problem: Problem, method: str, options: dict) -> RawFit:
     """Fit ``method`` to the problem's arrays (one dataset; many datasets go through the
     batch engine, :mod:`jaxglmm.fit.batched`).  Returns device arrays."""
+    if uses_sparse_lmm(problem, method) or (uses_lmm(problem, method) and options.get("verbose")):
+        # the host loop (verbose: it prints the objective at each iteration)
+        return fit_lmm_sparse(problem, method == "reml", verbose=bool(options.get("verbose")))
     n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
-    fn = _program(problem, method, n_agq)
+    fn = _program(problem, method, n_agq, verbose=bool(options.get("verbose")))
     theta0, phi_start = problem.starts
     return fn(problem.arrays, theta0 if uses_lmm(problem, method) else phi_start)
