@@ -6,16 +6,9 @@
 #   Rscript scripts/inference_reference.R tests/data/inference_reference.json
 # Reads jaxglmm's bundled CSVs, so both fit the same rows.  Each section is wrapped in
 # tryCatch: a failure records {"error": "..."} in place of that section.
-suppressMessages({library(lme4); library(jsonlite)})
 args <- commandArgs(trailingOnly = TRUE)
 outfile <- if (length(args) >= 1) args[1] else "tests/data/inference_reference.json"
-dir <- "jaxglmm/datasets"
-
-ss <- read.csv(file.path(dir, "sleepstudy.csv"), colClasses = c(Subject = "character"))
-ss$Subject <- factor(ss$Subject)
-cb <- read.csv(file.path(dir, "cbpp.csv"), colClasses = c(herd = "character", period = "character"))
-cb$herd <- factor(cb$herd, levels = as.character(1:15))
-cb$period <- factor(cb$period, levels = as.character(1:4))
+source(file.path("scripts", "reference_data.R"))   # ss, cb, dir; lme4, jsonlite
 cl <- read.csv(file.path(dir, "classroom.csv"))
 
 f_ss <- Reaction ~ Days + (Days | Subject)

@@ -566,3 +566,27 @@ def test_cumulative_validation():
     np.testing.assert_allclose(expit(thr), [1 / 6, 3 / 6, 4 / 6], rtol=1e-10)
     probs = jax.jit(fam.category_probs)(jnp.array([0.0, 2.0]), {"thresholds": jnp.asarray(thr)})
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+
+
+def test_bounded_binomial_sampler_is_binomial():
+    """The binomial's bounded-trials sampler (sums of Bernoulli draws, used by simulate for
+    small integer trials) has the binomial's pmf: chi-square against it, trials 0 to 7;
+    simulate picks it for cbpp's trials and falls back to jax's sampler past the bound."""
+    from scipy.stats import binom, chisquare
+    from jaxglmm.results.result import _trials_bound
+    fam = get_family("binomial")
+    trials = np.repeat(np.arange(8.0), 5000)
+    eta = np.full(trials.size, -0.4)
+    y = np.asarray(jax.jit(lambda k: fam.simulate_bounded(k, jnp.asarray(eta),
+                                                          jnp.asarray(trials), {}, 8))(
+        jax.random.PRNGKey(1)))
+    p = 1 / (1 + np.exp(0.4))
+    for n in range(8):
+        got = np.bincount(y[trials == n].astype(int), minlength=n + 1)
+        assert got.size == n + 1                          # never above the trials
+        if n:
+            assert chisquare(got, 5000 * binom.pmf(np.arange(n + 1), n, p)).pvalue > 1e-4
+    assert _trials_bound(fam, np.array([1.0, 34.0]), 1000) == 64
+    assert _trials_bound(fam, np.array([1.0, 200.0]), 10) is None
+    assert _trials_bound(fam, np.array([1.5, 3.0]), 10) is None
+    assert _trials_bound(get_family("poisson"), None, 10) is None

@@ -69,8 +69,6 @@ def test_power_errors(ss_fit):
         ss_fit.power("Dayz", nsim=10)
     with pytest.raises(ValueError, match="test must be one of"):
         ss_fit.power("Days", nsim=10, test="score")
-    with pytest.raises(NotImplementedError, match="satterthwaite"):
-        ss_fit.power("Days", nsim=10, test="satterthwaite")
     with pytest.raises(ValueError, match="sizes needs along="):
         ss_fit.power("Days", nsim=10, sizes=[5])
     with pytest.raises(ValueError, match="is not a column"):
@@ -79,3 +77,31 @@ def test_power_errors(ss_fit):
                   jg.load_dataset("cbpp"), "binomial").fit()
     with pytest.raises(ValueError, match="effect sets one coefficient"):
         cb.power("period", effect=1.0, nsim=10)
+
+
+def test_satterthwaite_power_uses_each_refits_lmertest_df():
+    """test='satterthwaite': each simulated refit's t test with its own Satterthwaite df,
+    in one vmapped program; each df equals that dataset fitted alone and passed through
+    coef_table(ddf='satterthwaite') (which matches lmerTest, test_inference_ddf.py)."""
+    from jaxglmm.inference.ddf import satterthwaite_many
+    ss = jg.load_dataset("sleepstudy")
+    model = jg.Model(LMM, ss)
+    fit = model.fit()                                          # REML, as lmerTest tests
+    Y = np.asarray(fit.simulate(n=4, seed=8), float).T
+    fits = jg.refit_many(model, Y, "reml", progress=False)
+    var, df = satterthwaite_many(model, "reml", Y, fits.theta, fits.sigma.to_numpy(),
+                                 np.array([0.0, 1.0]))
+    for i in range(2):
+        alone = jg.Model(LMM, ss.assign(Reaction=Y[i])).fit().coef_table(ddf="satterthwaite")
+        assert abs(df[i] / alone.loc["Days", "df"] - 1) < 1e-5
+        assert abs(np.sqrt(var[i]) / alone.loc["Days", "Std. Error"] - 1) < 1e-5
+    curve = fit.power("Days", effect=2.0, nsim=200, test="satterthwaite", seed=4,
+                      progress=False)
+    lrt = fit.power("Days", effect=2.0, nsim=200, test="lrt", seed=4, progress=False)
+    assert curve.attrs["test"] == "satterthwaite" and curve["nsim"].iloc[0] == 200
+    # same simulations: the t test and the LRT reject in most of the same datasets
+    assert abs(curve["power"].iloc[0] - lrt["power"].iloc[0]) < 0.1
+    cb = jg.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                  jg.load_dataset("cbpp"), "binomial").fit()
+    with pytest.raises(ValueError, match="satterthwaite.*linear mixed models"):
+        cb.power("period", nsim=10, test="satterthwaite")

@@ -68,6 +68,10 @@ class Family:
     init_params: ``(y, trials) -> phi`` starting values (NumPy).
     validate: ``(y, trials) -> None``; raises ``ValueError`` naming the problem.
     simulate: ``(key, eta, trials, fparams) -> y`` draws from the family.
+    simulate_bounded: optional ``(key, eta, trials, fparams, bound) -> y``, the same
+        distribution for trials known to be integers of at most the static ``bound``, by a
+        sampler that compiles faster (binomial: sums of Bernoulli draws; jax's binomial
+        sampler took 1.8 s of a 4.1 s cold cbpp simulate).
     mean: ``(eta, fparams) -> E[y]`` (per trial for binomial; the expected 0-based category
         code for ordinal families).
     fisher_weight: optional ``(eta, trials, fparams) -> (n,)`` expected information of
@@ -117,6 +121,7 @@ class Family:
     init_params: Callable = _no_init
     validate: Callable = lambda y, trials: None
     simulate: Callable | None = None
+    simulate_bounded: Callable | None = None
     mean: Callable | None = None
     fisher_weight: Callable | None = None
     needs_trials: bool = False

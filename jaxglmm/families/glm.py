@@ -92,10 +92,18 @@ def _binomial(link: Link) -> Family:
     def simulate(key, eta, trials, fp):
         return jax.random.binomial(key, trials, link.linkinv(eta)).astype(jnp.result_type(float))
 
+    def simulate_bounded(key, eta, trials, fp, bound):
+        # Binomial(n, p) as the sum of n Bernoulli(p) draws, n <= bound
+        p = link.linkinv(eta)
+        u = jax.random.uniform(key, jnp.shape(p) + (bound,), dtype=p.dtype)
+        used = jnp.arange(bound) < jnp.asarray(trials)[..., None]
+        return jnp.sum((u < p[..., None]) & used, axis=-1).astype(jnp.result_type(float))
+
     parts = _binomial_parts(link)
     return Family(
         "binomial", link, ("logit", "probit", "cloglog", "cauchit", "log"),
         parts[0], loglik_split=parts, validate=validate, simulate=simulate,
+        simulate_bounded=simulate_bounded,
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
         variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
         needs_trials=True, laplace_information="expected", response="binary",

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..many import refit_many
+from ..many.batch import prepare_refits, refit_many
 from .params import named
 
 USE_RE = {"sample": "~0", "conditional": None}
@@ -40,7 +40,8 @@ def bootstrap(fit, n: int = 1000, statistic: Callable | None = None, seed: int |
     ``sigma``, family parameters); a ``statistic`` is a function of a :class:`Replicates`
     record returning an array or a dict of arrays, vmapped over the replicates.  Column
     ``converged`` says which refits converged; ``attrs["seconds"]`` holds the simulation
-    and refit times."""
+    and refit times (the refits compile while the responses are simulated: "compile"
+    overlaps "simulate")."""
     if getattr(fit, "draws", None) is not None:
         raise ValueError(f"bootstrap refits likelihood fits; this is a {fit.method!r} fit, "
                          "whose posterior draws (fit.draws) already give its uncertainty")
@@ -50,8 +51,13 @@ def bootstrap(fit, n: int = 1000, statistic: Callable | None = None, seed: int |
     if n < 1:
         raise ValueError(f"n must be a positive number of replicates, got {n}")
     start = time.perf_counter()
+    # the refits' programs compile in the background while the responses are simulated
+    # (cbpp, 1,000 replicates, cold: simulate 2.2 s and refit compile 1.9 s one after the
+    # other before)
+    compiling = prepare_refits(fit, n)
     Y = np.asarray(fit.simulate(n=n, seed=seed, re_form=USE_RE[use_re]), float).T
     simulated = time.perf_counter() - start
+    compiled = compiling.result()   # its errors are the refits' own: raised here, not lost
     fits = refit_many(fit, Y, progress=progress)
     model, problem = fit.model, fit.model.problem
     lmm = model.family.exact_lmm and fit.method in ("reml", "ml", "laplace")
@@ -73,7 +79,9 @@ def bootstrap(fit, n: int = 1000, statistic: Callable | None = None, seed: int |
         warnings.warn(f"{failed} of {n} bootstrap refits did not converge (column "
                       "'converged'); their rows are kept", stacklevel=2)
     out.index = pd.RangeIndex(n, name="replicate")
-    out.attrs["seconds"] = {"simulate": simulated, **fits.seconds,
+    seconds = dict(fits.seconds)
+    seconds["compile"] += compiled      # the refits' compile, overlapping "simulate"
+    out.attrs["seconds"] = {"simulate": simulated, **seconds,
                             "total": time.perf_counter() - start}
     return out
 

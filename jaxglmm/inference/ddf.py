@@ -17,7 +17,8 @@ from scipy.stats import t as student_t
 
 from ..core import linalg
 from ..core import resystem as rs
-from ..core.lmm import lmm_data
+from ..core.lmm import lmm_data, refit_data
+from ..fit.cache import program
 
 DDF = ("satterthwaite", "kenward-roger")
 
@@ -26,8 +27,11 @@ def _lmm_functions(fit):
     """(deviance(phi), vcov(phi)) of an LMM fit, phi = (theta, sigma)."""
     problem = fit.model.problem
     s, p = problem.structure, fit.model.design.n_fixef
-    d = lmm_data(s, problem.arrays)
-    reml = fit.method == "reml"
+    return _phi_functions(s, p, lmm_data(s, problem.arrays), fit.method == "reml")
+
+
+def _phi_functions(s, p: int, d, reml: bool):
+    """(deviance(phi), vcov(phi)) of one dataset's cross-products ``d``."""
     p2 = s.p2
 
     def parts(theta):
@@ -50,6 +54,34 @@ def _lmm_functions(fit):
         return phi[-1] ** 2 * inv.T @ inv
 
     return deviance, vcov
+
+
+def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
+                       sigma: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(variance, df) of ``contrast @ beta`` for each of many LMM refits of ``model``'s
+    design (responses ``Y`` (B, n), their ``theta`` (B, k) and ``sigma`` (B,)), as
+    :func:`satterthwaite` for each, in one compiled vmapped program (power simulations)."""
+    s, p = model.structure, model.design.n_fixef
+    reml = method == "reml"
+
+    def build():
+        def one(d, phi, l):
+            deviance, vcov = _phi_functions(s, p, d, reml)
+            A = 2.0 * jnp.linalg.pinv(jax.hessian(deviance)(phi))
+            var_fn = lambda ph: l @ vcov(ph) @ l                      # noqa: E731
+            var, g = jax.value_and_grad(var_fn)(phi)
+            denom = g @ A @ g
+            return var, jnp.where(denom > 0, 2.0 * var ** 2 / denom, jnp.nan)
+
+        def many(a, Y, phis, l):
+            return jax.vmap(one, in_axes=(0, 0, None))(refit_data(s, a, Y), phis, l)
+        return jax.jit(many)
+
+    run = program(("satterthwaite-many", s, p, reml), build)
+    phis = np.column_stack([np.asarray(theta, float), np.asarray(sigma, float)])
+    var, df = run(model.arrays, jnp.asarray(Y, float), jnp.asarray(phis),
+                  jnp.asarray(contrast, float))
+    return np.asarray(var), np.asarray(df)
 
 
 def satterthwaite(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

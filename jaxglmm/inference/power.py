@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta as beta_dist
 from scipy.stats import chi2, norm
+from scipy.stats import t as student_t
 
 from ..formula.parser import parse_formula
 from ..many import refit_many
 from ..model import Model
+from .ddf import satterthwaite_many
 
 TESTS = ("lrt", "wald", "satterthwaite")
 WEIGHT = "_power_weight_"
@@ -62,9 +64,11 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     if not isinstance(test, str) or test.lower() not in TESTS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
     test = test.lower()
-    if test == "satterthwaite":
-        raise NotImplementedError("test='satterthwaite' is not built yet for power; use "
-                                  "'lrt' or 'wald'")
+    if test == "satterthwaite" and not (fit.model.family.exact_lmm
+                                        and fit.method in ("reml", "ml")):
+        raise ValueError(f"test='satterthwaite' is for linear mixed models fitted by 'reml' "
+                         f"or 'ml' (lmerTest's t tests); this is a {fit.model.family.name} "
+                         f"{fit.method!r} fit: use 'lrt' or 'wald'")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}")
     nsim = int(nsim)
@@ -96,7 +100,9 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     full = build(model.formula, w0)
     sim = _at(fit, Model(model.formula, data, **model.options), beta)
     Y = np.asarray(sim.simulate(n=nsim, seed=seed, re_form="~0"), float).T
-    method = "ml" if fit.method == "reml" else fit.method
+    # the LRT and Wald tests by ML (as anova refits REML fits); Satterthwaite's t tests on
+    # the fit's own criterion (lmerTest tests REML fits)
+    method = fit.method if test == "satterthwaite" else "ml" if fit.method == "reml" else fit.method
     rows = []
     for size, mask in sizes_out:
         w = w0 * mask
@@ -108,11 +114,18 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
             stat = 2.0 * (fits_full.loglik.to_numpy() - fits_null.loglik.to_numpy())
             p = chi2.sf(np.maximum(stat, 0.0), len(dropped))
         else:
-            z = (fits_full.fixef[dropped[0]] / fits_full.fixef_se[dropped[0]]).to_numpy()
             if len(dropped) != 1:
-                raise ValueError(f"test='wald' tests one coefficient; {term!r} has "
+                raise ValueError(f"test={test!r} tests one coefficient; {term!r} has "
                                  f"{len(dropped)}: use test='lrt'")
-            p = 2.0 * norm.sf(np.abs(z))
+            est = fits_full.fixef[dropped[0]].to_numpy()
+            if test == "wald":
+                p = 2.0 * norm.sf(np.abs(est / fits_full.fixef_se[dropped[0]].to_numpy()))
+            else:   # lmerTest's t test of the coefficient, Satterthwaite's df
+                contrast = np.asarray([n == dropped[0] for n in full_names], float)
+                var, df = satterthwaite_many(full_k, method, Y, fits_full.theta,
+                                             fits_full.sigma.to_numpy(), contrast)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    p = 2.0 * student_t.sf(np.abs(est / np.sqrt(var)), df)
         ok = np.isfinite(p)
         hits, used = int(np.sum(p[ok] < alpha)), int(ok.sum())
         lo, hi = _clopper_pearson(hits, used)
