@@ -32,6 +32,7 @@ from .fit.cache import relieve_map_pressure
 from .fit.convergence import ConvergenceWarning
 from .results.build import likelihood_result, posterior_result
 from .results.result import FitResult
+from .results import extensions
 
 MODEL_KEYWORDS = ("categorical", "levels", "weights", "dpars")
 METHODS = likelihood.LIKELIHOOD_METHODS + BAYES_METHODS
@@ -369,6 +370,14 @@ class Model:
                     "log link whose mean passes 1); try another link")
         warn_of(result)
         return result
+
+    def fit_fn(self, method: str | None = None, **options):
+        """The fit as a pure JAX function ``f(y=None, weights=None, offset=None,
+        priors=None) -> FitArrays`` (beta, theta, sigma, family_params, loglik, se), to jit,
+        vmap and differentiate; derivatives by the implicit function theorem at the
+        optimum.  ``method``: ``"ml"``, ``"reml"``, ``"laplace"`` or ``"map"`` (see
+        :func:`jaxglmm.inference.implicit.fit_fn`, registered by :mod:`jaxglmm.inference`)."""
+        return extensions.call("fit_fn", self, method, **options)
 
 
 def _selected(random_effects, part: int, label: str) -> bool:
