@@ -74,12 +74,15 @@ def test_sparse_fit_equals_dense_fit(name, formula, method):
 
 
 def test_verbose_prints_the_objective(capfd):
+    """A small crossed LMM stays on the dense path with verbose=True (the same optimizer,
+    the same fit), printing each deviance it evaluates."""
     m = _model("penicillin", CASES[0][1])
     fit = m.fit("ml", verbose=True)
-    err = capfd.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("iteration")]
-    assert len(lines) > 5 and "objective" in lines[-1]
-    assert abs(fit.loglik - m.fit("ml").loglik) < 1e-7
+    out = capfd.readouterr().out
+    devs = [float(ln.split()[2]) for ln in out.splitlines() if ln.startswith("ml: deviance")]
+    assert len(devs) > 5
+    assert min(devs) == pytest.approx(-2 * fit.loglik, rel=1e-9)
+    assert abs(fit.loglik - m.fit("ml").loglik) < 1e-9
 
 
 def _crossed(n_rows, g1, g2, g3, seed=0):
@@ -113,3 +116,12 @@ def test_sparse_large_crossed_equals_dense():
                                              m.problem.starts[0])
     assert abs(sparse.loglik + 0.5 * float(raw.deviance)) < 1e-6
     np.testing.assert_allclose(sparse.fixef.values, np.asarray(raw.beta), atol=1e-6)
+
+
+def test_the_sparse_path_prints_its_objective_when_verbose(capfd):
+    m = _model("penicillin", CASES[0][1])
+    raw = likelihood.fit_lmm_sparse(m.problem, False, verbose=True)
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("iteration")]
+    assert len(lines) > 5 and "objective" in lines[-1]
+    assert abs(float(raw.loglik) - m.fit("ml").loglik) < 1e-7

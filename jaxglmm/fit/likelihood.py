@@ -83,11 +83,15 @@ def lmm_finish(structure: rs.ReStructure, d: LmmData, p: int, reml: bool, opt) -
 
 
 def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp.ndarray,
-            maxiter: int = 500) -> RawFit:
-    """Fit a gaussian LMM by REML or ML.  Pure and jittable (``structure``/``reml`` static)."""
+            maxiter: int = 500, verbose: bool = False) -> RawFit:
+    """Fit a gaussian LMM by REML or ML.  Pure and jittable (``structure``/``reml`` static).
+    ``verbose``: print the deviance at each evaluation."""
     p = a.X.shape[1]
     d = lmm_data(structure, a)
-    opt = minimize(lmm_objective(structure, d, p, reml), theta0, maxiter=maxiter)
+    objective = lmm_objective(structure, d, p, reml)
+    if verbose:
+        objective = _printing(objective, "reml" if reml else "ml")
+    opt = minimize(objective, theta0, maxiter=maxiter)
     return lmm_finish(structure, d, p, reml, opt)
 
 
@@ -206,17 +210,20 @@ def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndar
     model = GlmmModel(structure, family, a, phi0.shape[0])
     objective = glmm_objective(model, n_agq)
     if verbose:
-        objective = _printing(objective)
+        objective = _printing(objective, "laplace" if n_agq == 1 else "agq")
     opt = minimize(objective, glmm_start(model, phi0), has_aux=True,
                    maxiter=maxiter, aux0=jnp.zeros(structure.n_u))
     return glmm_finish(model, opt)
 
 
-def _printing(objective):
-    def printed(x, u0):
-        dev, u = objective(x, u0)
-        jax.debug.print("laplace: deviance {d:.10g}", d=dev, ordered=True)
-        return dev, u
+def _printing(objective, label: str):
+    """``objective`` (``x -> deviance`` or ``(x, u0) -> (deviance, mode)``) printing each
+    deviance it computes, as ``label: deviance D``."""
+    def printed(*args):
+        out = objective(*args)
+        dev = out[0] if isinstance(out, tuple) else out
+        jax.debug.print(label + ": deviance {d:.10g}", d=dev, ordered=True)
+        return out
     return printed
 
 
@@ -278,8 +285,8 @@ def _program(problem: Problem, method: str, n_agq: int, verbose: bool = False):
     opts = {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
     if uses_lmm(problem, method):
         reml = method == "reml"
-        one = lambda a, t0: fit_lmm(s, a, reml, t0)
-        return program(("lmm", s, reml, problem.large), lambda: jax.jit(one, **opts))
+        one = lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose)
+        return program(("lmm", s, reml, problem.large, verbose), lambda: jax.jit(one, **opts))
     one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq, verbose=verbose)
     return program(("glmm", s, fam, n_agq, problem.large, verbose),
                    lambda: jax.jit(one, **opts))
@@ -288,8 +295,7 @@ def _program(problem: Problem, method: str, n_agq: int, verbose: bool = False):
 def run(problem: Problem, method: str, options: dict) -> RawFit:
     """Fit ``method`` to the problem's arrays (one dataset; many datasets go through the
     batch engine, :mod:`jaxglmm.fit.batched`).  Returns device arrays."""
-    if uses_sparse_lmm(problem, method) or (uses_lmm(problem, method) and options.get("verbose")):
-        # the host loop (verbose: it prints the objective at each iteration)
+    if uses_sparse_lmm(problem, method):
         return fit_lmm_sparse(problem, method == "reml", verbose=bool(options.get("verbose")))
     n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
     fn = _program(problem, method, n_agq, verbose=bool(options.get("verbose")))
