@@ -206,15 +206,22 @@ def _compiled(fn: AheadOfTime, args, clock: list) -> Callable:
 
 
 # ----------------------------------------------------------------------------- the engine
-def _pilot_pick(state):
-    """(x, Hinv) of the converged member nearest the median of the converged ones, or None."""
-    ok = np.asarray(state.status) == 0
+def typical_member(ok: np.ndarray, x: np.ndarray) -> int | None:
+    """The index of the member among ``ok`` whose ``x`` is nearest the median of theirs, or
+    None where no member is ``ok``: the start of the members after a pilot."""
+    ok = np.asarray(ok, bool)
     if not ok.any():
         return None
-    x = np.asarray(state.x)
-    xs = x[ok]
-    pick = np.flatnonzero(ok)[np.argmin(np.sum((xs - np.median(xs, axis=0)) ** 2, axis=1))]
-    return x[pick], np.asarray(state.Hinv)[pick]
+    xs = np.asarray(x)[ok]
+    return int(np.flatnonzero(ok)[np.argmin(np.sum((xs - np.median(xs, axis=0)) ** 2, axis=1))])
+
+
+def _pilot_pick(state):
+    """(x, Hinv) of the converged member nearest the median of the converged ones, or None."""
+    pick = typical_member(np.asarray(state.status) == 0, state.x)
+    if pick is None:
+        return None
+    return np.asarray(state.x)[pick], np.asarray(state.Hinv)[pick]
 
 
 class _Compiled(NamedTuple):

@@ -66,12 +66,8 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
 
     def build():
         def one(d, phi, l):
-            deviance, vcov = _phi_functions(s, p, d, reml)
-            A = 2.0 * jnp.linalg.pinv(jax.hessian(deviance)(phi))
-            var_fn = lambda ph: l @ vcov(ph) @ l                      # noqa: E731
-            var, g = jax.value_and_grad(var_fn)(phi)
-            denom = g @ A @ g
-            return var, jnp.where(denom > 0, 2.0 * var ** 2 / denom, jnp.nan)
+            var, df = _satterthwaite(*_phi_functions(s, p, d, reml), phi, l[None, :])
+            return var[0], df[0]
 
         def many(a, Y, phis, l):
             return jax.vmap(one, in_axes=(0, 0, None))(refit_data(s, a, Y), phis, l)
@@ -86,18 +82,22 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
 
 def satterthwaite(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(variance, df) of ``contrasts @ beta`` for each row of ``contrasts`` (k, p)."""
-    deviance, vcov = _lmm_functions(fit)
     phi = jnp.asarray(np.append(np.asarray(fit.theta, float), fit.sigma))
-    H = np.asarray(jax.hessian(deviance)(phi))
-    A = 2.0 * np.linalg.pinv(H)
     L = jnp.asarray(np.atleast_2d(contrasts), dtype=phi.dtype)
+    var, df = _satterthwaite(*_lmm_functions(fit), phi, L)
+    return np.asarray(var), np.asarray(df)
+
+
+def _satterthwaite(deviance, vcov, phi, L):
+    """(variance, df) of ``L @ beta`` (L: (k, p)) at ``phi``: ``A = 2 H^-1`` from the
+    deviance's Hessian, ``g = d(l' C l)/d phi`` by autodiff, df = 2 (l' C l)^2 / (g' A g)."""
+    A = 2.0 * jnp.linalg.pinv(jax.hessian(deviance)(phi))
     var_fn = lambda ph: jnp.einsum("kp,pq,kq->k", L, vcov(ph), L)     # noqa: E731
-    var = np.asarray(var_fn(phi))
-    G = np.asarray(jax.jacfwd(var_fn)(phi))                            # (k, n_phi)
-    denom = np.einsum("ki,ij,kj->k", G, A, G)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        df = np.where(denom > 0, 2.0 * var ** 2 / denom, np.nan)
-    return var, df
+    var = var_fn(phi)
+    G = jax.jacfwd(var_fn)(phi)                                        # (k, n_phi)
+    denom = jnp.einsum("ki,ij,kj->k", G, A, G)
+    return var, jnp.where(denom > 0, 2.0 * var ** 2 / jnp.where(denom > 0, denom, 1.0),
+                          jnp.nan)
 
 
 def coef_table(fit, ddf: str | None = None, exponentiate: bool = False) -> pd.DataFrame:

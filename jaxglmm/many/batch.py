@@ -20,7 +20,7 @@ import pandas as pd
 from ..bayes.drivers import BAYES_METHODS
 from ..core.problem import ProblemArrays
 from ..families import Family, get_family
-from ..fit.batched import fit_batch, prepare_batch, slot_size
+from ..fit.batched import fit_batch, prepare_batch, slot_size, typical_member
 from ..fit.cache import relieve_map_pressure
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
@@ -397,8 +397,13 @@ def _fit_start(fit, method: str, n_params: int):
     """(x0, Hinv0) from a fit of the same model and method, else None (a pilot)."""
     if fit is None or fit.method != method:
         return None
-    x = np.asarray(fit.optinfo["x"], float)
-    H = np.asarray(fit.optinfo["hessian"], float)
+    return _start_at(fit.optinfo["x"], fit.optinfo["hessian"])
+
+
+def _start_at(x, H):
+    """(x0, Hinv0) at an optimum: the inverse of its Hessian where that is positive
+    definite, else None for Hinv0 (the first step is then the gradient's)."""
+    x, H = np.asarray(x, float), np.asarray(H, float)
     if not (np.all(np.isfinite(H)) and np.linalg.eigvalsh(H)[0] > 0):
         return x, None
     return x, np.linalg.inv(H)
@@ -429,17 +434,12 @@ class _RefitJobs:
 def _chunk_start(result: ChunkFits):
     """(x0, Hinv0) of the chunk's converged fit nearest the median of the converged ones
     (the inverse of its Hessian where that is positive definite), or None."""
-    ok = np.asarray(result.converged, bool)
-    if not ok.any():
-        return None
     x = result.stacked("x", np.shape(result.buckets[0].raw.x)[1:])
+    pick = typical_member(result.converged, x)
+    if pick is None:
+        return None
     H = result.stacked("hessian", np.shape(result.buckets[0].raw.hessian)[1:])
-    xs = x[ok]
-    pick = np.flatnonzero(ok)[np.argmin(np.sum((xs - np.median(xs, axis=0)) ** 2, axis=1))]
-    Hp = H[pick]
-    if not (np.all(np.isfinite(Hp)) and np.linalg.eigvalsh(Hp)[0] > 0):
-        return x[pick], None
-    return x[pick], np.linalg.inv(Hp)
+    return _start_at(x[pick], H[pick])
 
 
 def _refit_args(spec, model, Y, start):
