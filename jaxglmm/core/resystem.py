@@ -447,40 +447,45 @@ def _argsort_int(key: np.ndarray) -> np.ndarray:
     return order
 
 
+def _level_type(n_levels: int):
+    """The narrowest index type for the first factor's levels in the triplets (int16 halves
+    MovieLens' 8.4e7-entry array)."""
+    return np.int16 if n_levels <= np.iinfo(np.int16).max else np.int32
+
+
 def _scalar_triplets(pg, rows, vals, counts, m: int, itype):
-    """Positions (ascending), first-factor levels and products of the scalar triplets."""
+    """Positions (ascending), first-factor levels and products of the scalar triplets.
+
+    Built row by row of the dense block: each pair (g, r) meets the pairs of its level at
+    rows <= r (a prefix of the level's sorted rows), and a row's triplets are put in column
+    order by a stable radix sort over that one row's range.  Every pass is sequential or
+    cache-sized: MovieLens' 8.4e7 triplets in 2.5 s here, where a counting sort over the
+    whole m x m range (random access into 110 MB) took 6.5 s."""
     ends = np.cumsum(counts)
     starts = ends - counts
-    levels = np.flatnonzero(counts)
-    tril = {}
-
-    def per_level():
-        for g in levels:
-            c = int(counts[g])
-            if c not in tril:
-                tril[c] = np.tril_indices(c)
-            i, j = tril[c]
-            r = rows[starts[g]:ends[g]].astype(np.int64)
-            yield g, i, j, r[i] * m + r[j]
-
-    count = np.zeros(m * m, np.int64)
-    for _, _, _, k in per_level():
-        count[k] += 1
-    fill = np.cumsum(count) - count
-    total = int(count.sum())
-    tg = np.empty(total, np.int32)
+    lengths = np.arange(pg.size) - starts[pg] + 1          # the prefix of each pair's level
+    by_row = np.argsort(rows, kind="stable")               # levels ascending within a row
+    row_end = np.cumsum(np.bincount(rows, minlength=m))
+    total = int(lengths.sum())
+    tg = np.empty(total, _level_type(counts.size))
+    tdest = np.empty(total, itype)
     unit = bool(np.all(vals == 1.0))
     tp = np.zeros(0) if unit else np.empty(total)
-    for g, i, j, k in per_level():
-        pos = fill[k]
-        tg[pos] = g
+    small = m <= np.iinfo(np.uint16).max
+    out = 0
+    for r in np.flatnonzero(np.diff(row_end, prepend=0)):
+        t = by_row[row_end[r - 1] if r else 0:row_end[r]]
+        L = lengths[t]
+        n = int(L.sum())
+        offs = np.repeat(starts[pg[t]] - (np.cumsum(L) - L), L) + np.arange(n)
+        col = rows[offs]
+        order = np.argsort(col.astype(np.uint16) if small else col, kind="stable")
+        tdest[out:out + n] = r * m + col[order]
+        tg[out:out + n] = np.repeat(pg[t], L)[order]
         if not unit:
-            v = vals[starts[g]:ends[g]]
-            tp[pos] = v[i] * v[j]
-        fill[k] += 1
-    del fill
-    tdest = np.repeat(np.arange(m * m, dtype=itype), count)[:, None, None]
-    return tdest, tg, tp
+            tp[out:out + n] = (np.repeat(vals[t], L) * vals[offs])[order]
+        out += n
+    return tdest[:, None, None], tg, tp
 
 
 def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
@@ -581,7 +586,7 @@ def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
         jnp.asarray(d11), jnp.asarray(dE), jnp.asarray(d22), jnp.asarray(pg, np.int32),
         jnp.asarray(prow, itype), jnp.asarray(pv), jnp.asarray(pf, np.int32),
         jnp.asarray(ta, np.int32), jnp.asarray(tb, np.int32), jnp.asarray(tdest, itype),
-        jnp.asarray(tg, np.int32), jnp.asarray(tp, float), jnp.asarray(extra_t[0], np.int32),
+        jnp.asarray(tg, _level_type(G1)), jnp.asarray(tp, float), jnp.asarray(extra_t[0], np.int32),
         jnp.asarray(extra_t[1], float), jnp.asarray(extra_t[2], itype))
 
 
@@ -604,6 +609,20 @@ def _padded_lambdas(structure: ReStructure, lams, qm: int):
 
 def sparse_factor(structure: ReStructure, lams, sp: SparseSystem) -> SparseCholesky:
     """Factor ``Lambda' Z' W Z Lambda + I`` (augmented by E) from the sparse cross-products."""
+    L11, Ct, CE, S = sparse_schur(structure, lams, sp)
+    return SparseCholesky(L11, Ct, CE, jax.lax.linalg.cholesky(S, symmetrize_input=False))
+
+
+def scalar_blocks(structure: ReStructure) -> bool:
+    """Whether every grouping factor has one scalar term (``(1 | g)``-like: theta_j scales
+    factor j's columns), the case of the closed-form gradient
+    (:func:`jaxglmm.core.lmm.sparse_deviance_gradient`)."""
+    return all(f.q == 1 and len(f.terms) == 1 for f in structure.factors)
+
+
+def sparse_schur(structure: ReStructure, lams, sp: SparseSystem):
+    """The pieces of :func:`sparse_factor` before the dense factorization: ``(L11, Ct, CE,
+    S)`` with S the trailing block's Schur complement (its lower triangle)."""
     lam1 = lams[0]
     q1 = lam1.shape[0]
     m = sp.d22.shape[0]
@@ -643,8 +662,7 @@ def sparse_factor(structure: ReStructure, lams, sp: SparseSystem) -> SparseChole
         a22 = a22 + jnp.diag(jnp.concatenate([jnp.ones(p2), jnp.zeros(m - p2)]))
         S = a22 - T
         S = S.at[p2:, :p2].add(-EZ.T).at[p2:, p2:].add(-EE)
-    L22 = jax.lax.linalg.cholesky(S, symmetrize_input=False)
-    return SparseCholesky(L11, Ct, CE, L22)
+    return L11, Ct, CE, S
 
 
 def segment_sum_sorted(data, ids, num_segments: int, sorted_: bool):
@@ -662,16 +680,22 @@ def sparse_l21_times(ch: SparseCholesky, sp: SparseSystem, x2: jnp.ndarray) -> j
 
 
 def sparse_conditional_covariances(ch: SparseCholesky, sp: SparseSystem,
-                                   structure: ReStructure, lams) -> list[jnp.ndarray]:
+                                   structure: ReStructure, lams,
+                                   sigma22: jnp.ndarray | None = None) -> list[jnp.ndarray]:
     """As :func:`conditional_covariances`, for the sparse factor: the first factor's blocks
-    from the triplets (``C_g Sigma22 C_g'`` summed over the pairs of each level)."""
+    from the triplets (``C_g Sigma22 C_g'`` summed over the pairs of each level).
+    ``sigma22``: the inverse of the factor's leading p2 x p2 block where the caller has it
+    (its lower triangle is read)."""
     p2 = structure.p2
     G1, q1 = ch.L11.shape[:2]
     eye = jnp.broadcast_to(jnp.eye(q1), (G1, q1, q1))
     L11inv = linalg.solve_lower(ch.L11, eye)
-    L2 = ch.L22[:p2, :p2]
-    Minv = solve_triangular(L2, jnp.eye(p2), lower=True)
-    sigma22 = Minv.T @ Minv
+    if sigma22 is None:
+        Minv = solve_triangular(ch.L22[:p2, :p2], jnp.eye(p2), lower=True)
+        sigma22 = Minv.T @ Minv
+    else:
+        sigma22 = jnp.tril(sigma22[:p2, :p2])
+        sigma22 = sigma22 + jnp.tril(sigma22, -1).T
     sig = jnp.pad(sigma22, ((0, 1), (0, 1)))
     if sp.eg.shape[0]:
         m = sp.d22.shape[0]

@@ -465,3 +465,42 @@ def minimize_host(fun: Callable, x0, lower, *, verbose: bool = False, maxfev: in
                                "final_tr_radius": rhoend})
     status = CONVERGED if res.success or count[0] < maxfev else MAXITER
     return np.asarray(res.x, float), float(res.fun), count[0], status
+
+
+def minimize_host_gradient(fun_grad: Callable, x0, lower, *, verbose: bool = False,
+                           maxfev: int = 1000, gtol: float = 1e-6, ftol: float = 1e-15,
+                           scale=None):
+    """:func:`minimize_host` for an objective with an exact gradient (``fun_grad(x) -> (f,
+    g)``): scipy's L-BFGS-B within the lower bounds.  Stops where the projected gradient's
+    largest entry is below ``gtol`` or the relative decrease below ``ftol``.  ``scale``
+    (per entry): the optimizer works in ``x / scale``, so its first step, of length 1,
+    moves x by about ``scale`` (from a good start, a small scale saves the first line
+    search's backtracking).  Returns ``(x, f, n_evals, status)``."""
+    import sys
+
+    import numpy as np
+    from scipy.optimize import minimize as sp_minimize
+
+    sc = np.ones(np.shape(x0)) if scale is None else np.asarray(scale, float)
+    x0 = np.asarray(x0, float) / sc
+    lo = np.asarray(lower, float) / sc
+    count = [0]
+
+    def fg(z):
+        count[0] += 1
+        f, g = fun_grad(z * sc)
+        return f, np.asarray(g) * sc
+
+    def report(intermediate_result):
+        print(f"iteration {report.k:4d}: objective {intermediate_result.fun:.10g} "
+              f"({count[0]} evaluations)", file=sys.stderr)
+        report.k += 1
+    report.k = 1
+
+    bounds = [(None if not np.isfinite(b) else float(b), None) for b in lo]
+    res = sp_minimize(fg, x0, method="L-BFGS-B", jac=True, bounds=bounds,
+                      callback=report if verbose else None,
+                      options={"maxfun": maxfev, "maxiter": maxfev, "gtol": gtol,
+                               "ftol": ftol})
+    status = CONVERGED if res.success or count[0] < maxfev else MAXITER
+    return np.asarray(res.x, float) * sc, float(res.fun), count[0], status
