@@ -78,6 +78,56 @@ def test_gradient_is_the_derivative_of_the_objective():
     np.testing.assert_allclose(g, g2, rtol=1e-6, atol=1e-6)
 
 
+def _crossed(n=3000, g1=200, g2=60, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b, x = rng.integers(0, g1, n), rng.integers(0, g2, n), rng.normal(size=n)
+    eta = (-0.3 + 0.5 * x + 0.8 * rng.normal(size=g1)[a] + 0.5 * rng.normal(size=g2)[b]
+           + 0.3 * rng.normal(size=7)[b % 7])
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(float)
+    return pd.DataFrame({"y": y, "x": x, "a": a.astype(str), "b": b.astype(str),
+                         "c": (b % 7).astype(str)})
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x + (1 | a) + (1 | b) + (1 | c)",        # crossed, c nested in b
+    "y ~ x + (1 + x | a) + (1 | b)",              # slopes in the first factor
+    "y ~ x + (1 | a) + (x || b)"])                # two terms in a dense factor
+def test_sparse_blocks_equal_the_dense_blocks(formula):
+    """The Laplace Hessian with L21 sparse (core.glmm_sparse.sparse_pattern) against the
+    dense blocks: deviance, conditional mode and exact gradient to 1e-10."""
+    from jaxglmm.core.glmm_sparse import sparse_pattern
+    p = jg.Model(formula, _crossed(), family="binomial").problem
+    s, a = p.structure, p.arrays
+    dense = SparseLaplace(s, p.family, a, 0)
+    sparse = SparseLaplace(s, p.family, a, 0, pattern=sparse_pattern(s, a))
+    x = jnp.concatenate([jnp.asarray(np.random.default_rng(1).uniform(0.3, 1.0, s.n_theta)),
+                         jnp.array([-0.2, 0.4])])
+    u0 = jnp.zeros(s.n_u)
+    (f1, u1), g1 = jax.jit(dense.value_and_grad)(x, u0)
+    (f2, u2), g2 = jax.jit(sparse.value_and_grad)(x, u0)
+    assert abs(float(f1 - f2)) <= 1e-10 * abs(float(f1))
+    np.testing.assert_allclose(u2, u1, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(g1))))
+
+
+def test_large_crossed_glmm_takes_the_sparse_blocks(monkeypatch):
+    """Past SPARSE_MIN_WORK a crossed Laplace fit runs on the sparse pattern, to the dense
+    blocks' fit."""
+    from jaxglmm.core import glmm_sparse
+    df = _crossed()
+    m = jg.Model("y ~ x + (1 | a) + (1 | b)", df, family="binomial")
+    assert not glmm_sparse.uses_sparse_blocks(m.problem.structure)     # 200 * 60^2: small
+    dense = m.fit("laplace")
+    monkeypatch.setattr(glmm_sparse, "SPARSE_MIN_WORK", 1e5)
+    m = jg.Model("y ~ x + (1 | a) + (1 | b)", df, family="binomial")
+    assert glmm_sparse.uses_sparse_blocks(m.problem.structure)
+    sparse = m.fit("laplace")
+    assert m.problem in L._SPARSE_PATTERN
+    assert abs(sparse.loglik - dense.loglik) < 1e-8
+    np.testing.assert_allclose(sparse.fixef.values, dense.fixef.values, atol=1e-6)
+    np.testing.assert_allclose(np.abs(sparse.theta), np.abs(dense.theta), atol=1e-6)
+
+
 def test_canonical_kernels_are_the_families_kernels():
     rng = np.random.default_rng(0)
     eta = jnp.asarray(rng.normal(0, 4, 200))

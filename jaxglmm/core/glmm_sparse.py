@@ -37,10 +37,30 @@ from . import resystem as rs
 from .ops import segment_sum, take_levels
 from .problem import ProblemArrays
 
+# G1 * q1 * m^2 (the dense Schur update's flops) from which L21 is kept sparse, as the LMM's
+# (jaxglmm.fit.likelihood.SPARSE_MIN_WORK)
+SPARSE_MIN_WORK = 1e8
 MODE_TOL = 1e-6          # Newton step (relative to 1 + max|u|) below which the mode is taken
 MODE_MAXITER = 100
 START_MAXITER = 50
 ROUNDING = 1e-13
+
+
+def uses_sparse_blocks(structure: rs.ReStructure) -> bool:
+    """Whether the Laplace Hessian keeps L21 sparse (a crossed or nested design whose dense
+    Schur update, G1 * q1 * m^2 flops a Newton step, passes ``SPARSE_MIN_WORK``)."""
+    return structure.n_channels == 1 and rs.sparse_schur_pays(structure, 0, SPARSE_MIN_WORK)
+
+
+def sparse_pattern(structure: rs.ReStructure, a: ProblemArrays):
+    """The Hessian's sparse pattern for :class:`SparseLaplace` (host numpy, once per design:
+    it depends on the levels that meet in the data, not on y or the weights): the pairs and
+    triplets of :func:`jaxglmm.core.resystem.sparse_system` and each row's pair."""
+    import numpy as np
+    n = a.y.shape[0]
+    return rs.sparse_system(structure, [np.asarray(i) for i in a.index],
+                            [np.asarray(z) for z in a.Z], np.ones(n), np.zeros((n, 0)),
+                            general=True, row_pairs=True)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -117,7 +137,7 @@ class SparseLaplace:
     """
 
     def __init__(self, structure: rs.ReStructure, family, a: ProblemArrays, n_phi: int,
-                 verbose: bool = False):
+                 verbose: bool = False, pattern=None):
         if structure.n_channels != 1:
             raise ValueError("SparseLaplace is for models with one linear predictor")
         self.s = structure
@@ -132,6 +152,9 @@ class SparseLaplace:
         self.canonical = fast is not None
         if fast is not None:
             self.kernel, self.constant = fast
+        # crossed designs whose dense Schur update is large: L21 kept sparse, on the
+        # pattern of :func:`sparse_pattern` (built on the host), its values at each step
+        self.pattern = pattern
 
     def unpack(self, x):
         t, p = self.n_theta, self.p
@@ -173,13 +196,21 @@ class SparseLaplace:
         return jnp.concatenate(parts) - u
 
     def system(self, lams, w):
+        if self.pattern is not None:
+            sp, row_pair = self.pattern
+            return rs.sparse_factor(self.s, lams, rs.sparse_values(
+                self.s, sp, row_pair, self.a.index, self.a.Z, w))
         return rs.factor(*rs.scaled_system(self.s, lams, rs.cross_products(
             self.s, self.a.index, self.a.Z, w)))
 
     def solve(self, ch, g):
         f0 = self.s.factors[0]
         n1 = f0.n_levels * f0.q
-        x1, x2 = rs.solve(ch, g[:n1].reshape(f0.n_levels, f0.q), g[n1:])
+        r1 = g[:n1].reshape(f0.n_levels, f0.q)
+        if self.pattern is not None:
+            x1, x2 = rs.sparse_solve(ch, self.pattern[0], r1, g[n1:])
+        else:
+            x1, x2 = rs.solve(ch, r1, g[n1:])
         return jnp.concatenate([x1.reshape(-1), x2])
 
     def newton_pass(self, theta, beta, phi, u):

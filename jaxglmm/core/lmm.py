@@ -295,7 +295,7 @@ def sparse_deviance_gradient(structure: rs.ReStructure, d: SparseLmmData, theta,
     return parts.deviance, grad
 
 
-def sparse_theta_start(structure: rs.ReStructure, d: SparseLmmData, floor: float = 0.1):
+def sparse_theta_start(structure: rs.ReStructure, d: SparseLmmData, floor: float = 0.05):
     """A start for theta near the optimum, scalar blocks only (host numpy, from the sparse
     cross-products): each factor's one-way method-of-moments variance of the OLS residuals'
     level sums, ``sigma_j^2 = (sum_g r_g^2 / n_g - (G_j - 1) s^2) / (n - sum_g n_g^2 / n)``,

@@ -488,8 +488,14 @@ def _scalar_triplets(pg, rows, vals, counts, m: int, itype):
     return tdest[:, None, None], tg, tp
 
 
-def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
-    """The sparse cross-products and the triplet pattern of one dataset (host numpy)."""
+def sparse_system(structure: ReStructure, index, Z, w, extra, general: bool = False,
+                  row_pairs: bool = False):
+    """The sparse cross-products and the triplet pattern of one dataset (host numpy).
+
+    ``general``: keep each triplet's two pairs (``ta``, ``tb``) even for scalar blocks, so
+    the pairs' values can change while the pattern stays (the Laplace Hessian's weights
+    change at each Newton step).  ``row_pairs``: also return, per dense factor, each row's
+    pair index (n,), for recomputing ``pv`` from new weights (:func:`sparse_values`)."""
     f0 = structure.factors[0]
     G1, q1 = f0.n_levels, f0.q
     g1 = np.asarray(index[0], np.int64)
@@ -500,8 +506,8 @@ def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
     wz1 = w[:, None] * z1
     d11 = np.stack([np.stack([np.bincount(g1, wz1[:, a] * z1[:, b], G1) for b in range(q1)], -1)
                     for a in range(q1)], 1)
-    dE = np.stack([np.stack([np.bincount(g1, wz1[:, a] * E[:, c], G1) for c in range(e)], -1)
-                   for a in range(q1)], 1)
+    dE = (np.stack([np.stack([np.bincount(g1, wz1[:, a] * E[:, c], G1) for c in range(e)], -1)
+                    for a in range(q1)], 1) if e else np.zeros((G1, q1, 0)))
     dense = structure.dense_factors
     m = structure.p2 + e
     qm = max([f.q for f in dense], default=1)
@@ -519,9 +525,12 @@ def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
                       m * m).reshape(m, m)
     # pairs (first-factor level, other level), factor by factor, sorted by first-factor level
     pg, prow, pv, pf, off = [], [], [], [], 0
+    local, off_pairs = [], 0            # each row's pair, per dense factor (before the sort)
     for j, (f, idx, z) in enumerate(zip(dense, index[1:], Z[1:])):
         key = g1 * f.n_levels + np.asarray(idx, np.int64)
         uniq, inv = np.unique(key, return_inverse=True)
+        local.append(off_pairs + inv.reshape(-1))
+        off_pairs += uniq.size
         v = np.zeros((uniq.size, qm, q1))
         z = np.asarray(z, float)
         for a in range(f.q):
@@ -542,11 +551,15 @@ def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
     # regroup all pairs by first-factor level, dense rows ascending within a level
     order = np.lexsort((prow[:, 0], pg))
     pg, prow, pv, pf = pg[order], prow[order], pv[order], pf[order]
+    if row_pairs:
+        where = np.empty_like(order)
+        where[order] = np.arange(order.size)
+        row_pair = tuple(jnp.asarray(where[lp], np.int32) for lp in local)
     counts = np.bincount(pg, minlength=G1)
     # triplets: within each level, every pair a with every earlier pair b (and itself)
     itype = np.int32 if m * m < 2 ** 31 - 1 else np.int64
     tg = tp = np.zeros(0)
-    scalar = q1 == 1 and qm == 1
+    scalar = q1 == 1 and qm == 1 and not general
     if scalar:
         # scalar blocks: a triplet's product is P_t * lam1^2 / A11_g, scaled by the two dense
         # factors' lambdas after the sum (P_t = 1 for unit weights and no repeated pairs:
@@ -582,12 +595,59 @@ def sparse_system(structure: ReStructure, index, Z, w, extra) -> SparseSystem:
         extra_t = (eg[srt], ep[srt], edest[srt])
     else:
         extra_t = (np.zeros(0), np.zeros(0), np.zeros(0))
-    return SparseSystem(
+    out = SparseSystem(
         jnp.asarray(d11), jnp.asarray(dE), jnp.asarray(d22), jnp.asarray(pg, np.int32),
         jnp.asarray(prow, itype), jnp.asarray(pv), jnp.asarray(pf, np.int32),
         jnp.asarray(ta, np.int32), jnp.asarray(tb, np.int32), jnp.asarray(tdest, itype),
         jnp.asarray(tg, _level_type(G1)), jnp.asarray(tp, float), jnp.asarray(extra_t[0], np.int32),
         jnp.asarray(extra_t[1], float), jnp.asarray(extra_t[2], itype))
+    return (out, row_pair) if row_pairs else out
+
+
+def sparse_values(structure: ReStructure, sp: SparseSystem, row_pair, index, Z,
+                  w) -> SparseSystem:
+    """``sp`` with its values recomputed from the weights ``w`` (its pattern kept; no extra
+    columns): one pass over the rows, ``Z1'WZ1`` per level, ``Z2'WZ1`` per pair (``row_pair``
+    from :func:`sparse_system`) and the dense ``Z2'WZ2``."""
+    f0 = structure.factors[0]
+    G1, q1 = f0.n_levels, f0.q
+    P, qm = sp.pv.shape[:2]
+    wz1 = w[:, None] * Z[0]
+    d11 = segment_sum(wz1[:, :, None] * Z[0][:, None, :], index[0], G1)
+    pv = jnp.zeros((P, qm, q1), w.dtype)
+    for f, rp, z in zip(structure.dense_factors, row_pair, Z[1:]):
+        blk = segment_sum(z[:, :, None] * wz1[:, None, :], rp, P)        # (P, q_f, q1)
+        pv = pv + jnp.pad(blk, ((0, 0), (0, qm - f.q), (0, 0)))
+    vals, pos = dense_rows(structure, index, Z, None)
+    m = structure.p2
+    flat22 = (pos[:, :, None] * m + pos[:, None, :]).reshape(-1)
+    d22 = segment_sum((w[:, None, None] * vals[:, :, None] * vals[:, None, :]).reshape(-1),
+                      flat22, m * m).reshape(m, m)
+    return sp._replace(d11=d11, d22=d22, pv=pv)
+
+
+def sparse_solve(ch: SparseCholesky, sp: SparseSystem, r1, r2):
+    """:func:`solve` for the sparse factor (no extra columns): ``(L L') x = r``, r as
+    (G1, q1) and (p2,)."""
+    z1 = linalg.solve_lower(ch.L11, r1[..., None])[..., 0]
+    m = ch.L22.shape[0]
+    per = jnp.einsum("kqa,kq->ka", ch.Ct, z1[sp.pg])                    # (P, qm)
+    l21z = segment_sum(per.reshape(-1), sp.prow.reshape(-1), m + 1)[:m]
+    z2 = _tri(ch.L22, r2 - l21z, trans=False)
+    x2 = _tri(ch.L22, z2, trans=True)
+    x1 = linalg.solve_upper_t(ch.L11, (z1 - sparse_l21_times(ch, sp, x2))[..., None])[..., 0]
+    return x1, x2
+
+
+def sparse_schur_pays(structure: ReStructure, n_extra: int, min_work: float = 1e8) -> bool:
+    """Whether the sparse blocks pay: two or more grouping factors and a dense Schur update
+    of the trailing block, G1 * q1 * m^2 flops, past ``min_work`` (InstEval: 2972 * 1145^2
+    = 3.9e9; penicillin: 24 * 8^2)."""
+    if len(structure.factors) < 2:
+        return False
+    f0 = structure.factors[0]
+    m = structure.p2 + n_extra
+    return f0.n_levels * f0.q * m * m >= min_work
 
 
 class SparseCholesky(NamedTuple):
@@ -610,6 +670,9 @@ def _padded_lambdas(structure: ReStructure, lams, qm: int):
 def sparse_factor(structure: ReStructure, lams, sp: SparseSystem) -> SparseCholesky:
     """Factor ``Lambda' Z' W Z Lambda + I`` (augmented by E) from the sparse cross-products."""
     L11, Ct, CE, S = sparse_schur(structure, lams, sp)
+    # S holds its lower triangle only; the Cholesky's derivative rule takes the whole
+    # matrix, so it is made symmetric (one m^2 pass) for the derivatives to be right
+    S = jnp.tril(S) + jnp.tril(S, -1).T
     return SparseCholesky(L11, Ct, CE, jax.lax.linalg.cholesky(S, symmetrize_input=False))
 
 
@@ -653,15 +716,16 @@ def sparse_schur(structure: ReStructure, lams, sp: SparseSystem):
         contrib = jnp.einsum("tqa,tqb->tab", Ct[sp.ta], Ct[sp.tb])
         T = segment_sum_sorted(contrib.reshape(-1), sp.tdest.reshape(-1), m * m + 1,
                                sorted_=qm == 1)[:m * m].reshape(m, m)
-        ez = jnp.einsum("kqe,kqa->kae", CE[sp.pg], Ct)                    # (P, qm, e)
-        EZ = segment_sum_sorted(ez.reshape(-1, ez.shape[-1]), sp.prow.reshape(-1), m + 1,
-                                sorted_=False)[:p2]                      # (p2, e)
-        EE = jnp.einsum("gqe,gqf->ef", CE, CE)
         a22 = _scale_dense_axis0(structure, lams, sp.d22)
         a22 = _scale_dense_axis0(structure, lams, a22.T).T
         a22 = a22 + jnp.diag(jnp.concatenate([jnp.ones(p2), jnp.zeros(m - p2)]))
         S = a22 - T
-        S = S.at[p2:, :p2].add(-EZ.T).at[p2:, p2:].add(-EE)
+        if e:           # the extra columns' part (none for the Laplace Hessian)
+            ez = jnp.einsum("kqe,kqa->kae", CE[sp.pg], Ct)                # (P, qm, e)
+            EZ = segment_sum_sorted(ez.reshape(-1, e), sp.prow.reshape(-1), m + 1,
+                                    sorted_=False)[:p2]                  # (p2, e)
+            EE = jnp.einsum("gqe,gqf->ef", CE, CE)
+            S = S.at[p2:, :p2].add(-EZ.T).at[p2:, p2:].add(-EE)
     return L11, Ct, CE, S
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ..core import lmm, resystem as rs
-from ..core.glmm_sparse import SparseLaplace
+from ..core.glmm_sparse import SparseLaplace, sparse_pattern, uses_sparse_blocks
 from ..core.laplace import GlmmModel, Layout, glm_start
 from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_lmm_data, sparse_profiled_parts
 from ..core.problem import LARGE_N, Problem, ProblemArrays
@@ -101,6 +101,8 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
 SPARSE_MIN_WORK = 1e8
 # the sparse system of each problem fitted (its host-built pattern), while the problem lives
 _SPARSE_DATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# the sparse Laplace Hessian's pattern of each crossed GLMM fitted (core.glmm_sparse)
+_SPARSE_PATTERN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 # scalar blocks take the closed-form gradient and L-BFGS-B, the rest COBYQA on values
@@ -111,12 +113,8 @@ SPARSE_STEP = 0.1
 def uses_sparse_lmm(problem: Problem, method: str) -> bool:
     """Whether an LMM fit takes the sparse crossed path (two or more grouping factors and a
     trailing block large enough that the dense update dominates)."""
-    s = problem.structure
-    if not uses_lmm(problem, method) or len(s.factors) < 2:
-        return False
-    f0 = s.factors[0]
-    m = s.p2 + problem.arrays.X.shape[1] + 1
-    return f0.n_levels * f0.q * m * m >= SPARSE_MIN_WORK
+    return uses_lmm(problem, method) and rs.sparse_schur_pays(
+        problem.structure, problem.arrays.X.shape[1] + 1, SPARSE_MIN_WORK)
 
 
 def _sparse_lmm_programs(s: rs.ReStructure, reml: bool):
@@ -279,17 +277,20 @@ def glmm_finish(model: GlmmModel, opt) -> RawFit:
 
 def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndarray,
              n_agq: int = 1, maxiter: int = 500, sparse: bool | None = None,
-             verbose: bool = False) -> RawFit:
+             verbose: bool = False, pattern=None) -> RawFit:
     """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable.
 
     ``sparse``: the many-rows Laplace path (:mod:`jaxglmm.core.glmm_sparse`: one pass over
     the rows per Newton step, two for the gradient); by default from ``LARGE_N`` rows on and
     for crossed or nested designs (several grouping factors), for models with one linear
-    predictor.  ``verbose``: print the deviance at each outer evaluation."""
+    predictor.  ``verbose``: print the deviance at each outer evaluation.  ``pattern``: the
+    sparse pattern of a large crossed design (:func:`core.glmm_sparse.sparse_pattern`; L21
+    kept sparse on the many-rows path)."""
     if sparse is None:
-        sparse = a.y.shape[0] >= LARGE_N or len(structure.factors) > 1
+        sparse = a.y.shape[0] >= LARGE_N or len(structure.factors) > 1 or pattern is not None
     if sparse and n_agq == 1 and structure.n_channels == 1:
-        return fit_glmm_sparse(structure, family, a, phi0, maxiter=maxiter, verbose=verbose)
+        return fit_glmm_sparse(structure, family, a, phi0, maxiter=maxiter, verbose=verbose,
+                               pattern=pattern)
     model = GlmmModel(structure, family, a, phi0.shape[0])
     objective = glmm_objective(model, n_agq)
     if verbose:
@@ -311,13 +312,13 @@ def _printing(objective, label: str):
 
 
 def fit_glmm_sparse(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndarray,
-                    maxiter: int = 500, verbose: bool = False) -> RawFit:
+                    maxiter: int = 500, verbose: bool = False, pattern=None) -> RawFit:
     """The Laplace fit of :func:`fit_glmm` for many rows (see :mod:`jaxglmm.core.glmm_sparse`):
     the GLM start stopped at convergence, then BFGS evaluating the objective once per loop
     iteration (:func:`~jaxglmm.fit.optimize.flat_run`, with Powell's damped update; its last
     2k evaluations make the finite-difference Hessian), each evaluation warm-starting the
     mode at the last one's."""
-    sl = SparseLaplace(structure, family, a, phi0.shape[0], verbose=verbose)
+    sl = SparseLaplace(structure, family, a, phi0.shape[0], verbose=verbose, pattern=pattern)
     x0 = jnp.concatenate([jnp.asarray(structure.theta_init()), sl.glm_start(phi0), phi0])
     k = x0.shape[0]
     state = flat_run(sl.value_and_grad, flat_init(x0, jnp.zeros(structure.n_u)),
@@ -370,6 +371,11 @@ def _program(problem: Problem, method: str, n_agq: int, verbose: bool = False):
         reml = method == "reml"
         one = lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose)
         return program(("lmm", s, reml, problem.large, verbose), lambda: jax.jit(one, **opts))
+    if n_agq == 1 and uses_sparse_blocks(s):
+        # the sparse pattern is an argument (its shapes depend on the data)
+        one = lambda a, p0, pat: fit_glmm(s, fam, a, p0, verbose=verbose, pattern=pat)
+        return program(("glmm_sparse_blocks", s, fam, problem.large, verbose),
+                       lambda: jax.jit(one, **opts))
     one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq, verbose=verbose)
     return program(("glmm", s, fam, n_agq, problem.large, verbose),
                    lambda: jax.jit(one, **opts))
@@ -383,4 +389,10 @@ def run(problem: Problem, method: str, options: dict) -> RawFit:
     n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
     fn = _program(problem, method, n_agq, verbose=bool(options.get("verbose")))
     theta0, phi_start = problem.starts
+    if not uses_lmm(problem, method) and n_agq == 1 and uses_sparse_blocks(problem.structure):
+        pattern = _SPARSE_PATTERN.get(problem)
+        if pattern is None:     # once per dataset, as the sparse LMM's system
+            pattern = _SPARSE_PATTERN[problem] = sparse_pattern(problem.structure,
+                                                                problem.arrays)
+        return fn(problem.arrays, phi_start, pattern)
     return fn(problem.arrays, theta0 if uses_lmm(problem, method) else phi_start)
