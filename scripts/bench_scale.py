@@ -15,8 +15,10 @@ deviance, and the deviance with its closed-form gradient where the optimizer use
 evaluation counts come from the sparse path's compiled deviance.
 
     python scripts/bench_scale.py [--cases insteval,movielens] [--repeats 3]
-                                  [--single-thread]
+                                  [--single-thread] [--derivative-free]
 
+``--derivative-free`` fits the all-scalar designs by COBYQA on the deviance, as the others,
+instead of L-BFGS-B with the closed-form gradient (the comparison of the two optimizers).
 ``--single-thread`` runs the cases with XLA's and OpenBLAS's thread pools at one thread
 (on a machine shared with other jobs the pools' spinning threads can cost 3-10x).
 """
@@ -79,7 +81,7 @@ CASES = [
 
 
 # ----------------------------------------------------------------------------- one case
-def run_case(name: str, csv: str | None, repeats: int) -> dict:
+def run_case(name: str, csv: str | None, repeats: int, derivative_free: bool = False) -> dict:
     import resource
 
     import jax
@@ -90,6 +92,7 @@ def run_case(name: str, csv: str | None, repeats: int) -> dict:
     from jaxglmm.core import resystem as rs
     from jaxglmm.fit import likelihood
 
+    likelihood.SPARSE_GRADIENT = not derivative_free
     _, formula, method, build, cap = next(c for c in CASES if c[0] == name)
     df = build(csv)
     t0 = time.perf_counter()
@@ -175,11 +178,13 @@ def main(argv=None):
     ap.add_argument("--cases", default=",".join(c[0] for c in CASES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--single-thread", action="store_true")
+    ap.add_argument("--derivative-free", action="store_true")
     ap.add_argument("--case", help=argparse.SUPPRESS)        # child process: one case
     ap.add_argument("--csv", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.case:
-        print("RESULT " + json.dumps(run_case(args.case, args.csv, args.repeats)))
+        print("RESULT " + json.dumps(run_case(args.case, args.csv, args.repeats,
+                                              args.derivative_free)))
         return
     tmp = tempfile.mkdtemp(prefix="bench_scale_")
     csv = os.path.join(tmp, "insteval.csv")
@@ -192,6 +197,8 @@ def main(argv=None):
     rows = []
     for name in names:
         cmd = [sys.executable, __file__, "--case", name, "--repeats", str(args.repeats)]
+        if args.derivative_free:
+            cmd.append("--derivative-free")
         if name == "insteval" and peer is not None:
             cmd += ["--csv", csv]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -113,12 +113,12 @@ def test_sparse_blocks_equal_the_dense_blocks(formula):
 def test_large_crossed_glmm_takes_the_sparse_blocks(monkeypatch):
     """Past SPARSE_MIN_WORK a crossed Laplace fit runs on the sparse pattern, to the dense
     blocks' fit."""
-    from jaxglmm.core import glmm_sparse
+    from jaxglmm.core import glmm_sparse, resystem
     df = _crossed()
     m = jg.Model("y ~ x + (1 | a) + (1 | b)", df, family="binomial")
     assert not glmm_sparse.uses_sparse_blocks(m.problem.structure)     # 200 * 60^2: small
     dense = m.fit("laplace")
-    monkeypatch.setattr(glmm_sparse, "SPARSE_MIN_WORK", 1e5)
+    monkeypatch.setattr(resystem, "SPARSE_MIN_WORK", 1e5)
     m = jg.Model("y ~ x + (1 | a) + (1 | b)", df, family="binomial")
     assert glmm_sparse.uses_sparse_blocks(m.problem.structure)
     sparse = m.fit("laplace")

@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import resystem as rs
 from .ops import segment_sum, take_levels
 from .problem import ProblemArrays
 
-# G1 * q1 * m^2 (the dense Schur update's flops) from which L21 is kept sparse, as the LMM's
-# (jaxglmm.fit.likelihood.SPARSE_MIN_WORK)
-SPARSE_MIN_WORK = 1e8
 MODE_TOL = 1e-6          # Newton step (relative to 1 + max|u|) below which the mode is taken
 MODE_MAXITER = 100
 START_MAXITER = 50
@@ -48,15 +46,15 @@ ROUNDING = 1e-13
 
 def uses_sparse_blocks(structure: rs.ReStructure) -> bool:
     """Whether the Laplace Hessian keeps L21 sparse (a crossed or nested design whose dense
-    Schur update, G1 * q1 * m^2 flops a Newton step, passes ``SPARSE_MIN_WORK``)."""
-    return structure.n_channels == 1 and rs.sparse_schur_pays(structure, 0, SPARSE_MIN_WORK)
+    Schur update, G1 * q1 * m^2 flops a Newton step, passes
+    :data:`jaxglmm.core.resystem.SPARSE_MIN_WORK`)."""
+    return structure.n_channels == 1 and rs.sparse_schur_pays(structure, 0)
 
 
 def sparse_pattern(structure: rs.ReStructure, a: ProblemArrays):
     """The Hessian's sparse pattern for :class:`SparseLaplace` (host numpy, once per design:
     it depends on the levels that meet in the data, not on y or the weights): the pairs and
     triplets of :func:`jaxglmm.core.resystem.sparse_system` and each row's pair."""
-    import numpy as np
     n = a.y.shape[0]
     return rs.sparse_system(structure, [np.asarray(i) for i in a.index],
                             [np.asarray(z) for z in a.Z], np.ones(n), np.zeros((n, 0)),

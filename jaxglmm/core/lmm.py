@@ -209,7 +209,12 @@ def dense_cholesky_inverse(S, k: int):
     return L, jnp.pad(jnp.tril(Kinv.T @ Kinv), ((0, m - k), (0, m - k)))
 
 
-def _lapack_cholesky_inverse(S, k: int):
+def lapack_cholesky_inverse(S, k: int):
+    """:func:`dense_cholesky_inverse` by LAPACK on the host (numpy in and out): dpotrf, then
+    dpotri on the leading block, 2 k^3 / 3 flops where the device version's triangular
+    solve and product take 3 k^3.  On 2 CPU cores, factor and inverse together: 1145 rows
+    (InstEval) 56 ms against 113 ms through XLA, 3708 rows (MovieLens) 0.92 s against
+    2.3 s."""
     import numpy as np
     from scipy.linalg import lapack
     S = np.asarray(S)
@@ -223,15 +228,6 @@ def _lapack_cholesky_inverse(S, k: int):
     inv, info = lapack.dpotri(out[:k, :k], lower=0, overwrite_c=1)
     out[:k, :k] = inv
     return U.T, out.T
-
-
-def lapack_cholesky_inverse(S, k: int):
-    """:func:`dense_cholesky_inverse` by LAPACK on the host (numpy in and out): dpotrf, then
-    dpotri on the leading block, 2 k^3 / 3 flops where the device version's triangular
-    solve and product take 3 k^3.  On 2 CPU cores, factor and inverse together: 1145 rows
-    (InstEval) 56 ms against 113 ms through XLA, 3708 rows (MovieLens) 0.92 s against
-    2.3 s."""
-    return _lapack_cholesky_inverse(S, k)
 
 
 def sparse_deviance_gradient(structure: rs.ReStructure, d: SparseLmmData, theta, p: int,

@@ -225,23 +225,31 @@ def dense_size(structure: ReStructure, n_extra: int) -> int:
 def cross_products(structure: ReStructure, index, Z, w, extra=None) -> CrossProducts:
     """Weighted cross-products by segment sums over observations (never a dense Z)."""
     f0 = structure.factors[0]
-    g1, z1 = index[0], Z[0]
-    wz1 = w[:, None] * z1
-    d11 = segment_sum(wz1[:, :, None] * z1[:, None, :], g1, f0.n_levels)
+    g1 = index[0]
+    d11, wz1 = _first_block(structure, index, Z, w)
     m = dense_size(structure, 0 if extra is None else extra.shape[1])
     vals, pos = dense_rows(structure, index, Z, extra)
     if vals is None:
         return CrossProducts(d11, jnp.zeros((0, f0.n_levels, f0.q)), jnp.zeros((0, 0)))
-    k = vals.shape[1]
     # d21[pos, g1, :] += w * v * z1
     flat = (pos * f0.n_levels + g1[:, None]).reshape(-1)
     contrib = (vals[:, :, None] * wz1[:, None, :]).reshape(-1, f0.q)
     d21 = segment_sum(contrib, flat, m * f0.n_levels).reshape(m, f0.n_levels, f0.q)
-    flat22 = (pos[:, :, None] * m + pos[:, None, :]).reshape(-1)
-    contrib22 = (w[:, None, None] * vals[:, :, None] * vals[:, None, :]).reshape(-1)
-    d22 = segment_sum(contrib22, flat22, m * m).reshape(m, m)
-    del k
-    return CrossProducts(d11, d21, d22)
+    return CrossProducts(d11, d21, _dense_block(vals, pos, w, m))
+
+
+def _first_block(structure: ReStructure, index, Z, w):
+    """``Z1' W Z1`` per first-factor level (G1, q1, q1), and ``W Z1`` (n, q1)."""
+    wz1 = w[:, None] * Z[0]
+    return segment_sum(wz1[:, :, None] * Z[0][:, None, :], index[0],
+                       structure.factors[0].n_levels), wz1
+
+
+def _dense_block(vals, pos, w, m: int):
+    """The dense block's weighted cross-products (m, m) from :func:`dense_rows`."""
+    flat = (pos[:, :, None] * m + pos[:, None, :]).reshape(-1)
+    contrib = (w[:, None, None] * vals[:, :, None] * vals[:, None, :]).reshape(-1)
+    return segment_sum(contrib, flat, m * m).reshape(m, m)
 
 
 def _scale_dense_axis0(structure: ReStructure, lams, M):
@@ -609,21 +617,15 @@ def sparse_values(structure: ReStructure, sp: SparseSystem, row_pair, index, Z,
     """``sp`` with its values recomputed from the weights ``w`` (its pattern kept; no extra
     columns): one pass over the rows, ``Z1'WZ1`` per level, ``Z2'WZ1`` per pair (``row_pair``
     from :func:`sparse_system`) and the dense ``Z2'WZ2``."""
-    f0 = structure.factors[0]
-    G1, q1 = f0.n_levels, f0.q
+    q1 = structure.factors[0].q
     P, qm = sp.pv.shape[:2]
-    wz1 = w[:, None] * Z[0]
-    d11 = segment_sum(wz1[:, :, None] * Z[0][:, None, :], index[0], G1)
+    d11, wz1 = _first_block(structure, index, Z, w)
     pv = jnp.zeros((P, qm, q1), w.dtype)
     for f, rp, z in zip(structure.dense_factors, row_pair, Z[1:]):
         blk = segment_sum(z[:, :, None] * wz1[:, None, :], rp, P)        # (P, q_f, q1)
         pv = pv + jnp.pad(blk, ((0, 0), (0, qm - f.q), (0, 0)))
     vals, pos = dense_rows(structure, index, Z, None)
-    m = structure.p2
-    flat22 = (pos[:, :, None] * m + pos[:, None, :]).reshape(-1)
-    d22 = segment_sum((w[:, None, None] * vals[:, :, None] * vals[:, None, :]).reshape(-1),
-                      flat22, m * m).reshape(m, m)
-    return sp._replace(d11=d11, d22=d22, pv=pv)
+    return sp._replace(d11=d11, d22=_dense_block(vals, pos, w, structure.p2), pv=pv)
 
 
 def sparse_solve(ch: SparseCholesky, sp: SparseSystem, r1, r2):
@@ -639,15 +641,20 @@ def sparse_solve(ch: SparseCholesky, sp: SparseSystem, r1, r2):
     return x1, x2
 
 
-def sparse_schur_pays(structure: ReStructure, n_extra: int, min_work: float = 1e8) -> bool:
+# the dense Schur update's flops (an LMM evaluation, a Laplace Newton step) from which the
+# crossed LMM and the Laplace Hessian keep L21 sparse (InstEval: 2972 * 1145^2 = 3.9e9;
+# penicillin: 24 * 8^2)
+SPARSE_MIN_WORK = 1e8
+
+
+def sparse_schur_pays(structure: ReStructure, n_extra: int) -> bool:
     """Whether the sparse blocks pay: two or more grouping factors and a dense Schur update
-    of the trailing block, G1 * q1 * m^2 flops, past ``min_work`` (InstEval: 2972 * 1145^2
-    = 3.9e9; penicillin: 24 * 8^2)."""
+    of the trailing block, G1 * q1 * m^2 flops, past ``SPARSE_MIN_WORK``."""
     if len(structure.factors) < 2:
         return False
     f0 = structure.factors[0]
     m = structure.p2 + n_extra
-    return f0.n_levels * f0.q * m * m >= min_work
+    return f0.n_levels * f0.q * m * m >= SPARSE_MIN_WORK
 
 
 class SparseCholesky(NamedTuple):

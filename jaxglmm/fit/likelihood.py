@@ -96,25 +96,24 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
 
 
 # The sparse crossed LMM path (MixedModels.jl's blocks, L21 sparse; core.resystem's
-# SparseSystem): taken where the dense Schur update of the trailing block, G1 * q1 * m^2
-# flops an evaluation, passes this (InstEval: 2972 * 1145^2 = 3.9e9; penicillin: 24 * 8^2).
-SPARSE_MIN_WORK = 1e8
+# SparseSystem): taken where the dense Schur update of the trailing block passes
+# resystem.SPARSE_MIN_WORK.
 # the sparse system of each problem fitted (its host-built pattern), while the problem lives
 _SPARSE_DATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # the sparse Laplace Hessian's pattern of each crossed GLMM fitted (core.glmm_sparse)
 _SPARSE_PATTERN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-# scalar blocks take the closed-form gradient and L-BFGS-B, the rest COBYQA on values
+# scalar blocks take the closed-form gradient and L-BFGS-B (False: COBYQA on values, as
+# the other designs; scripts/bench_scale.py --derivative-free measures the two)
 SPARSE_GRADIENT = True
-SPARSE_STEP = 0.1
 
 
 def uses_sparse_lmm(problem: Problem, method: str) -> bool:
     """Whether an LMM fit takes the sparse crossed path (two or more grouping factors and a
     trailing block large enough that the dense update dominates)."""
     return uses_lmm(problem, method) and rs.sparse_schur_pays(
-        problem.structure, problem.arrays.X.shape[1] + 1, SPARSE_MIN_WORK)
+        problem.structure, problem.arrays.X.shape[1] + 1)
 
 
 def _sparse_lmm_programs(s: rs.ReStructure, reml: bool):
@@ -218,7 +217,7 @@ def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
         theta0 = lmm.sparse_theta_start(s, d)
         f0 = jnp.asarray(fg(theta0)[0])
         # first steps of about a tenth of the start (powers of 2: x / scale * scale == x)
-        scale = None if SPARSE_STEP is None else 2.0 ** np.round(np.log2(SPARSE_STEP * theta0))
+        scale = 2.0 ** np.round(np.log2(0.1 * theta0))
         x, _, nev, status = minimize_host_gradient(
             fg, theta0, lower, verbose=verbose, maxfev=maxfev,
             gtol=1e-8 * max(1.0, abs(float(f0))), ftol=1e-12, scale=scale)

@@ -430,6 +430,20 @@ def fd_derivatives(f: jnp.ndarray, x: jnp.ndarray, rel_step: float = 1e-4):
     return g, H
 
 
+def _host_progress():
+    """The evaluation counter of a host optimizer and its per-iteration printer (scipy's
+    ``callback``): ``iteration K: objective F (N evaluations)`` on stderr."""
+    import sys
+    count = [0]
+
+    def report(intermediate_result):
+        print(f"iteration {report.k:4d}: objective {intermediate_result.fun:.10g} "
+              f"({count[0]} evaluations)", file=sys.stderr)
+        report.k += 1
+    report.k = 1
+    return count, report
+
+
 def minimize_host(fun: Callable, x0, lower, *, verbose: bool = False, maxfev: int = 1000,
                   rhobeg: float = 1.0, rhoend: float = 1e-6):
     """Derivative-free minimization of ``fun`` (host float -> float) within lower bounds,
@@ -440,24 +454,16 @@ def minimize_host(fun: Callable, x0, lower, *, verbose: bool = False, maxfev: in
     LMM), where the exact gradient costs several evaluations.  Returns ``(x, f, n_evals,
     status)`` with status CONVERGED or MAXITER.  ``verbose`` prints the objective at each
     iteration on stderr."""
-    import sys
-
     import numpy as np
     from scipy.optimize import Bounds, minimize as sp_minimize
 
     x0 = np.asarray(x0, float)
     lo = np.asarray(lower, float)
-    count = [0]
+    count, report = _host_progress()
 
     def f(x):
         count[0] += 1
         return float(fun(x))
-
-    def report(intermediate_result):
-        print(f"iteration {report.k:4d}: objective {intermediate_result.fun:.10g} "
-              f"({count[0]} evaluations)", file=sys.stderr)
-        report.k += 1
-    report.k = 1
 
     res = sp_minimize(f, x0, method="COBYQA", bounds=Bounds(lo, np.full_like(lo, np.inf)),
                       callback=report if verbose else None,
@@ -476,26 +482,18 @@ def minimize_host_gradient(fun_grad: Callable, x0, lower, *, verbose: bool = Fal
     (per entry): the optimizer works in ``x / scale``, so its first step, of length 1,
     moves x by about ``scale`` (from a good start, a small scale saves the first line
     search's backtracking).  Returns ``(x, f, n_evals, status)``."""
-    import sys
-
     import numpy as np
     from scipy.optimize import minimize as sp_minimize
 
     sc = np.ones(np.shape(x0)) if scale is None else np.asarray(scale, float)
     x0 = np.asarray(x0, float) / sc
     lo = np.asarray(lower, float) / sc
-    count = [0]
+    count, report = _host_progress()
 
     def fg(z):
         count[0] += 1
         f, g = fun_grad(z * sc)
         return f, np.asarray(g) * sc
-
-    def report(intermediate_result):
-        print(f"iteration {report.k:4d}: objective {intermediate_result.fun:.10g} "
-              f"({count[0]} evaluations)", file=sys.stderr)
-        report.k += 1
-    report.k = 1
 
     bounds = [(None if not np.isfinite(b) else float(b), None) for b in lo]
     res = sp_minimize(fg, x0, method="L-BFGS-B", jac=True, bounds=bounds,
