@@ -45,7 +45,8 @@ from .io.datasets import load_dataset, read_table
 from .many.batch import plan_many
 from .many.chunk import fit_chunk
 from .many.executor import run_chunks
-from .many.plan import DEFAULT_CHUNK_SIZE
+from .many.plan import DEFAULT_CHUNK_SIZE, failures_message
+from .bayes.drivers import BAYES_METHODS
 from .model import Model
 from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, PowerConfig, check_options,
                         expand_datasets, is_bundled, load_config)
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--strict", action="store_true",
                        help="exit with status 3 (after writing the outputs) when a fit did not "
                             "converge")
+        p.add_argument("--force", action="store_true",
+                       help="remove the outputs of an earlier run in the output folder that "
+                            "this run does not write (without it, the run refuses)")
         if name == "fit":
             p.add_argument("--verbose", action="store_true",
                            help="print the objective at each outer iteration of a likelihood fit")
@@ -92,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = {"fit": _run_fit, "fit-many": _run_fit_many, "power": _run_power}[args.command]
     extra = {"verbose": True} if getattr(args, "verbose", False) else {}
     with _warnings_on_stderr():
-        return run(args.config, args.output, args.strict, **extra)
+        return run(args.config, args.output, args.strict, force=args.force, **extra)
 
 
 @contextlib.contextmanager
@@ -144,19 +148,20 @@ _INPUT_ERRORS = (ValueError, NotImplementedError, FileNotFoundError)
 
 
 # ----------------------------------------------------------------------------- fit
-def _config_model(config_path: str, kind, output: str | None):
-    """(config, model, method) of a one-dataset config (fit, power); input errors raise."""
-    config = _load(config_path, kind, output)
+def _config_model(config_path: str, kind, output: str | None, force: bool = False):
+    """(config, model, method, stale) of a one-dataset config (fit, power); input errors
+    raise.  ``stale``: an earlier run's outputs to remove once this run's are written."""
+    config, stale = _load(config_path, kind, output, force)
     data = _read_data(config.data)
     _check_columns(config, data, config.data)
     model = Model(config.formula, data, config.family, **config.model_kwargs())
-    return config, model, _check_method(model, config)
+    return config, model, _check_method(model, config), stale
 
 
 def _run_fit(config_path: str, output: str | None, strict: bool = False,
-             verbose: bool = False) -> int:
+             verbose: bool = False, force: bool = False) -> int:
     try:
-        config, model, method = _config_model(config_path, FitConfig, output)
+        config, model, method, stale = _config_model(config_path, FitConfig, output, force)
     except _INPUT_ERRORS as err:
         return _fail(err)
 
@@ -174,7 +179,10 @@ def _run_fit(config_path: str, output: str | None, strict: bool = False,
     } | tables
     if fit.posterior is not None:   # NUTS/VI/MAP draws, as ArviZ InferenceData
         files["draws.nc"] = _netcdf_bytes(fit.posterior)
-    _deliver(config, {"method": method, "link": fit.link}, files, summary)
+    try:
+        _deliver(config, {"method": method, "link": fit.link}, files, summary, stale)
+    except OSError as err:
+        return _fail(_unwritable(config.output, err))
     if strict and not fit.converged:
         return _fail(f"the fit did not converge (--strict); its outputs are in {config.output}",
                      EXIT_NOT_CONVERGED)
@@ -219,9 +227,10 @@ def _json_number(v):
 
 
 # ----------------------------------------------------------------------------- power
-def _run_power(config_path: str, output: str | None, strict: bool = False) -> int:
+def _run_power(config_path: str, output: str | None, strict: bool = False,
+               force: bool = False) -> int:
     try:
-        config, model, method = _config_model(config_path, PowerConfig, output)
+        config, model, method, stale = _config_model(config_path, PowerConfig, output, force)
     except _INPUT_ERRORS as err:
         return _fail(err)
     fit = model.fit(method, **config.options)
@@ -242,18 +251,22 @@ def _run_power(config_path: str, output: str | None, strict: bool = False) -> in
     files = {"power.csv": pd.DataFrame(curve).to_csv(index=False),
              "power.json": json.dumps(record, indent=2) + "\n",
              "fit.json": json.dumps(fit.to_dict(), indent=2) + "\n"}
-    _deliver(config, {"method": method, "link": fit.link}, files, report)
+    try:
+        _deliver(config, {"method": method, "link": fit.link}, files, report, stale)
+    except OSError as err:
+        return _fail(_unwritable(config.output, err))
     return 0
 
 
 # ----------------------------------------------------------------------------- fit-many
-def _run_fit_many(config_path: str, output: str | None, strict: bool = False) -> int:
+def _run_fit_many(config_path: str, output: str | None, strict: bool = False,
+                  force: bool = False) -> int:
     """Fit the config's datasets chunk by chunk; each finished chunk is saved in
     ``OUTPUT/chunks/`` at once, so a rerun of a stopped run fits only what is missing."""
     created = False
     with contextlib.ExitStack() as stack:
         try:
-            config = _load(config_path, FitManyConfig, output)
+            config, stale = _load(config_path, FitManyConfig, output, force)
             if config.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
                 raise UsageError("format: parquet needs pyarrow, which is not installed: "
                                  "pip install jaxglmm[parquet] (or use format: csv)")
@@ -271,6 +284,8 @@ def _run_fit_many(config_path: str, output: str | None, strict: bool = False) ->
             saved = _open_chunks(folder, _fingerprint(config, plan, ids, link, chunk_size))
         except _INPUT_ERRORS as err:
             return _fail(err)
+        except OSError as err:
+            return _fail(_unwritable(config.output, err))
 
         todo = [k for k in range(len(plan.chunks)) if k not in saved]
         if saved:
@@ -288,6 +303,8 @@ def _run_fit_many(config_path: str, output: str | None, strict: bool = False) ->
         except _INPUT_ERRORS as err:
             _discard_if_empty(folder, Path(config.output) if created else None)
             return _fail(err)
+        except OSError as err:   # a chunk that could not be saved
+            return _fail(_unwritable(config.output, err))
         except KeyboardInterrupt:
             done = len(_chunk_files(folder))
             print(f"\n{PROG}: interrupted; {done} of {len(plan.chunks)} chunks are saved in "
@@ -306,12 +323,15 @@ def _run_fit_many(config_path: str, output: str | None, strict: bool = False) ->
     files = {name: _table_bytes(table, config.format) if config.format == "parquet"
              else table.to_csv(index=False)}
     report = _many_report(table, plan, seconds, len(todo))
-    _deliver(config, update, files, report)
+    try:
+        _deliver(config, update, files, report, stale)
+    except OSError as err:
+        return _fail(_unwritable(config.output, err))
     shutil.rmtree(folder, ignore_errors=True)   # fits.* holds every chunk now
     failed = [str(d) for d, ok in zip(table["dataset"], table["converged"]) if not ok]
-    if failed:
-        _warn(f"{len(failed)} of {len(table)} datasets did not converge ({', '.join(failed)}); "
-              f"see the 'converged' column of {name}")
+    message = failures_message(table["dataset"], table["converged"], table["message"], name)
+    if message:
+        _warn(message)
     if strict and failed:
         return _fail(f"{len(failed)} of {len(table)} datasets did not converge (--strict); "
                      f"the outputs are in {config.output}", EXIT_NOT_CONVERGED)
@@ -553,14 +573,74 @@ def _check_method(model: Model, config) -> str:
     return model.check_method(method, config.options)
 
 
-def _load(config_path: str, kind, output: str | None):
+def _load(config_path: str, kind, output: str | None, force: bool = False):
+    """``(config, stale)``: the checked config, and the outputs of an earlier run in its
+    output folder that this run does not write (removed once this run's are in place:
+    only with ``force``, else the run is refused here, before anything is fitted)."""
     config = load_config(config_path, kind)
     if output is not None:
         config = config.model_copy(update={"output": str(Path(output).expanduser().resolve())})
     out = Path(config.output)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} exists and is not a folder")
-    return config
+    _check_writable(out)
+    stale = _stale_outputs(out, _outputs_of(config))
+    if stale and not force:
+        raise UsageError(
+            f"the output folder {out} holds {', '.join(stale)} from an earlier run, which "
+            f"this run would not replace: rerun with --force to remove {'it' if len(stale) == 1 else 'them'}, "
+            "or choose another output folder (-o FOLDER)")
+    return config, stale
+
+
+#: Every file (and folder) a jaxglmm run writes into its output folder.  Only these are
+#: ever removed (--force); any other file there is left alone.
+OUTPUT_NAMES = ("fit.json", "summary.txt", "ranef.csv", "confint.csv", "bootstrap.csv",
+                "draws.nc", "power.csv", "power.json", "fits.csv", "fits.parquet",
+                "config.yaml", "chunks")
+
+
+def _outputs_of(config) -> set[str]:
+    """The names a run of ``config`` writes into its output folder (fit-many's
+    ``chunks`` too: its own saved state, which a rerun resumes from)."""
+    if isinstance(config, FitManyConfig):
+        return {f"fits.{config.format}", "config.yaml", CHUNKS}
+    if isinstance(config, PowerConfig):
+        return {"power.csv", "power.json", "fit.json", "config.yaml"}
+    names = {"fit.json", "summary.txt", "ranef.csv", "config.yaml"}
+    if config.confint is not None:
+        names.add("confint.csv")
+    if config.bootstrap is not None:
+        names.add("bootstrap.csv")
+    if config.resolved_method() in BAYES_METHODS:
+        names.add("draws.nc")
+    return names
+
+
+def _stale_outputs(out: Path, written: set[str]) -> list[str]:
+    if not out.is_dir():
+        return []
+    return [name for name in OUTPUT_NAMES
+            if name not in written and (out / name).exists()]
+
+
+def _check_writable(out: Path) -> None:
+    """The output folder can be written, or created in its nearest existing parent."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"the output folder {out} cannot be created: {probe} is a file, "
+                         "not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "written" if probe == out else f"created (no permission to write in {probe})"
+        raise UsageError(f"the output folder {out} cannot be {what}")
+
+
+def _unwritable(out, err: OSError) -> str:
+    reason = err.strerror or str(err)
+    where = f": {err.filename}" if err.filename else ""
+    return f"cannot write the outputs to {out} ({reason}{where})"
 
 
 def _read_data(source: str) -> pd.DataFrame:
@@ -579,11 +659,13 @@ def _check_columns(config, data: pd.DataFrame, source: str) -> None:
                              f"the data {source} (columns: {', '.join(map(str, data.columns))})")
 
 
-def _deliver(config, update: dict, files: dict[str, str | bytes], report: str) -> None:
+def _deliver(config, update: dict, files: dict[str, str | bytes], report: str,
+             stale: Sequence[str] = ()) -> None:
     """Write ``files`` and the resolved config (``update``: what the run chose) into the
-    output folder at once, then print ``report`` and where the outputs went."""
+    output folder at once, remove ``stale`` (an earlier run's outputs that this run does
+    not write, with --force), then print ``report`` and where the outputs went."""
     files = files | {"config.yaml": _dump_config(config.model_copy(update=update))}
-    _write_folder(Path(config.output), files)
+    _write_folder(Path(config.output), files, stale)
     print(report)
     print(f"\n{PROG}: wrote {', '.join(files)} to {config.output}")
 
@@ -604,12 +686,16 @@ def _dump_config(config) -> str:
     return yaml.safe_dump(ordered, sort_keys=False, allow_unicode=True)
 
 
-def _write_folder(output: Path, files: dict[str, str]) -> None:
+def _write_folder(output: Path, files: dict[str, str], stale: Sequence[str] = ()) -> None:
     """Write ``files`` into ``output`` all at once: into a temporary folder beside it, then
-    renamed (a new folder) or moved file by file (an existing one, other files kept)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+    renamed (a new folder), or into a temporary folder inside it, then moved file by file
+    (an existing one: other files kept, ``stale`` ones removed after)."""
+    exists = output.is_dir()
+    if not exists:
+        output.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 mode would become the output folder's.
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tag = f"partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = output / f".{tag}" if exists else output.parent / f".{output.name}.{tag}"
     staging.mkdir()
     try:
         for name, content in files.items():
@@ -617,13 +703,19 @@ def _write_folder(output: Path, files: dict[str, str]) -> None:
                 (staging / name).write_bytes(content)
             else:
                 (staging / name).write_text(content, encoding="utf-8")
-        if output.is_dir():
+        if exists:
             for name in files:
                 os.replace(staging / name, output / name)
         else:
             os.replace(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for name in stale:
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

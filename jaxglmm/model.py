@@ -71,6 +71,7 @@ class Model:
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         self.formula = formula
         self.weights = weights
+        categorical = column_list(categorical, "categorical")
         # what a related model needs to be built the same way (inference: null models, power)
         self.data = data
         self.options = {"family": family, "link": link, "categorical": tuple(categorical),
@@ -181,6 +182,14 @@ class Model:
 
     def _specs(self):
         return [d.spec for d in (self._main, self._extra) if d is not None]
+
+    def re_term_sizes(self) -> list[list[tuple[str, int, str]]]:
+        """Per formula part (the main formula, then a parameter formula's), each random
+        term's (grouping factor, number of columns, the term as written) in lme4's order:
+        what lme4's identifiability checks read (``fit_many`` checks each dataset with
+        :func:`jaxglmm.design.identifiability_problem`)."""
+        return [[(t.factor.name, t.matrix.values.shape[1], t.source) for t in spec.terms]
+                for spec in self._specs()]
 
     def used_columns(self, random_effects=True) -> list[str]:
         """The data columns a prediction reads: fixed effects, offsets and the random terms
@@ -378,6 +387,19 @@ class Model:
         optimum.  ``method``: ``"ml"``, ``"reml"``, ``"laplace"`` or ``"map"`` (see
         :func:`jaxglmm.inference.implicit.fit_fn`, registered by :mod:`jaxglmm.inference`)."""
         return extensions.call("fit_fn", self, method, **options)
+
+
+def column_list(value, option: str) -> tuple:
+    """A model option naming columns (``categorical``) as a tuple: None means none, and
+    one name (a string) is that one column, not its letters."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (list, tuple, set, frozenset, pd.Index)):
+        return tuple(value)
+    raise TypeError(f"{option} must be a column name or a list of column names, got "
+                    f"{value!r}")
 
 
 def _selected(random_effects, part: int, label: str) -> bool:

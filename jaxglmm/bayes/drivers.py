@@ -8,6 +8,7 @@ InferenceData) and ``fit.posterior_summary``.
 """
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from typing import NamedTuple
@@ -82,6 +83,17 @@ def _starts(bm: BayesModel, init: str, n: int, seed: int, jitter: bool = True,
     return z[None] + move if jitter else np.repeat(z[None], n, axis=0)
 
 
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw a progress bar: ``progress`` when given, else only when stderr is a
+    terminal (a log file or a pipe gets no carriage-return lines)."""
+    if progress is not None:
+        return bool(progress)
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):   # no stderr, or a closed one
+        return False
+
+
 def _progress_bar(total: int, enabled: bool, desc: str):
     if not enabled:
         return None, None
@@ -153,7 +165,7 @@ def run_nuts(problem, options: dict):
                          "before JAX starts, or use 'vectorized'")
     settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
                 float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
-                bool(options.get("dense_mass", False)), bool(options.get("progress", True)))
+                bool(options.get("dense_mass", False)), show_progress(options.get("progress")))
     marginal = _marginalize(bm, options)
     fn, bar = _runner(bm, settings, chains, method == "parallel", marginal)
     seed = int(options.get("seed", 0))
@@ -244,7 +256,7 @@ def run_vi(problem, options: dict):
     draws = int(options.get("draws", 1000))
     seed = int(options.get("seed", 0))
     fn, bar = _vi_runner(bm, kind, rank, steps, float(options.get("learning_rate", 0.01)),
-                         bool(options.get("progress", True)), marginal)
+                         show_progress(options.get("progress")), marginal)
     key = jax.random.PRNGKey(seed)
     fn.prepare(key, bm.data, np.zeros(dim))
     bm.prepare_draws((1, draws), marginal, draw_u=marginal)

@@ -19,13 +19,13 @@ def named_draws(bm, samples, report=None) -> tuple[dict, list]:
     for k, t in enumerate(bm.layout.terms):
         sd = np.asarray(samples[f"sd_{k}"])
         for i, name in enumerate(t.names):
-            out[f"sd_{t.label}__{name}"] = sd[..., i]
+            out[f"sd_{t.param_group}__{name}"] = sd[..., i]
         if f"L_{k}" in samples:
             L = np.asarray(samples[f"L_{k}"])
             R = np.einsum("...ij,...kj->...ik", L, L)
             for i in range(t.q):
                 for j2 in range(i + 1, t.q):
-                    out[f"cor_{t.label}__{t.names[i]}__{t.names[j2]}"] = R[..., j2, i]
+                    out[f"cor_{t.param_group}__{t.names[i]}__{t.names[j2]}"] = R[..., j2, i]
     for name, v in d["natural"].items():
         if v.ndim == 2:
             out[name] = v

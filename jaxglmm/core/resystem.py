@@ -41,6 +41,7 @@ class TermSpec:
     theta_start: int
     theta_rows: tuple[int, ...]
     theta_cols: tuple[int, ...]
+    param_group: str = ""     # the group in parameter names (sd_<param_group>__<name>)
 
     @property
     def q(self) -> int:
@@ -142,7 +143,8 @@ def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...
                         rows.append(col0 + r)
                         cols.append(col0 + c)
             specs.append(TermSpec(t.label, t.group, tuple(t.names), bool(t.correlated), col0,
-                                  theta_pos, tuple(rows), tuple(cols)))
+                                  theta_pos, tuple(rows), tuple(cols),
+                                  getattr(t, "param_group", "") or t.label))
             theta_pos += len(rows)
             col0 += t.q
         factors.append(FactorSpec(bucket[0].group, bucket[0].n_levels, col0, tuple(specs),

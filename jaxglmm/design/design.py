@@ -18,10 +18,12 @@ import pandas as pd
 
 from ..families import Family, get_family
 from ..formula import FormulaError, ParsedFormula, PyExpr, parse_formula
-from .matrices import (FactorCoding, GroupingFactor, ModelMatrix, aliased_columns,
+from .collation import r_sort_key
+from .matrices import (FactorCoding, GroupingFactor, ModelMatrix, _label_codes, aliased_columns,
                     evaluate_expr, factor_levels, format_label, is_numeric)
 
-__all__ = ["RandomTerm", "Design", "DesignSpec", "NewData", "NewTerm", "build_design"]
+__all__ = ["RandomTerm", "Design", "DesignSpec", "NewData", "NewTerm", "build_design",
+           "check_identifiable", "identifiability_problem", "single_level_problem"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class RandomTerm:
     id:
         brms's correlation ID of ``(terms | ID | g)``: terms with the same ID and grouping
         factor are modelled as one correlated block, also across linear predictors.
+    param_group:
+        The group in the term's parameter names (``sd_Subject__Days``): the grouping
+        factor's name, as brms and lme4's theta names have it for ``(1 + Days || Subject)``;
+        the label (``Subject.1``) only where two terms of one factor share a column name
+        (``(1 | g) + (1 | g)``), so that every name stays unique.  Empty: the label.
     """
 
     group: str
@@ -66,6 +73,7 @@ class RandomTerm:
     Z: np.ndarray
     channel: int | tuple[int, ...] = 0
     id: str | None = None
+    param_group: str = ""
 
     @property
     def column_channels(self) -> tuple[int, ...]:
@@ -349,6 +357,8 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     if len(data) == 0:
         raise ValueError("the data has no rows")
     levels = dict(levels or {})
+    categorical = () if categorical is None else \
+        (categorical,) if isinstance(categorical, str) else tuple(categorical)
     coding = FactorCoding(frozenset(categorical), levels)
     used = list(parsed.columns) + ([weights] if weights else [])
     _require_columns(used, data, formula)
@@ -369,8 +379,9 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
         raise ValueError("no complete rows: every row has a missing value in a used column")
 
     w = _weights(frame, weights)
+    warned: list[str] = []
     y, trials, response_levels = _response(parsed, frame, family, levels, messages,
-                                           w if weights else None)
+                                           w if weights else None, warned)
     proportion = trials is not None and bool(weights) and trials is w
     n_empty = 0 if trials is None else int(np.sum(trials == 0))
     if n_empty:
@@ -382,8 +393,10 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     has_intercept = family.has_intercept
     fixed = ModelMatrix.fit(parsed.fixed, parsed.intercept or not has_intercept, frame, coding)
     keep = [j for j, name in enumerate(fixed.names) if has_intercept or name != "Intercept"]
+    level_notes = _level_warnings(fixed, frame, coding)
+    warned += level_notes
+    messages += level_notes
     aliased = {keep[j] for j in aliased_columns(fixed.values[:, keep])}
-    warned: list[str] = []
     if aliased:
         dropped = [fixed.names[j] for j in sorted(aliased)]
         warned.append(f"fixed-effect model matrix is rank deficient so dropping "
@@ -473,9 +486,7 @@ def _random_terms(parsed, frame, coding, family: Family, messages):
         matrix = ModelMatrix.fit(r.terms, r.intercept, frame, coding)
         factor, index = GroupingFactor.fit(r.group, frame, coding)
         if len(factor.levels) < 2:
-            raise ValueError(f"grouping factor {factor.name!r} in {r.source} has a single "
-                             f"level ({factor.levels[0]!r}); a random effect needs at least "
-                             "two levels")
+            raise ValueError(single_level_problem(factor.name, r.source, factor.levels[0]))
         built.append((r, matrix, factor, index))
     # lme4's mkReTrms: reorder only if some term has more levels than the one before it,
     # and then by rev(order(nl)), which also reverses ties.
@@ -484,18 +495,23 @@ def _random_terms(parsed, frame, coding, family: Family, messages):
     if any(b > a for a, b in zip(nl, nl[1:])):
         order = list(np.argsort(nl, kind="stable")[::-1])
     seen: dict[str, int] = {}
+    named: dict[str, set] = {}       # per grouping factor: the column names given so far
     specs, terms = [], []
     for i in order:
         r, matrix, factor, index = built[i]
         k = seen.get(factor.name, 0)
         seen[factor.name] = k + 1
         label = factor.name if k == 0 else f"{factor.name}.{k}"
+        names = named.setdefault(factor.name, set())
+        param_group = label if names & set(matrix.names) else factor.name
+        names.update(matrix.names)
         specs.append(RandomTermSpec(label, matrix, factor, r.source))
         terms.append(RandomTerm(
             group=factor.name, label=label, names=matrix.names,
             correlated=r.correlated or matrix.values.shape[1] > 1,
             levels=factor.levels, group_index=index,
-            Z=np.ascontiguousarray(matrix.values, dtype=np.float64), id=r.id))
+            Z=np.ascontiguousarray(matrix.values, dtype=np.float64), id=r.id,
+            param_group=param_group))
     return tuple(specs), tuple(terms)
 
 
@@ -511,22 +527,40 @@ def check_identifiable(design: Design, family: Family) -> None:
     than observations.  ``n`` is the number of rows of the design (after dropping rows with
     missing values); terms are in lme4's order.
     """
-    n, terms = design.nobs, design.spec.terms
-    strict = family.residual is not None
+    terms = [(t.factor.name, len(t.factor.levels), t.matrix.values.shape[1], t.source)
+             for t in design.spec.terms]
+    problem = identifiability_problem(design.nobs, terms, family.residual is not None)
+    if problem:
+        raise ValueError(problem)
+
+
+def single_level_problem(factor: str, source: str, level: str) -> str:
+    """Why a grouping factor with one level cannot carry a random effect (lme4: "grouping
+    factors must have > 1 sampled level")."""
+    return (f"grouping factor {factor!r} in {source} has a single level ({level!r}); a "
+            "random effect needs at least two levels")
+
+
+def identifiability_problem(n: int, terms, strict: bool) -> str | None:
+    """lme4's checkNlevels and checkZdims message for ``n`` observations and ``terms``,
+    each ``(factor name, number of levels, number of columns, the bar term as written)`` in
+    lme4's order, or None when the random effects are identifiable.  ``strict``: the family
+    has a residual variance (lmer's rules; glmer's otherwise).  Used for a model
+    (:func:`check_identifiable`) and for each dataset of ``fit_many``."""
     too_many = (lambda m: m >= n) if strict else (lambda m: m > n)
-    problems = list(dict.fromkeys(t.factor.name for t in terms if too_many(len(t.factor.levels))))
+    problems = list(dict.fromkeys(name for name, levels, _, _ in terms if too_many(levels)))
     if problems:
-        raise ValueError("number of levels of each grouping factor must be "
-                         f"{'<' if strict else '<='} number of observations "
-                         f"(problems: {', '.join(problems)})")
-    for t in terms:
-        n_re = len(t.factor.levels) * t.matrix.values.shape[1]
+        return ("number of levels of each grouping factor must be "
+                f"{'<' if strict else '<='} number of observations "
+                f"(problems: {', '.join(problems)})")
+    for name, levels, q, source in terms:
+        n_re = levels * q
         if n <= n_re if strict else n < n_re:
             rest = " and the residual variance (or scale parameter)" if strict else ""
-            raise ValueError(f"number of observations (={n}) {'<=' if strict else '<'} number "
-                             f"of random effects (={n_re}) for term ({_bar_text(t.source)}); "
-                             f"the random-effects parameters{rest} are probably "
-                             "unidentifiable")
+            return (f"number of observations (={n}) {'<=' if strict else '<'} number "
+                    f"of random effects (={n_re}) for term ({_bar_text(source)}); "
+                    f"the random-effects parameters{rest} are probably unidentifiable")
+    return None
 
 
 def _bar_text(source: str) -> str:
@@ -536,7 +570,8 @@ def _bar_text(source: str) -> str:
 
 
 # ----------------------------------------------------------------------------- response
-def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=None):
+def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=None,
+              warned=None):
     """``(y, trials, response_levels)`` for the family."""
     spec = parsed.response
     name = family.name
@@ -554,7 +589,7 @@ def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=No
     if family.response in ("ordered", "unordered"):
         return _coded_response(raw if raw is not None else
                                pd.Series(evaluate_expr(expr, frame), name=spec.text),
-                               family, levels, messages)
+                               family, levels, messages, warned)
     if raw is not None and (not is_numeric(raw) or raw.dtype == bool):
         if family.response != "binary":
             raise ValueError(f"the response {spec.text!r} is not numeric (dtype {raw.dtype}); "
@@ -588,6 +623,45 @@ def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=No
     return y, None, None
 
 
+def _absent_levels(series: pd.Series, given, kept) -> list[str]:
+    """The declared levels of a factor (``given``, else a Categorical's categories) that
+    are not among the ``kept`` (observed) ones."""
+    if given is not None:
+        declared = [format_label(v) for v in given]
+    elif isinstance(series.dtype, pd.CategoricalDtype):
+        declared = [format_label(v) for v in series.cat.categories]
+    else:
+        return []
+    kept = set(kept)
+    return [lv for lv in dict.fromkeys(declared) if lv not in kept]
+
+
+def _level_warnings(fixed: ModelMatrix, frame: pd.DataFrame, coding: FactorCoding) -> list[str]:
+    """Warnings on the fixed effects' factors: a declared level that never occurs (left
+    out of the model), and a level seen in one row only (its coefficient rests on that one
+    observation)."""
+    out = []
+    if len(frame) < 2:
+        return out
+    for state in fixed.states:
+        column = state.atom.expr.column
+        if not state.is_factor or column is None:
+            continue
+        series = frame[column]
+        absent = _absent_levels(series, coding.given(column), state.levels)
+        if absent:
+            out.append(f"level(s) {absent} declared for {column!r} never occur in the data: "
+                       "left out of the model")
+        codes, labels = _label_codes(series)
+        counts = np.bincount(codes, minlength=len(labels))
+        once = sorted((str(labels[k]) for k in np.flatnonzero(counts == 1)), key=r_sort_key)
+        if once:
+            out.append(f"level(s) {once} of {column!r} occur in one row only: "
+                       f"{'its coefficient rests' if len(once) == 1 else 'their coefficients rest'}"
+                       " on that one observation")
+    return out
+
+
 def _in_numeric_order(labels) -> bool:
     try:
         values = [float(lv) for lv in labels]
@@ -596,11 +670,19 @@ def _in_numeric_order(labels) -> bool:
     return values == sorted(values)
 
 
-def _coded_response(raw: pd.Series, family: Family, levels: dict, messages):
-    """Ordinal/categorical response: codes 0..K-1 in level order (first = reference)."""
+def _coded_response(raw: pd.Series, family: Family, levels: dict, messages, warned=None):
+    """Ordinal/categorical response: codes 0..K-1 in level order (first = reference).  A
+    declared level (``levels=`` or a Categorical's categories) that never occurs is left
+    out, with a warning naming it (``warned``)."""
     name = family.name
     given = levels.get(raw.name)
     labels = factor_levels(raw, given)
+    absent = _absent_levels(raw, given, labels)
+    if absent and warned is not None:
+        warned.append(f"the response {raw.name!r} never takes the declared level(s) "
+                      f"{absent}: left out, so the {name} model has {len(labels)} "
+                      f"categories ({', '.join(labels)})")
+        messages.append(warned[-1])
     if (given is None and family.response == "ordered" and not is_numeric(raw)
             and not isinstance(raw.dtype, pd.CategoricalDtype) and not _in_numeric_order(labels)):
         # strings are ordered as R's factor() orders them ("10" < "9"); say so unless that

@@ -15,8 +15,8 @@ def variance_names(structure, sigma: bool, family_params: dict) -> list[str]:
     """Names of the variance parameters and the family's, in the order of :func:`named`."""
     names = []
     for t in structure.terms:
-        names += [f"sd_{t.label}__{n}" for n in t.names]
-        names += [f"cor_{t.label}__{t.names[i]}__{t.names[j]}"
+        names += [f"sd_{t.param_group}__{n}" for n in t.names]
+        names += [f"cor_{t.param_group}__{t.names[i]}__{t.names[j]}"
                   for i in range(t.q) for j in range(i + 1, t.q)]
     if sigma:
         names.append("sigma")
@@ -41,11 +41,11 @@ def named(structure, family, fixef_names, beta, theta, sigma, phi, lmm: bool) ->
         C = (L @ np.swapaxes(L, 1, 2)) * np.square(scale)[:, None, None]
         sd = np.sqrt(np.clip(np.diagonal(C, axis1=1, axis2=2), 0, None))
         for i, n in enumerate(t.names):
-            cols[f"sd_{t.label}__{n}"] = sd[:, i]
+            cols[f"sd_{t.param_group}__{n}"] = sd[:, i]
         with np.errstate(invalid="ignore", divide="ignore"):
             for i in range(t.q):
                 for j in range(i + 1, t.q):
-                    cols[f"cor_{t.label}__{t.names[i]}__{t.names[j]}"] = \
+                    cols[f"cor_{t.param_group}__{t.names[i]}__{t.names[j]}"] = \
                         C[:, i, j] / (sd[:, i] * sd[:, j])
     if lmm:
         cols["sigma"] = scale

@@ -54,6 +54,7 @@ __all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "PowerConfig", "Execu
 BUNDLED_PREFIX = "bundled:"
 
 Method = Literal["reml", "ml", "laplace", "agq", "map", "vi", "nuts"]
+BAYES = ("nuts", "vi", "map")
 Label = str | int | float | bool
 
 
@@ -104,7 +105,7 @@ class NutsOptions(_BayesOptions):
     target_accept: float = Field(0.8, gt=0, lt=1)
     max_tree_depth: int = Field(10, ge=1)
     chain_method: Literal["parallel", "vectorized"] | None = None
-    progress: bool = True
+    progress: bool | None = None     # None: a bar only when stderr is a terminal
     dense_mass: bool = False
     marginalize: bool | None = None
 
@@ -116,7 +117,7 @@ class ViOptions(_BayesOptions):
     steps: int = Field(20000, ge=1)
     learning_rate: float = Field(0.01, gt=0)
     rank: int | None = Field(None, ge=1)
-    progress: bool = True
+    progress: bool | None = None     # None: a bar only when stderr is a terminal
     marginalize: bool | None = None
 
 
@@ -204,6 +205,17 @@ class _ModelSpec(BaseModel):
     def _lower_method(cls, value):
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("categorical", mode="before")
+    @classmethod
+    def _no_columns(cls, value):
+        """``categorical: null`` is no column; ``categorical: period`` is one."""
+        return [] if value is None else [value] if isinstance(value, str) else value
+
+    @field_validator("levels", "dpars", "options", mode="before")
+    @classmethod
+    def _empty_mapping(cls, value):
+        return {} if value is None else value
+
     @field_validator("family")
     @classmethod
     def _known_family(cls, value):
@@ -213,8 +225,26 @@ class _ModelSpec(BaseModel):
     @model_validator(mode="after")
     def _known_link(self):
         if self.link is not None:
-                get_family(self.family, self.link)  # ValueError listing the family's links
+            get_family(self.family, self.link)  # ValueError listing the family's links
+        exact = get_family(self.family, self.link).exact_lmm
+        # as fit.likelihood.check_method says it, but before the data are read
+        if self.method in ("reml", "ml") and not exact:
+            raise ValueError(f"method {self.method!r} is for gaussian models with the identity "
+                             f"link; use 'laplace' or 'agq' for family {self.family!r}")
+        if self.method == "agq" and exact:
+            raise ValueError("method 'agq' is for non-gaussian families; the gaussian "
+                             "likelihood is exact with 'ml' or 'reml'")
         return self
+
+    def resolved_method(self) -> str:
+        """The method the run will use: the config's, or the family's default (reml for
+        gaussian with the identity link, laplace otherwise)."""
+        if self.method is not None:
+            return self.method
+        return "reml" if self._exact_lmm() else "laplace"
+
+    def _exact_lmm(self) -> bool:
+        return get_family(self.family, self.link).exact_lmm and not self.dpars
 
     def model_kwargs(self) -> dict:
         """Keyword arguments of :class:`jaxglmm.Model` besides formula, data and family."""
@@ -264,9 +294,34 @@ class FitConfig(_ModelSpec):
 
     data: str
     confint: Literal["wald", "profile", "bootstrap"] | None = None
-    confint_level: float = Field(0.95, gt=0, lt=1)
+    confint_level: float = Field(0.95, gt=0, lt=1, strict=True)
     bootstrap: BootstrapSpec | None = None
     ddf: Literal["satterthwaite", "kenward-roger"] | None = None
+
+    @model_validator(mode="after")
+    def _inference_fits_method(self):
+        """What is asked after the fit must suit the method and family, checked before
+        anything is fitted (not after the chains)."""
+        method = self.resolved_method()
+        asked = [f"{key}: {value}" for key, value in (
+            ("confint", self.confint), ("bootstrap", self.bootstrap and self.bootstrap.n),
+            ("ddf", self.ddf)) if value is not None]
+        if method in BAYES and asked:
+            raise ValueError(
+                f"{', '.join(asked)} {'is' if len(asked) == 1 else 'are'} for likelihood fits "
+                f"(reml, ml, laplace, agq), not method {method}: a {method} fit's "
+                "uncertainty is its posterior (fit.json's 'posterior' key)")
+        if self.ddf is not None:
+            if not self._exact_lmm() or method not in ("reml", "ml"):
+                what = (f"a {self.family} model" if not self._exact_lmm()
+                        else f"method {method}")
+                raise ValueError(f"ddf: {self.ddf}: denominator degrees of freedom are for "
+                                 "linear mixed models (gaussian, identity link) fitted by reml "
+                                 f"or ml, not {what}; leave ddf out for Wald z tests")
+            if self.ddf == "kenward-roger" and method != "reml":
+                raise ValueError("ddf: kenward-roger needs method reml (as pbkrtest), not "
+                                 f"{method}; use ddf: satterthwaite")
+        return self
 
     @field_validator("confint", "ddf", mode="before")
     @classmethod
@@ -311,6 +366,23 @@ class PowerConfig(FitConfig):
     """Config of ``jaxglmm power``: the model and data of ``jaxglmm fit`` and ``power:``."""
 
     power: PowerSpec
+
+    @model_validator(mode="after")
+    def _power_fits_method(self):
+        method = self.resolved_method()
+        if method in BAYES:
+            raise ValueError(f"power simulates and refits likelihood fits (reml, ml, laplace, "
+                             f"agq), not method {method}")
+        if self.dpars:
+            raise ValueError("power does not handle distributional-parameter formulas "
+                             "(dpars) yet")
+        if self.power.test == "satterthwaite" and not (self._exact_lmm()
+                                                       and method in ("reml", "ml")):
+            what = f"a {self.family} model" if not self._exact_lmm() else f"method {method}"
+            raise ValueError("power.test: satterthwaite is for linear mixed models (gaussian, "
+                             f"identity link) fitted by reml or ml, not {what}; use lrt or "
+                             "wald")
+        return self
 
 
 class FitManyConfig(_ModelSpec):

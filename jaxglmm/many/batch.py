@@ -28,6 +28,7 @@ from ..model import Model
 from ..results.build import likelihood_result
 from .chunk import Bucket, ChunkFits, Payload, fit_chunk
 from .executor import run_chunks
+from .plan import warn_failures
 from .plan import (Member, Spec, batch_size, long_table, memory_chunk_size, model_keywords,
                    refuse_stateful, split_design, unvalidated)
 
@@ -324,7 +325,9 @@ def fit_many(formula: str, data, family: str | Family = "gaussian", method: str 
     payloads = [plan.payload(k) for k in range(len(plan.chunks))]
     results = run_chunks(fit_chunk, payloads, executor=executor, progress=progress,
                          sizes=[len(c) for c in plan.chunks])
-    return collect(plan, results)
+    fits = collect(plan, results)
+    warn_failures(fits)
+    return fits
 
 
 def refit_many(model, responses: np.ndarray, method: str | None = None, *,

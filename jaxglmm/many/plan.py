@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -25,8 +26,10 @@ import numpy as np
 import pandas as pd
 
 from ..core.resystem import ReStructure
+from ..design import identifiability_problem, single_level_problem
 from ..design.matrices import dense_unique
 from ..families import Family
+from ..fit.convergence import ConvergenceWarning
 from ..formula.tokens import FormulaError, tokenize
 from ..model import MODEL_KEYWORDS, Model
 
@@ -223,20 +226,104 @@ def split_design(model: Model, codes: np.ndarray, n_datasets: int,
     levels_of = list(zip(*(cut(lv, first) for lv, first in present)))
     sizes = np.diff(bounds)
     usable = (rank_ok & (sizes >= p)).tolist()
+    unidentifiable = _Identifiability(model)
     out: list[Member | None] = []
     for k in range(n_datasets):
         if not sizes[k]:
             out.append(None)
             continue
         rows = rows_of[k]
-        invalid = ""
-        if validate is not None:
+        invalid = unidentifiable.single_level(levels_of[k])
+        if validate is not None and not invalid:
             try:
                 validate(y[rows], None if trials is None else trials[rows])
             except ValueError as err:
                 invalid = str(err)
+        invalid = invalid or unidentifiable.too_few_rows(int(sizes[k]), levels_of[k]) \
+            or ("" if usable[k] else RANK_DEFICIENT)
         out.append(Member(rows, index_of[k], levels_of[k], usable[k], invalid))
     return out
+
+
+#: How the message of a dataset fit_many did not fit starts (its reason follows).
+NOT_FITTED = ("not fitted", "no usable rows")
+_LISTED = 20
+
+
+def failures_message(ids, converged, messages, table: str | None = None) -> str | None:
+    """One line on the datasets that did not converge and those not fitted (the model
+    cannot be identified from them, or the family refuses their response), or None when
+    every dataset converged.  ``table``: the file whose columns say more (the command
+    line's ``fits.csv``); None: ``fits.converged`` and ``fits.messages`` (Python)."""
+    refused, failed = [], []
+    for name, ok, message in zip(ids, converged, messages):
+        if not ok:
+            (refused if str(message).startswith(NOT_FITTED) else failed).append(str(name))
+    if not (refused or failed):
+        return None
+    n = len(ids)
+    parts = [f"{len(failed)} of {n} datasets did not converge ({_listed(failed)})"] \
+        if failed else []
+    if refused:
+        parts.append(f"{len(refused)} of {n} datasets {'was' if len(refused) == 1 else 'were'} not "
+                     f"fitted ({_listed(refused)}): each message says why")
+    if table is None:
+        where = "see fits.converged" + (" and fits.messages" if refused else "")
+    else:
+        where = (f"see the 'converged' and 'message' columns of {table}" if refused
+                 else f"see the 'converged' column of {table}")
+    return "; ".join(parts) + f"; {where}"
+
+
+def warn_failures(fits) -> None:
+    """One :class:`~jaxglmm.ConvergenceWarning` for a fit_many run (a :class:`ManyFits`)
+    with datasets that did not converge or were not fitted (:func:`failures_message`)."""
+    message = failures_message(fits.ids, fits.converged.to_numpy(), fits.messages.to_numpy())
+    if message:
+        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+
+
+def _listed(names: list[str]) -> str:
+    if len(names) <= _LISTED:
+        return ", ".join(names)
+    return f"{', '.join(names[:_LISTED])}, ... {len(names) - _LISTED} more"
+
+
+#: Why a dataset whose fixed-effect matrix is rank deficient is not fitted by fit_many.
+RANK_DEFICIENT = ("the fixed-effect matrix of this dataset is rank deficient (a factor level "
+                  "absent from it, or confounded columns); fit it alone, where Model.fit "
+                  "drops the confounded columns")
+
+
+class _Identifiability:
+    """The checks a Model makes of its random effects (a grouping factor with one level;
+    lme4's checkNlevels and checkZdims), made for one dataset of the long design from its
+    row count and its levels present per factor: a dataset that cannot identify the model
+    is not fitted, with the reason a fit of it alone would raise."""
+
+    def __init__(self, model: Model):
+        self.position = {f.group: i for i, f in enumerate(model.structure.factors)}
+        self.labels = {t.group: t.levels for t in model.design.terms}
+        self.parts = model.re_term_sizes()
+        self.strict = model.family.residual is not None
+
+    def single_level(self, levels) -> str:
+        for part in self.parts:
+            for name, _, source in part:
+                present = levels[self.position[name]]
+                if present.size < 2:
+                    return single_level_problem(name, source,
+                                                self.labels[name][int(present[0])])
+        return ""
+
+    def too_few_rows(self, n: int, levels) -> str:
+        for part in self.parts:
+            terms = [(name, levels[self.position[name]].size, q, source)
+                     for name, q, source in part]
+            problem = identifiability_problem(n, terms, self.strict)
+            if problem:
+                return problem
+        return ""
 
 
 def bucket_size(n: int) -> int:
@@ -282,6 +369,6 @@ def model_keywords(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in MODEL_KEYWORDS if k in kwargs}
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "STATEFUL", "Member", "Spec", "batch_size", "bucket_key",
+__all__ = ["DEFAULT_CHUNK_SIZE", "NOT_FITTED", "RANK_DEFICIENT", "failures_message", "warn_failures", "STATEFUL", "Member", "Spec", "batch_size", "bucket_key",
            "bucket_size", "long_table", "memory_chunk_size", "model_keywords",
            "padded_structure", "refuse_stateful", "split_design", "unvalidated"]

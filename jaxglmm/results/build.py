@@ -133,11 +133,11 @@ def _posterior_varcorr(bm, draws: dict, sigma) -> pd.DataFrame:
     rows = []
     for t in bm.layout.terms:
         for n in t.names:
-            v = draws[f"sd_{t.label}__{n}"]
+            v = draws[f"sd_{t.param_group}__{n}"]
             rows.append((t.label, n, None, float(np.mean(v ** 2)), float(np.mean(v))))
         for i in range(t.q):
             for j in range(i + 1, t.q):
-                key = f"cor_{t.label}__{t.names[i]}__{t.names[j]}"
+                key = f"cor_{t.param_group}__{t.names[i]}__{t.names[j]}"
                 if key in draws:
                     rows.append((t.label, t.names[i], t.names[j], np.nan, float(np.mean(draws[key]))))
     if sigma is not None:

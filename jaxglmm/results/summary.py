@@ -86,7 +86,7 @@ class Summary(_Rendered):
         else:
             coef["z value"] = z
             coef["Pr(>|z|)"] = 2 * np.asarray(norm.sf(np.abs(z.to_numpy())))
-        groups = pd.Series({t.label: t.n_levels for t in design.terms})
+        groups = pd.Series({t.group: t.n_levels for t in design.terms})
         note = None
         if design.response_levels is not None and fit.model.family.response == "binary":
             note = (f"response '{design.response_name}': modelling P({design.response_levels[1]!r})"
@@ -290,7 +290,7 @@ class BayesSummary(_Rendered):
 
     @classmethod
     def from_fit(cls, fit) -> "BayesSummary":
-        groups = pd.Series({t.label: t.n_levels for t in fit.model.design.terms})
+        groups = pd.Series({t.group: t.n_levels for t in fit.model.design.terms})
         return cls(BAYES_TITLES[fit.method], fit.model.formula, fit.family, fit.link, fit.nobs,
                    groups, tuple(fit.priors), fit.posterior_summary,
                    {k: v for k, v in fit.diagnostics.items() if np.isscalar(v) or isinstance(v, str)},
