@@ -10,16 +10,29 @@ from scipy.stats import chi2
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
 
 
-def anova(*fits, names=None) -> pd.DataFrame:
-    """The likelihood-ratio table of nested likelihood fits of one dataset, as lme4's
+def anova(*fits, names=None, refit: bool = True, **named) -> pd.DataFrame:
+    """The likelihood-ratio table of likelihood fits of one dataset, as lme4's
     ``anova(fit0, fit1, ...)``: rows ordered by the number of parameters, columns npar,
     AIC, BIC, logLik, deviance, Chisq, Df and Pr(>Chisq) (each test against the row
-    above).  REML fits are refitted by ML first, with a warning, as lme4 does.  Models
-    fitted to different rows, of different families, or not nested, are refused.
-    ``names``: row labels (default ``model1``, ``model2``... in the order given);
-    ``attrs["formulas"]`` maps them to the formulas."""
+    above).
+
+    ``refit``: REML fits are refitted by ML first, with a warning, as lme4 does;
+    ``refit=False`` compares them as fitted (lme4's ``refit = FALSE``: REML criteria, which
+    compare only fits with the same fixed effects, so other fixed effects are refused).  A
+    row whose model is not nested in the row above's (or is of another family or link) gets
+    AIC, BIC and logLik but no test (Chisq, Df and Pr(>Chisq) NaN), with a warning and the
+    reason in ``attrs["notes"]`` (lme4 tests them anyway).  Fits to different rows or
+    responses are refused.  Rows are named by keyword (``anova(m0=a, m1=b)``, as lme4 names
+    them by the arguments), else by ``names``, else ``model1``, ``model2``... in the order
+    given; ``attrs["formulas"]`` maps them to the formulas."""
     if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
         fits = tuple(fits[0])
+    if named:
+        if names is not None:
+            raise ValueError("give row names either by keyword (anova(m0=a, m1=b)) or by "
+                             "names=, not both")
+        names = [f"model{k + 1}" for k in range(len(fits))] + list(named)
+        fits = tuple(fits) + tuple(named.values())
     if len(fits) < 2:
         raise ValueError("anova compares two or more fits of nested models; got "
                          f"{len(fits)}")
@@ -33,20 +46,29 @@ def anova(*fits, names=None) -> pd.DataFrame:
             raise ValueError(f"{name} is a {f.method!r} fit: anova compares likelihood fits "
                              "(ml, laplace, agq; reml fits are refitted by ml)")
     _same_rows(fits, names)
-    if any(f.method == "reml" for f in fits):
+    reml = [f.method == "reml" for f in fits]
+    if any(reml) and refit:
         warnings.warn("refitting model(s) with ML (instead of REML)", UserWarning, stacklevel=2)
         fits = tuple(f.model.fit("ml") if f.method == "reml" else f for f in fits)
+    elif any(reml):
+        _reml_comparable(fits, names, reml)
     order = sorted(range(len(fits)), key=lambda k: fits[k].df)       # stable: ties as given
     fits = [fits[k] for k in order]
     names = [names[k] for k in order]
+    notes = {}
     for (a, na), (b, nb) in zip(zip(fits, names), zip(fits[1:], names[1:])):
-        why = _not_nested(a, b)
+        why = _other_family(a, b) or _not_nested(a, b)
         if why:
-            raise ValueError(f"{na} is not nested in {nb}: {why}")
+            notes[nb] = f"{na} is not nested in {nb}: {why}; compare them by AIC and BIC"
+    if notes:
+        warnings.warn("no likelihood-ratio test for non-nested models: "
+                      + "; ".join(notes.values()), UserWarning, stacklevel=2)
     ll = np.array([f.loglik for f in fits], float)
     npar = np.array([f.df for f in fits])
+    tested = np.array([k > 0 and names[k] not in notes for k in range(len(fits))])
     chisq = np.concatenate([[np.nan], 2.0 * np.maximum(0.0, np.diff(ll))])
     df = np.concatenate([[np.nan], np.diff(npar).astype(float)])
+    chisq, df = np.where(tested, chisq, np.nan), np.where(tested, df, np.nan)
     with np.errstate(invalid="ignore"):
         p = np.where(df > 0, chi2.sf(chisq, np.where(df > 0, df, 1)), np.nan)
     table = pd.DataFrame({"npar": npar, "AIC": [f.aic for f in fits],
@@ -54,7 +76,33 @@ def anova(*fits, names=None) -> pd.DataFrame:
                           "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
                          index=pd.Index(names), columns=COLUMNS)
     table.attrs["formulas"] = {n: f.model.formula for n, f in zip(names, fits)}
+    table.attrs["notes"] = notes
+    table.attrs["refit"] = bool(refit and any(reml))
     return table
+
+
+def _reml_comparable(fits, names, reml) -> None:
+    """refit=False: REML criteria compare only REML fits with the same fixed effects."""
+    if not all(reml):
+        ml = [n for n, r in zip(names, reml) if not r]
+        raise ValueError(f"refit=False compares fits as fitted, but {ml} are not REML fits "
+                         "while others are: a REML criterion and a likelihood are not "
+                         "comparable (use refit=True)")
+    X0 = np.asarray(fits[0].model.design.X, float)
+    for name, f in zip(names[1:], fits[1:]):
+        X = np.asarray(f.model.design.X, float)
+        if X.shape != X0.shape or not (_spans(X, X0) and _spans(X0, X)):
+            raise ValueError(f"refit=False: {names[0]} and {name} have different fixed "
+                             "effects, and REML criteria compare only fits with the same "
+                             "fixed effects (use refit=True: ML refits)")
+
+
+def _other_family(a, b) -> str:
+    fa, fb = a.model.family, b.model.family
+    if (fa.name, fa.link.name) != (fb.name, fb.link.name):
+        return (f"they are of different families or links ({fa.name}({fa.link.name}) and "
+                f"{fb.name}({fb.link.name}))")
+    return ""
 
 
 def _same_rows(fits, names) -> None:
@@ -70,11 +118,6 @@ def _same_rows(fits, names) -> None:
         if not same:
             raise ValueError(f"models were not all fitted to the same rows and response: "
                              f"{name} differs from {names[0]}")
-        fam, fam0 = f.model.family, fits[0].model.family
-        if (fam.name, fam.link.name) != (fam0.name, fam0.link.name):
-            raise ValueError(f"models of different families cannot be compared: "
-                             f"{names[0]} is {fam0.name}({fam0.link.name}), {name} is "
-                             f"{fam.name}({fam.link.name})")
 
 
 def _spans(big: np.ndarray, small: np.ndarray) -> bool:

@@ -9,7 +9,8 @@
   optimum; one reverse pass per estimate).  Cook's distance with it.
 * :func:`hatvalues`, :func:`cooks_distance` (``level="obs"``): lme4's ``hatvalues.merMod``
   and ``cooks.distance.merMod``.  At a group level Cook's distance is lme4's
-  ``cooks.distance.influence.merMod`` of the dfbeta (first order, or exact refits).
+  ``cooks.distance.influence.merMod`` of the exact refits' dfbeta (:func:`influence` has
+  the first-order one).
 * :func:`leave_one_out`: exact leave-one-level-out refits (lme4's ``influence.merMod``),
   run as one batch on the batch engine: the design is kept and the left-out level's rows
   get weight 0, which leaves the likelihood of the other rows exactly as a fit without
@@ -190,12 +191,14 @@ def hatvalues(fit) -> pd.Series:
     return pd.Series(h, index=model.design.row_index, name="hatvalues")
 
 
-def cooks_distance(fit, level: str = "obs", exact: bool = False) -> pd.Series:
+def cooks_distance(fit, level: str = "obs", exact: bool | None = None) -> pd.Series:
     """Cook's distances.  ``level="obs"``: lme4's ``cooks.distance.merMod``,
     ``(r / (1 - h))^2 h / (sigma^2 rank(X))`` with Pearson residuals r and hat values h.  A
     grouping factor's name: lme4's ``cooks.distance(influence(fit, groups=))``, ``(G - p) /
-    (G p) dfbeta' V^-1 dfbeta`` over its G levels, the dfbeta first-order
-    (:func:`influence`) or, with ``exact=True``, from exact refits (:func:`leave_one_out`)."""
+    (G p) dfbeta' V^-1 dfbeta`` over its G levels, the dfbeta from the exact
+    leave-one-level-out refits (:func:`leave_one_out`'s ``cooks_distance`` column; the
+    first-order one is :func:`influence`'s).  ``exact``: None or True (a group's distances
+    are always from refits; False is refused)."""
     _likelihood_fit(fit, "cooks_distance")
     if level == "obs":
         if exact:
@@ -209,20 +212,20 @@ def cooks_distance(fit, level: str = "obs", exact: bool = False) -> pd.Series:
             d = np.square(r / (1.0 - h)) * h / (sigma ** 2 * rank)
         d[np.isinf(d)] = np.nan
         return pd.Series(d, index=fit.model.design.row_index, name="cooks_distance")
-    if not exact:
-        return influence(fit, level)["cooks_distance"]
-    loo = leave_one_out(fit, level)
-    names = list(fit.fixef.index)
-    dfb = loo[names].to_numpy(float) - fit.fixef.to_numpy(float)[None, :]
-    return pd.Series(_group_cooks(dfb, fit.vcov().to_numpy(float)), index=loo.index,
-                     name="cooks_distance")
+    if exact is False:
+        raise ValueError("a grouping factor's Cook's distances are lme4's, from exact "
+                         "leave-one-level-out refits; the first-order approximation is "
+                         f"fit.influence({level!r})['cooks_distance']")
+    return leave_one_out(fit, level)["cooks_distance"]
 
 
 # ----------------------------------------------------------------------------- exact refits
 def leave_one_out(fit, group: str) -> pd.DataFrame:
     """Exact refits without each level of ``group`` (lme4's ``influence(fit, groups=)``):
     one row per left-out level, in level order, with the fixed effects and the variance
-    and family parameters (brms's names) of the refit, and ``converged``.
+    and family parameters (brms's names) of the refit, ``cooks_distance`` (lme4's
+    ``cooks.distance(influence(fit, groups=))`` of these refits' fixed effects) and
+    ``converged``.
 
     One batch on the batch engine (:func:`jaxglmm.fit.batched.fit_batch`): every refit
     keeps the design and gives the left-out level's rows weight 0, so all share one
@@ -255,6 +258,8 @@ def leave_one_out(fit, group: str) -> pd.DataFrame:
                 np.asarray(raw.theta), np.asarray(raw.sigma), phi, lmm)
     verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta, s.theta_diagonal(),
                           raw.n_iter)
+    dfb = np.asarray(raw.beta, float) - fit.fixef.to_numpy(float)[None, :]
+    out["cooks_distance"] = _group_cooks(dfb, fit.vcov().to_numpy(float))
     out["converged"] = [v.converged for v in verdicts]
     out.index = pd.Index(_levels(fit, group, k), name=group)
     out.attrs["seconds"] = {"compile": times.compile, "run": times.run}

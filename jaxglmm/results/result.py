@@ -117,9 +117,10 @@ class FitResult:
         self._scalar_response("fitted()")
         return self.predict().rename("fitted")
 
-    def residuals(self, type: str = "response") -> pd.Series:
+    def residuals(self, type: str | None = None, scaled: bool = False) -> pd.Series:
         """lme4's ``residuals(fit, type=)`` of the training rows, conditional on the random
-        effects' modes:
+        effects' modes (``type`` None: lme4's default, ``"response"`` for a linear mixed
+        model, ``"deviance"`` for the other families):
 
         * ``"response"``: ``y - fitted`` (binomial: the observed proportion minus the fitted
           one, as R's);
@@ -127,13 +128,29 @@ class FitResult:
           one observation; for gaussian models V leaves out sigma, as lme4's (unscaled)
           Pearson residuals do (``summary``'s "Scaled residuals" divide by it);
         * ``"deviance"``: ``sign(y - mu) sqrt(w d(y, mu))``, d the family's unit deviance
-          (R's ``dev.resids``); refused for families R defines none for.
+          (R's ``dev.resids``); refused for families R defines none for;
+        * ``"working"``: ``(y - mu) / (dmu/deta)``, the residuals of the IRLS working response
+          (lme4's ``wrkResids``; unweighted; ``y - mu`` for an LMM, as lme4's).
 
-        ``w`` are the prior weights (the binomial's trials included)."""
-        types = ("response", "pearson", "deviance")
+        ``w`` are the prior weights (the binomial's trials included).  ``scaled=True``
+        divides by the residual SD (lme4's ``scaled = TRUE``, ``r / sigma(fit)``): sigma for
+        gaussian models, 1 for families with no scale parameter (binomial, poisson,
+        bernoulli); refused for families with another dispersion parameter, whose lme4
+        sigma is not defined here."""
+        types = ("response", "pearson", "deviance", "working")
+        if type is None:
+            type = "response" if self.model.family.exact_lmm else "deviance"
         if type not in types:
             raise ValueError(f"type must be one of {types}, got {type!r}")
         self._scalar_response("residuals()")
+        if scaled:
+            fam = self.model.family
+            if self.sigma is None and self.family_params:
+                raise ValueError(f"scaled=True divides by lme4's sigma(fit), which for the "
+                                 f"{fam.name} family (parameters {sorted(self.family_params)}) "
+                                 "is not defined here; use scaled=False")
+            r = self.residuals(type)
+            return r / (float(self.sigma) if self.sigma is not None else 1.0)
         fam, design = self.model.family, self.model.design
         mu = self.fitted().to_numpy(float)
         y = np.asarray(design.y, float)
@@ -141,9 +158,13 @@ class FitResult:
         w = np.asarray(design.weights, float)
         index = design.row_index
         with np.errstate(divide="ignore", invalid="ignore"):
-            if type == "response":
+            if type in ("response", "working"):
                 obs = np.where(trials > 0, y / trials, np.nan) if fam.needs_trials else y
-                return pd.Series(obs - mu, index=index, name="residuals")
+                r = obs - mu
+                if type == "working":
+                    eta = jnp.asarray(self.linear_predictor(), jnp.float64)
+                    r = r / np.asarray(jax.vmap(jax.grad(fam.link.linkinv))(eta), float)
+                return pd.Series(r, index=index, name="residuals")
             if type == "pearson":
                 if fam.variance is None:
                     raise ValueError(f"Pearson residuals need the {fam.name} family's "
@@ -193,10 +214,10 @@ class FitResult:
         the fit's implicit derivatives (see :func:`jaxglmm.inference.influence.influence`)."""
         return extensions.call("influence", self, level=level)
 
-    def cooks_distance(self, level: str = "obs", exact: bool = False) -> pd.Series:
+    def cooks_distance(self, level: str = "obs", exact: bool | None = None) -> pd.Series:
         """Cook's distances, lme4's ``cooks.distance`` (per observation) or of
-        ``influence(fit, groups=)`` (per level of a grouping factor; ``exact=True``: from
-        exact refits)."""
+        ``influence(fit, groups=)`` (per level of a grouping factor: from the exact
+        leave-one-level-out refits)."""
         return extensions.call("cooks_distance", self, level=level, exact=exact)
 
     def hatvalues(self) -> pd.Series:
