@@ -25,7 +25,11 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
       whose refit did not converge are left out;
     * ``"profile"``: profile-likelihood intervals, as lme4's (see
       :mod:`jaxglmm.inference.profile`; a REML fit is profiled by its ML refit, as lme4
-      does); ``attrs["profiles"]`` holds each parameter's (values, zeta).
+      does); ``attrs["profiles"]`` holds each parameter's (values, zeta) and
+      ``attrs["estimates"]`` the estimates the intervals are about (the ML refit's for a
+      REML fit).  An SD's lower end is 0 where its profile at 0 stays above the cut-off, a
+      correlation's end +-1 likewise; an end the profile does not reach is NaN, with a
+      warning.
 
     ``parm``: a list of row names, or lme4's ``"beta_"`` (the fixed effects) or
     ``"theta_"`` (the variance parameters)."""
@@ -52,7 +56,7 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
         out = pd.DataFrame({"lower": lower, "upper": upper}, index=est.index)
     elif method == "profile":
         wanted = _rows(parm, list(est.index), fixed)
-        limits, curves = profile_intervals(fit, level, wanted)
+        limits, curves, estimates = profile_intervals(fit, level, wanted)
         missing = [n for n in wanted if n not in limits]
         if missing:
             warnings.warn(f"not profiled (the family's own parameters): {missing}; their "
@@ -60,6 +64,7 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
         out = pd.DataFrame([limits.get(n, (np.nan, np.nan)) for n in est.index],
                            index=est.index, columns=["lower", "upper"])
         out.attrs["profiles"] = curves
+        out.attrs["estimates"] = pd.Series(estimates)
     else:
         reps = bootstrap(fit, **{"n": 1000, **options})
         ok = reps[reps["converged"]].drop(columns="converged")
