@@ -18,6 +18,10 @@ from .optimize import LINESEARCH, MAXITER, NONFINITE
 
 SCALED_GRAD_TOL = 2e-3   # lme4: check.conv.grad tol 0.002
 SINGULAR_TOL = 1e-4      # lme4: isSingular tol
+# a variance at zero is a minimum there only if the deviance does not decrease into the
+# interior: its second derivative in the theta entry (twice the derivative in the variance;
+# the deviance is even in the entry) may not be below -NEG_CURVATURE_TOL * max(1, max|H_ii|)
+NEG_CURVATURE_TOL = 1e-4
 RHAT_MAX = 1.01          # Vehtari et al. (2021); brms/Stan warn above it
 ELBO_RTOL = 1e-3         # relative ELBO change over the last tenth of the VI steps
 MAP_GRAD_TOL = 1e-3
@@ -75,6 +79,16 @@ def judge(status: int, grad: np.ndarray, hessian: np.ndarray, theta: np.ndarray,
         if not singular and H.size:
             msgs.append("Hessian of the objective is not positive definite: the model may be "
                         "unidentifiable or very large eigenvalue ratio; rescale variables?")
+            ok = False
+    if singular and hess_ok and ok:
+        d = np.diagonal(H)
+        zero = np.zeros(H.shape[0], bool)
+        zero[:np.size(theta)] = np.asarray(theta_diagonal, bool) & \
+            (np.abs(np.asarray(theta)) < SINGULAR_TOL)
+        if np.any(d[zero] < -NEG_CURVATURE_TOL * max(1.0, float(np.max(np.abs(d))))):
+            msgs.append("model failed to converge: the deviance decreases away from a "
+                        "variance at zero (a stationary point, not a minimum); refit from "
+                        "a start away from zero")
             ok = False
     if status == LINESEARCH and ok:
         # a stalled line search at a point that passes the gradient test is a converged fit
