@@ -12,7 +12,9 @@ at the start of the next fit (with a warning), as :func:`clear_caches` does.
 from __future__ import annotations
 
 import gc
+import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +41,28 @@ def program(key: tuple, build: Callable[[], Any]):
     except KeyError:
         made = _PROGRAMS[key] = build()
         return made
+
+
+# a LAPACK kernel's custom call in compiled HLO text, with its result's shape
+_LAPACK_CALL = re.compile(r"= \(?[a-z0-9]+\[([0-9,]*)\][^\n]*custom_call_target=\"(lapack_\w+)\"")
+
+
+def batched_lapack_calls(hlo_text: str) -> list[str]:
+    """The LAPACK calls over a batch of matrices in a compiled program's HLO text
+    (``compiled.as_text()``), as ``"target[shape]"``.
+
+    jaxlib's batched LAPACK kernels split the batch over XLA's CPU thread pool and wait for
+    the pieces while running on that pool; two of them running at once on a small pool wait
+    for each other forever (issue 22).  jaxglmm's likelihood programs hold none: per-group
+    blocks are factored elementwise (:mod:`jaxglmm.core.linalg`) and the finite-difference
+    Hessian maps rather than batches (:func:`jaxglmm.fit.optimize.fd_hessian`).  The tests
+    check this with this function."""
+    out = []
+    for dims, target in _LAPACK_CALL.findall(hlo_text):
+        shape = [int(d) for d in dims.split(",") if d]
+        if len(shape) > 2 and math.prod(shape[:-2]) > 1:
+            out.append(f"{target}[{dims}]")
+    return out
 
 
 def n_compiled() -> int:

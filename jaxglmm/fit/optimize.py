@@ -44,11 +44,15 @@ class OptResult(NamedTuple):
 
 
 def fd_hessian(grad_fn: Callable, x: jnp.ndarray, rel_step: float = 1e-4) -> jnp.ndarray:
-    """Symmetrized central finite differences of an exact gradient (one batched call)."""
+    """Symmetrized central finite differences of an exact gradient.
+
+    The 2k gradients run one after another (``lax.map``), not batched (``vmap``): a batch
+    would turn the dense block's single Cholesky into jaxlib's batched LAPACK kernel, which
+    can deadlock XLA's CPU thread pool (:mod:`jaxglmm.core.linalg`)."""
     k = x.shape[0]
     h = rel_step * (1.0 + jnp.abs(x))
     E = jnp.eye(k, dtype=x.dtype) * h
-    G = jax.vmap(grad_fn)(jnp.concatenate([x[None, :] + E, x[None, :] - E]))
+    G = jax.lax.map(grad_fn, jnp.concatenate([x[None, :] + E, x[None, :] - E]))
     H = (G[:k] - G[k:]) / (2.0 * h[:, None])
     return 0.5 * (H + H.T)
 
