@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import linalg
 from . import resystem as rs
 from .ops import segment_sum, take_levels
 from .problem import ProblemArrays
@@ -297,7 +298,8 @@ class SparseLaplace:
             d1, d2 = jax.jvp(d1f, (eta,), (jnp.ones_like(eta),))
             H = a.X.T @ (jnp.maximum(-d2, 1e-10)[:, None] * a.X) + 1e-8 * jnp.eye(p)
             g = a.X.T @ d1
-            d = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(H), True), g)
+            L = linalg.dense_chol(H)
+            d = linalg.dense_solve_upper_t(L, linalg.dense_solve_lower(L, g[:, None]))[:, 0]
             return jnp.sum(k(eta)), d, jnp.dot(g, d)
 
         def cond(c):
@@ -320,7 +322,7 @@ class SparseLaplace:
         if fam.mustart is not None and not self.canonical:
             target = fam.link.linkfun(fam.mustart(a.y, a.trials)) - a.offset
             wx = a.X * a.weights[:, None]
-            fitted = jnp.linalg.solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
+            fitted = linalg.dense_solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
             at0 = jnp.sum(a.weights * self.kernel(a.y, a.offset, a.trials, fp))
             beta0 = jnp.where(jnp.isfinite(at0), beta0, fitted)
         zero = jnp.zeros(())

@@ -133,11 +133,11 @@ class GlmmModel:
         a22 = A[q1:, n1:]
         if damp:
             a11 = 0.5 * (a11 + jnp.swapaxes(a11, 1, 2))
-            shift = jnp.maximum(0.0, 1e-3 - jnp.linalg.eigvalsh(a11)[:, 0])
+            shift = jnp.maximum(0.0, 1e-3 - rs.linalg.eigvalsh(a11)[:, 0])
             a11 = a11 + shift[:, None, None] * jnp.eye(q1)
             if p2:
                 a22 = 0.5 * (a22 + a22.T)
-                a22 = a22 + jnp.maximum(0.0, 1e-3 - jnp.linalg.eigvalsh(a22)[0]) * jnp.eye(p2)
+                a22 = a22 + jnp.maximum(0.0, 1e-3 - rs.linalg.eigvalsh(a22)[0]) * jnp.eye(p2)
         return rs.factor(a11, a21, a22)
 
     def solve(self, ch, g):
@@ -259,7 +259,7 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
         else:
             H = -jax.hessian(total)(beta) + 1e-8 * jnp.eye(p)
             g = jax.grad(total)(beta)
-        d = jnp.linalg.solve(H, g)
+        d = rs.linalg.dense_solve(H, g)
         f = total(beta)
         # converged: the predicted gain is below rounding (see GlmmModel.mode)
         tiny = 0.5 * jnp.abs(jnp.dot(g, d)) <= PIRLS_ROUNDING * (1.0 + jnp.abs(f))
@@ -276,6 +276,6 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
     if family.mustart is not None and structure.n_channels == 1:
         target = family.link.linkfun(family.mustart(a.y, a.trials)) - a.offset
         wx = a.X * a.weights[:, None]
-        fitted = jnp.linalg.solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
+        fitted = rs.linalg.dense_solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
         beta0 = jnp.where(jnp.isfinite(total(beta0)), beta0, fitted)
     return jax.lax.fori_loop(0, n_iter, body, beta0)

@@ -204,8 +204,8 @@ def dense_cholesky_inverse(S, k: int):
     ``(L_k L_k')^{-1}``.  On the device: a triangular solve and a product, about 3 k^3
     flops (:func:`lapack_cholesky_inverse`: LAPACK's, 2 k^3 / 3)."""
     m = S.shape[0]
-    L = jax.lax.linalg.cholesky(S, symmetrize_input=False)
-    Kinv = jax.scipy.linalg.solve_triangular(L[:k, :k], jnp.eye(k, dtype=S.dtype), lower=True)
+    L = rs.linalg.dense_chol(S)
+    Kinv = rs.linalg.dense_tri_inv(L[:k, :k])
     return L, jnp.pad(jnp.tril(Kinv.T @ Kinv), ((0, m - k), (0, m - k)))
 
 

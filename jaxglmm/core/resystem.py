@@ -22,7 +22,6 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from . import linalg
 from .ops import segment_sum
@@ -338,7 +337,7 @@ def conditional_covariances(chol: BlockedCholesky, structure: ReStructure) -> li
     if p2 == 0:
         return [jnp.einsum("gkq,gkr->gqr", L11inv, L11inv)]
     L2 = chol.L22[:p2, :p2]
-    Minv = solve_triangular(L2, jnp.eye(p2), lower=True)          # L2^{-1}
+    Minv = linalg.dense_tri_inv(L2)        # L2^{-1}
     sigma22 = Minv.T @ Minv
     T = jnp.einsum("gqm,km->gqk", chol.C[:, :, :p2], Minv)        # C_g L2^{-T}
     inner = eye + jnp.einsum("gqk,grk->gqr", T, T)
@@ -682,7 +681,7 @@ def sparse_factor(structure: ReStructure, lams, sp: SparseSystem) -> SparseChole
     # S holds its lower triangle only; the Cholesky's derivative rule takes the whole
     # matrix, so it is made symmetric (one m^2 pass) for the derivatives to be right
     S = jnp.tril(S) + jnp.tril(S, -1).T
-    return SparseCholesky(L11, Ct, CE, jax.lax.linalg.cholesky(S, symmetrize_input=False))
+    return SparseCholesky(L11, Ct, CE, linalg.dense_chol(S))
 
 
 def scalar_blocks(structure: ReStructure) -> bool:
@@ -764,7 +763,7 @@ def sparse_conditional_covariances(ch: SparseCholesky, sp: SparseSystem,
     eye = jnp.broadcast_to(jnp.eye(q1), (G1, q1, q1))
     L11inv = linalg.solve_lower(ch.L11, eye)
     if sigma22 is None:
-        Minv = solve_triangular(ch.L22[:p2, :p2], jnp.eye(p2), lower=True)
+        Minv = linalg.dense_tri_inv(ch.L22[:p2, :p2])
         sigma22 = Minv.T @ Minv
     else:
         sigma22 = jnp.tril(sigma22[:p2, :p2])

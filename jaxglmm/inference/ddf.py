@@ -138,7 +138,7 @@ def _satterthwaite(parts, dof, phi, L):
     Hts = -2.0 * J[1] / (s2 * sigma)
     Hss = -2.0 * dof / s2 + 6.0 * v[1] / jnp.square(s2)
     H = jnp.block([[Htt, Hts[:, None]], [Hts[None, :], jnp.reshape(Hss, (1, 1))]])
-    A = 2.0 * jnp.linalg.pinv(H)
+    A = 2.0 * linalg.dense_pinv(H)
     var = s2 * v[2:]
     G = jnp.concatenate([s2 * J[2:], (2.0 * sigma * v[2:])[:, None]], axis=1)   # (k, n_phi)
     denom = jnp.einsum("ki,ij,kj->k", G, A, G)

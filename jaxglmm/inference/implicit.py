@@ -52,6 +52,7 @@ import numpy as np
 from ..bayes import density as dn
 from ..bayes.drivers import _starts
 from ..core.laplace import GlmmModel
+from ..core.linalg import dense_solve      # unbatched LAPACK under vmap (issue 22)
 from ..core.lmm import lmm_data, profiled_parts
 from ..core.predictor import joint_log_density
 from ..fit.likelihood import fit_glmm, fixef_vcov
@@ -87,7 +88,7 @@ class FitArrays(NamedTuple):
 # ----------------------------------------------------------------------------- the IFT
 def _dense_solve(objective):
     def solve(x, p, rhs):
-        return jnp.linalg.solve(jax.hessian(objective)(x, p), rhs)
+        return dense_solve(jax.hessian(objective)(x, p), rhs)
     return solve
 
 
@@ -124,7 +125,7 @@ def newton_polish(objective: Callable, x, value, hessian, steps: int = NEWTON_PO
     finite differences of refits want the stationary point to rounding (one step from
     BFGS's stop, with a Hessian good to ~1e-8, lands there)."""
     for _ in range(steps):
-        xn = x - jnp.linalg.solve(hessian, jax.grad(objective)(x))
+        xn = x - dense_solve(hessian, jax.grad(objective)(x))
         fn = objective(xn)
         ok = jnp.all(jnp.isfinite(xn)) & (fn <= value + 1e-12 * (1.0 + jnp.abs(value)))
         x, value = jnp.where(ok, xn, x), jnp.where(ok, fn, value)
@@ -323,7 +324,7 @@ def _map(problem, options: dict):
         beta, theta, phi = report_sites(z)
         H = jax.hessian(objective)(z, p)
         J = jax.jacfwd(lambda v: report_sites(v)[0])(z)
-        cov = J @ jnp.linalg.solve(H, J.T)
+        cov = J @ dense_solve(H, J.T)
         sigma = _sigma(fam, phi)
         if spec.exact_marginal:       # lme4's scale: relative to sigma
             theta = theta / sigma

@@ -35,6 +35,7 @@ from scipy.interpolate import PchipInterpolator
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from ..core import linalg
 from ..core.laplace import GlmmModel
 from ..core.lmm import lmm_data, marginal_loglik
 from ..fit.aot import AheadOfTime
@@ -96,7 +97,7 @@ def _theta_of(s, v, lmm: bool):
             R = jnp.stack([jnp.stack([one if i == j else v[pos[max(i, j), min(i, j)]]
                                       if (max(i, j), min(i, j)) in pos else zero
                                       for j in range(t.q)]) for i in range(t.q)])
-            L = sd[:, None] * jnp.linalg.cholesky(R)
+            L = sd[:, None] * linalg.chol(R)   # never a batched LAPACK call under vmap
         for (i, j), k in pos.items():
             theta[k] = L[i, j] / scale
     return jnp.stack(theta) if theta else jnp.zeros(0, v.dtype)
