@@ -95,7 +95,7 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
     objective = lmm_objective(structure, d, p, reml)
     if verbose:
         objective = _printing(objective, "reml" if reml else "ml")
-    opt = minimize(objective, theta0, maxiter=maxiter)
+    opt = minimize(objective, theta0, maxiter=maxiter, polish=True)
     return lmm_finish(structure, d, p, reml, opt)
 
 
@@ -299,7 +299,7 @@ def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndar
     if verbose:
         objective = _printing(objective, "laplace" if n_agq == 1 else "agq")
     opt = minimize(objective, glmm_start(model, phi0), has_aux=True,
-                   maxiter=maxiter, aux0=jnp.zeros(structure.n_u))
+                   maxiter=maxiter, aux0=jnp.zeros(structure.n_u), polish=True)
     return glmm_finish(model, opt)
 
 
@@ -335,9 +335,9 @@ def fixef_vcov(hessian, layout: Layout):
     ``vcov(use.hessian = TRUE)``; where that Hessian is not positive definite (a variance at
     its boundary) the beta block alone is used, conditional on theta."""
     t, p = layout.n_theta, layout.p
-    full = 2.0 * jnp.linalg.inv(hessian)[t:t + p, t:t + p]
-    cond = 2.0 * jnp.linalg.inv(hessian[t:t + p, t:t + p])
-    pd = jnp.min(jnp.linalg.eigvalsh(hessian)) > 0
+    full = 2.0 * rs.linalg.dense_inv(hessian)[t:t + p, t:t + p]     # unbatched under vmap
+    cond = 2.0 * rs.linalg.dense_inv(hessian[t:t + p, t:t + p])
+    pd = jnp.min(rs.linalg.eigvalsh(hessian)) > 0
     return jnp.where(pd & jnp.all(jnp.isfinite(full)), full, cond)
 
 
