@@ -197,3 +197,23 @@ def test_repeated_terms_of_one_factor_keep_unique_names(long_table):
     assert names == ["sd_g__Intercept", "sd_g.1__Intercept", "sigma"]
     model = jg.Model("y ~ x + (1 | g) + (0 + x | g)", data)
     assert variance_names(model.structure, True, {}) == ["sd_g__Intercept", "sd_g__x", "sigma"]
+
+
+def test_fit_many_checks_rank_per_linear_predictor():
+    """A parameter formula's own intercept is not confounded with the main one: fit_many
+    fits a zero-inflated model with ``dpars={"zi": "~ 1"}`` (each channel's columns need
+    full rank only among themselves), and a dataset's result rebuilds its model."""
+    rng = np.random.default_rng(7)
+    parts = []
+    for d in range(2):
+        g = np.repeat(np.arange(10), 8)
+        x = rng.normal(size=g.size)
+        mu = np.exp(0.4 + 0.3 * x + rng.normal(0, 0.5, 10)[g])
+        y = rng.poisson(mu) * (rng.random(g.size) > 0.3)
+        parts.append(pd.DataFrame({"y": y, "x": x, "g": g.astype(str), "sim": d}))
+    long = pd.concat(parts, ignore_index=True)
+    kw = dict(family="zero_inflated_poisson", dpars={"zi": "~ 1"})
+    fits = jg.fit_many("y ~ x + (1 | g)", long, by="sim", **kw)
+    assert fits.converged.all()
+    alone = jg.Model("y ~ x + (1 | g)", long[long.sim == 1], **kw).fit()
+    assert fits.result(1).loglik == pytest.approx(alone.loglik, abs=1e-6)

@@ -37,9 +37,15 @@ def _families_with(dpar: str) -> list[str]:
     return [n for n in FAMILIES if dpar in dict(get_family(n).dpar_links)]
 
 
+def _has_predictor(family: Family, dpar: str) -> bool:
+    """Whether ``family`` already takes ``dpar`` from a linear predictor (a fitted model's
+    family, passed again to rebuild the model for one dataset of fit_many)."""
+    return ("dpar", dpar) in family.variant
+
+
 def check_dpars(family: Family, dpars: dict) -> None:
     for name in dpars:
-        if name not in dict(family.dpar_links):
+        if name not in dict(family.dpar_links) and not _has_predictor(family, name):
             owners = _families_with(name)
             if not owners:
                 known = sorted({p for n in FAMILIES for p, _ in get_family(n).dpar_links})
@@ -82,6 +88,8 @@ def combine(main: Design, extra: Design, dpar: str) -> tuple[Design, tuple[int, 
 @lru_cache(maxsize=None)
 def with_dpar_predictor(family: Family, dpar: str) -> Family:
     """The family with its last parameter taken from linear predictor 1 (eta[..., 1])."""
+    if _has_predictor(family, dpar):
+        return family
     inv = dict(family.dpar_links)[dpar]
     base = family
 

@@ -214,9 +214,15 @@ def split_design(model: Model, codes: np.ndarray, n_datasets: int,
                 # a trailing zero: an empty last dataset's start is a valid index
                 sums = np.add.reduceat(np.append(X[:, i] * X[:, j], 0.0), starts)
                 gram[:, i, j] = gram[:, j, i] = np.where(full, sums, 0.0)
-    # rank by the Gram matrix's eigenvalues, at R's QR tolerance (1e-7 on singular values)
-    evals = np.linalg.eigvalsh(gram) if p else np.ones((n_datasets, 1))
-    rank_ok = evals[:, 0] > 1e-14 * np.maximum(evals[:, -1], 1e-300)
+    # rank by the Gram matrix's eigenvalues, at R's QR tolerance (1e-7 on singular values),
+    # one block per linear predictor: each channel's columns (a categorical response's
+    # copies, a parameter formula's own intercept) need full rank only among themselves
+    channel = np.asarray(model.structure.fixef_channels or (0,) * p, dtype=np.int64)
+    rank_ok = np.ones(n_datasets, bool)
+    for c in np.unique(channel) if p else ():
+        cols = np.flatnonzero(channel == c)
+        evals = np.linalg.eigvalsh(gram[:, cols[:, None], cols[None, :]])
+        rank_ok &= evals[:, 0] > 1e-14 * np.maximum(evals[:, -1], 1e-300)
     y = np.asarray(design.y)
     trials = None if design.trials is None else np.asarray(design.trials)
     # each dataset's slices, cut by numpy (a Python loop of slicing: 0.2 s at 10,000)
@@ -225,7 +231,8 @@ def split_design(model: Model, codes: np.ndarray, n_datasets: int,
     index_of = list(zip(*(cut(f, bounds) for f in per_factor)))
     levels_of = list(zip(*(cut(lv, first) for lv, first in present)))
     sizes = np.diff(bounds)
-    usable = (rank_ok & (sizes >= p)).tolist()
+    per_channel = int(np.bincount(channel).max()) if p else 0
+    usable = (rank_ok & (sizes >= per_channel)).tolist()
     unidentifiable = _Identifiability(model)
     out: list[Member | None] = []
     for k in range(n_datasets):
