@@ -72,11 +72,6 @@ def _lapack_solve_upper_t(L, B):
 
 
 @_sequential
-def _lapack_solve(A, B):
-    return jnp.linalg.solve(A, B)
-
-
-@_sequential
 def _lapack_inv(A):
     return jnp.linalg.inv(A)
 
@@ -165,18 +160,12 @@ def _dense_inv_jvp(primals, tangents):
     return Ai, -Ai @ tangents[0] @ Ai
 
 
-@jax.custom_jvp
 def dense_solve(A: jnp.ndarray, B: jnp.ndarray) -> jnp.ndarray:
-    """``A^-1 B`` for one square ``A`` (LU, as ``jnp.linalg.solve``), unbatched under
-    ``vmap``; ``B`` (q,) or (q, k)."""
-    return _lapack_solve(A, B)
-
-
-@dense_solve.defjvp
-def _dense_solve_jvp(primals, tangents):
-    A, B = primals
-    X = dense_solve(A, B)
-    return X, dense_inv(A) @ (tangents[1] - tangents[0] @ X)
+    """``A^-1 B`` for one square ``A``, unbatched under ``vmap``; ``B`` (q,) or (q, k).
+    ``A``'s inverse (LU) times ``B``: ``B`` enters as a product, so a solve against a
+    tangent (the implicit-function rule of :mod:`jaxglmm.inference.implicit`) transposes
+    in reverse mode, which a LAPACK solve wrapped for vmap does not."""
+    return dense_inv(A) @ B
 
 
 def eigvalsh(A: jnp.ndarray) -> jnp.ndarray:
