@@ -3,8 +3,12 @@ code moved into stage packages (scripts/pin_fits.py, run on the commit before it
 out the same to 1e-6.  They agreed to 1e-10 through the refactor; the batch engine's wave
 then ended the Laplace mode search where its predicted gain falls below rounding and left
 the data-only log-gamma terms out of it, which moved Laplace estimates by up to 2e-9 and
-standard errors by up to 2e-7 (the optimizer follows a path a rounding apart).  A larger
-change is a changed answer: say why."""
+standard errors by up to 2e-7 (the optimizer follows a path a rounding apart).  Issue 22's
+Newton step at the end of a single fit (the stationary point to rounding, so that refits'
+finite differences match the implicit derivatives) moved sleepstudy REML's theta by 4e-7
+along its flat direction (the REML criterion by 2e-12) and one conditional mode by 7e-6
+relative; that case was re-recorded (``--only sleepstudy_reml``).  A larger change is a
+changed answer: say why."""
 import json
 from pathlib import Path
 
