@@ -153,10 +153,6 @@ def fit_chunk(payload: Payload) -> ChunkFits:
             messages[k] = ("no usable rows (every row has a missing value in a used column)",)
         elif m.invalid:
             messages[k] = (f"not fitted: {m.invalid}",)
-        elif not m.rank_ok:
-            messages[k] = ("the fixed-effect matrix of this dataset is rank deficient (a "
-                           "factor level absent, or confounded columns): not fitted in the "
-                           "batch; fit it alone, where Model.fit drops the confounded columns",)
         else:
             groups[bucket_key(m)].append(k)
     clock = {"compile": 0.0, "run": 0.0}
