@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -35,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+import jax
 import pandas as pd
 import yaml
 
@@ -42,11 +41,10 @@ from . import __version__
 from .fit.cache import enable_compilation_cache
 from .fit.convergence import ConvergenceWarning
 from .io.datasets import load_dataset, read_table
-from .many.batch import plan_many
-from .many.chunk import fit_chunk
-from .many.executor import run_chunks
+from .many.batch import fit_plan, plan_many
+from .many.checkpoint import Checkpoint, saved_chunk_size
 from .many.plan import DEFAULT_CHUNK_SIZE, failures_message
-from .bayes.drivers import BAYES_METHODS
+from .methods import get_method
 from .model import Model
 from .io.config import (BUNDLED_PREFIX, FitConfig, FitManyConfig, PowerConfig, check_options,
                         expand_datasets, is_bundled, load_config)
@@ -119,18 +117,15 @@ def _warnings_on_stderr():
 
 def _cpu_devices_for_chains(n: int = 4) -> None:
     """Let NUTS chains run in parallel on the CPU, as numpyro's ``set_host_device_count``
-    does.  XLA reads the flag when JAX's backend starts, so this acts in a fresh process
+    does.  JAX reads the count when its backend starts, so this acts in a fresh process
     (``jaxglmm ...``) and not when ``main`` is called after JAX has computed anything."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" in flags:
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
+            or jax.config.jax_num_cpu_devices >= 0:   # the user chose a count
         return
-    try:   # importing JAX is fine; the flag only has to be set before its backend starts
-        from jax._src import xla_bridge
-        started = xla_bridge.backends_are_initialized()
-    except (ImportError, AttributeError):
-        started = "jax" in sys.modules
-    if not started:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    try:   # JAX refuses the option once its backend has started
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        pass
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
@@ -165,7 +160,7 @@ def _run_fit(config_path: str, output: str | None, strict: bool = False,
     except _INPUT_ERRORS as err:
         return _fail(err)
 
-    likelihood = method in ("reml", "ml", "laplace", "agq")
+    likelihood = not get_method(method).bayesian
     fit = model.fit(method, **config.options, **({"verbose": True} if verbose and likelihood else {}))
     try:
         record, tables = _inference(fit, config)
@@ -259,10 +254,16 @@ def _run_power(config_path: str, output: str | None, strict: bool = False,
 
 
 # ----------------------------------------------------------------------------- fit-many
+#: fit-many's checkpoint (jaxglmm.many.checkpoint) inside the output folder, removed once
+#: fits.csv holds every chunk.
+CHUNKS = "chunks"
+
+
 def _run_fit_many(config_path: str, output: str | None, strict: bool = False,
                   force: bool = False) -> int:
-    """Fit the config's datasets chunk by chunk; each finished chunk is saved in
-    ``OUTPUT/chunks/`` at once, so a rerun of a stopped run fits only what is missing."""
+    """Fit the config's datasets chunk by chunk, as ``jg.fit_many(..., checkpoint=
+    OUTPUT/chunks)`` does: each finished chunk is saved at once, so a rerun of a stopped
+    run fits only what is missing."""
     created = False
     with contextlib.ExitStack() as stack:
         try:
@@ -271,63 +272,58 @@ def _run_fit_many(config_path: str, output: str | None, strict: bool = False,
                 raise UsageError("format: parquet needs pyarrow, which is not installed: "
                                  "pip install jaxglmm[parquet] (or use format: csv)")
             folder = Path(config.output) / CHUNKS
-            data, by, ids, sources = _many_datasets(config)
+            data, by, sources = _many_datasets(config)
             kwargs = config.model_kwargs()
             link = kwargs.pop("link")
-            chunk_size = config.chunk_size or _planned_chunk_size(folder) or DEFAULT_CHUNK_SIZE
+            chunk_size = config.chunk_size or saved_chunk_size(folder) or DEFAULT_CHUNK_SIZE
             plan = plan_many(config.formula, data, config.family, config.method, link, by=by,
                              chunk_size=chunk_size, **kwargs, **config.options)
-            ids = ids if ids is not None else list(plan.ids)
-            link = plan.spec.family.link.name
             client = _dask_client(config, stack)
             created = not Path(config.output).exists()
-            saved = _open_chunks(folder, _fingerprint(config, plan, ids, link, chunk_size))
+            store = Checkpoint(folder, plan, elsewhere="another output folder (-o FOLDER)")
         except _INPUT_ERRORS as err:
             return _fail(err)
         except OSError as err:
             return _fail(_unwritable(config.output, err))
 
-        todo = [k for k in range(len(plan.chunks)) if k not in saved]
-        if saved:
-            print(f"{PROG}: resuming from {folder}: {len(saved)} of {len(plan.chunks)} chunks "
-                  f"already fitted, {len(todo)} to go", file=sys.stderr)
+        todo = store.missing()
+        if store.saved:
+            print(f"{PROG}: resuming from {folder}: {len(store.saved)} of {len(plan.chunks)} "
+                  f"chunks already fitted, {len(todo)} to go", file=sys.stderr)
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():   # one line for the whole run, below
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                run_chunks(_fit_chunk_table, _Payloads(plan, todo), executor=client,
-                           progress=config.progress, desc="datasets",
-                           sizes=[len(plan.chunks[k]) for k in todo],
-                           done=lambda j, table: _save_chunk(folder, plan, ids, todo[j],
-                                                             table, config.format))
+                fits = fit_plan(plan, executor=client, progress=config.progress,
+                                checkpoint=store)
         except _INPUT_ERRORS as err:
-            _discard_if_empty(folder, Path(config.output) if created else None)
+            if store.discard_if_empty() and created:
+                with contextlib.suppress(OSError):
+                    Path(config.output).rmdir()
             return _fail(err)
         except OSError as err:   # a chunk that could not be saved
             return _fail(_unwritable(config.output, err))
         except KeyboardInterrupt:
-            done = len(_chunk_files(folder))
-            print(f"\n{PROG}: interrupted; {done} of {len(plan.chunks)} chunks are saved in "
-                  f"{folder}: run the same command again to fit the rest", file=sys.stderr)
+            print(f"\n{PROG}: interrupted; {len(store.saved)} of {len(plan.chunks)} chunks are "
+                  f"saved in {folder}: run the same command again to fit the rest",
+                  file=sys.stderr)
             return 130
         seconds = time.perf_counter() - start
 
-    try:
-        table = _read_chunks(folder, plan, ids)
-    except _INPUT_ERRORS as err:
-        return _fail(err)
-    update = {"method": plan.method, "link": link, "chunk_size": chunk_size}
+    table = fits.wide()
+    update = {"method": plan.method, "link": plan.spec.family.link.name,
+              "chunk_size": plan.chunk_size}
     if sources is not None:
         update["datasets"] = sources  # a glob pattern expanded: the config says what ran
     name = f"fits.{config.format}"
-    files = {name: _table_bytes(table, config.format) if config.format == "parquet"
+    files = {name: _parquet_bytes(table) if config.format == "parquet"
              else table.to_csv(index=False)}
     report = _many_report(table, plan, seconds, len(todo))
     try:
         _deliver(config, update, files, report, stale)
     except OSError as err:
         return _fail(_unwritable(config.output, err))
-    shutil.rmtree(folder, ignore_errors=True)   # fits.* holds every chunk now
+    store.remove()   # fits.* holds every chunk now
     failed = [str(d) for d, ok in zip(table["dataset"], table["converged"]) if not ok]
     message = failures_message(table["dataset"], table["converged"], table["message"], name)
     if message:
@@ -339,20 +335,20 @@ def _run_fit_many(config_path: str, output: str | None, strict: bool = False,
 
 
 def _many_datasets(config: FitManyConfig):
-    """``(data, by, ids, sources)`` for :func:`plan_many`: one dataset per file (a list of
-    frames; ``ids`` their names, ``sources`` the files), or one long table split ``by`` the
-    ``split_by`` column (``ids`` and ``sources`` None: the plan labels them by value)."""
+    """``(data, by, sources)`` for :func:`plan_many`: one dataset per file (a dict of
+    frames by name; ``sources`` the files), or one long table split ``by`` the ``split_by``
+    column (``sources`` None: the plan labels the datasets by value)."""
     if config.datasets is not None:
         sources = expand_datasets(config)
         frames = [_read_data(s) for s in sources]
         for source, frame in zip(sources, frames):
             _check_columns(config, frame, source)
-        return frames, None, _dataset_ids(sources), sources
+        return dict(zip(_dataset_ids(sources), frames)), None, sources
     data = _read_data(config.data)
     _check_columns(config, data, config.data)
     if data[config.split_by].isna().any():
         raise UsageError(f"split_by column {config.split_by!r} has missing values")
-    return data, config.split_by, None, None
+    return data, config.split_by, None
 
 
 def _dataset_ids(sources: list[str]) -> list[str]:
@@ -381,24 +377,6 @@ def _dask_client(config: FitManyConfig, stack: contextlib.ExitStack):
     return client
 
 
-def _fit_chunk_table(payload) -> pd.DataFrame:
-    """One chunk's fits as their wide table (what a Dask worker sends back: small)."""
-    return fit_chunk(payload).wide()
-
-
-class _Payloads:
-    """The payloads of the chunks still to fit, each built when it is needed."""
-
-    def __init__(self, plan, todo: list[int]):
-        self.plan, self.todo = plan, todo
-
-    def __len__(self) -> int:
-        return len(self.todo)
-
-    def __getitem__(self, j: int):
-        return self.plan.payload(self.todo[j])
-
-
 def _many_report(table: pd.DataFrame, plan, seconds: float, fitted: int) -> str:
     fixef = table[list(plan.spec.fixef_names)]
     spread = pd.DataFrame({"mean": fixef.mean(), "sd": fixef.std(ddof=1),
@@ -413,155 +391,10 @@ def _many_report(table: pd.DataFrame, plan, seconds: float, fitted: int) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- fit-many chunks
-# OUTPUT/chunks/ holds plan.json (what the run is) and one file per finished chunk, each
-# written whole (a temporary file in the same folder, fsync, os.replace): a file there is a
-# finished chunk, and a run killed at any moment leaves only finished chunks and, at worst,
-# a temporary file, removed by the next run.
-CHUNKS = "chunks"
-_PLAN = "plan.json"
-_CHUNK_FILE = re.compile(r"chunk-(\d+)\.(csv|parquet)")
-# pandas 3 reads a float written by to_csv back exactly by default; pandas 2 needs asking.
-_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-
-
-def _fingerprint(config: FitManyConfig, plan, ids: list[str], link: str,
-                 chunk_size: int) -> dict:
-    """What must be the same for a rerun to reuse saved chunks: the model, the method and
-    its options, the datasets (labels in order, and a digest of their values) and how they
-    are split into chunks."""
-    table = plan.table
-    digest = hashlib.sha256(json.dumps([str(c) for c in table.columns]).encode())
-    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
-    model = config.model_kwargs()
-    model.pop("link")
-    record = {"jaxglmm_version": __version__, "formula": config.formula,
-              "family": plan.spec.family.name, "link": link, "method": plan.method,
-              "options": config.options, **model, "chunk_size": chunk_size,
-              "datasets": list(ids), "data": digest.hexdigest()}
-    return json.loads(json.dumps(record, default=str))   # as it reads back from plan.json
-
-
-def _planned_chunk_size(folder: Path) -> int | None:
-    """The chunk size of a run saved in ``folder`` (a rerun with no ``chunk_size`` key goes
-    on with it)."""
-    try:
-        size = json.loads((folder / _PLAN).read_text(encoding="utf-8")).get("chunk_size")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
-
-
-def _open_chunks(folder: Path, fingerprint: dict) -> dict[int, Path]:
-    """The saved chunks of this run (``{chunk: file}``), after checking that ``folder``
-    holds this run's plan; a new folder gets the plan written first."""
-    plan_file = folder / _PLAN
-    if plan_file.is_file():
-        try:
-            saved = json.loads(plan_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise UsageError(f"cannot read {plan_file} ({err}); delete {folder} to start "
-                             "over") from None
-        differ = [k for k in fingerprint if not isinstance(saved, dict)
-                  or saved.get(k) != fingerprint[k]]
-        if differ:
-            raise UsageError(
-                f"{folder} holds the chunks of a different fit-many run (its "
-                f"{', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from "
-                f"this config's): choose another output folder (-o FOLDER), or delete "
-                f"{folder} to start over")
-    elif _chunk_files(folder):
-        raise UsageError(f"{folder} holds chunk files but no {_PLAN}, so they cannot be "
-                         f"checked against this run: choose another output folder (-o "
-                         f"FOLDER), or delete {folder} to start over")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(plan_file, (json.dumps(fingerprint, indent=1) + "\n").encode())
-    for stale in folder.iterdir():       # the temporary file of a killed write
-        if stale.name.startswith(".") and ".tmp-" in stale.name:
-            stale.unlink(missing_ok=True)
-    return _chunk_files(folder)
-
-
-def _chunk_files(folder: Path) -> dict[int, Path]:
-    found = {}
-    if folder.is_dir():
-        for path in sorted(folder.iterdir()):
-            match = _CHUNK_FILE.fullmatch(path.name)
-            if match:
-                found.setdefault(int(match.group(1)), path)
-    return found
-
-
-def _save_chunk(folder: Path, plan, ids: list[str], k: int, table: pd.DataFrame,
-                fmt: str) -> None:
-    """Chunk ``k``'s table, labelled with the run's dataset ids, written whole."""
-    table = table.copy()
-    table["dataset"] = [ids[i] for i in plan.chunks[k]]
-    content = _table_bytes(table, fmt) if fmt == "parquet" else \
-        table.to_csv(index=False).encode("utf-8")
-    _write_atomic(folder / f"chunk-{k:06d}.{fmt}", content)
-
-
-def _read_chunks(folder: Path, plan, ids: list[str]) -> pd.DataFrame:
-    """The saved chunks as one table, in dataset order (each checked to be the chunk)."""
-    files = _chunk_files(folder)
-    floats = list(plan.spec.fixef_names) + ["loglik"]
-    parts = []
-    for k, chunk in enumerate(plan.chunks):
-        path = files.get(k)
-        if path is None:
-            raise UsageError(f"chunk {k} is missing from {folder}; run again to fit it")
-        if path.suffix == ".parquet":
-            part = pd.read_parquet(path)
-        else:
-            part = pd.read_csv(path, dtype={"dataset": str, "message": str,
-                                            **{c: float for c in floats}},
-                               keep_default_na=False, na_values={c: [""] for c in floats},
-                               **_EXACT_FLOATS)
-        if part["dataset"].tolist() != [ids[i] for i in chunk]:
-            raise UsageError(f"{path} does not hold chunk {k}'s datasets; delete {folder} "
-                             "to start over")
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True)
-
-
-def _table_bytes(table: pd.DataFrame, fmt: str) -> bytes:
-    if fmt == "parquet":
-        buffer = io.BytesIO()
-        table.to_parquet(buffer, index=False)
-        return buffer.getvalue()
-    return table.to_csv(index=False).encode("utf-8")
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    """``content`` into ``path`` whole or not at all: a temporary file beside it, flushed
-    to disk, then renamed over it."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):   # the rename itself, on file systems that allow it
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _discard_if_empty(folder: Path, created: Path | None) -> None:
-    """After a failed run: a chunks folder with no chunk in it goes (and the output folder,
-    if this run made it and it is now empty)."""
-    if folder.is_dir() and not _chunk_files(folder):
-        shutil.rmtree(folder, ignore_errors=True)
-        if created is not None:
-            with contextlib.suppress(OSError):
-                created.rmdir()
+def _parquet_bytes(table: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -612,7 +445,7 @@ def _outputs_of(config) -> set[str]:
         names.add("confint.csv")
     if config.bootstrap is not None:
         names.add("bootstrap.csv")
-    if config.resolved_method() in BAYES_METHODS:
+    if get_method(config.resolved_method()).bayesian:
         names.add("draws.nc")
     return names
 

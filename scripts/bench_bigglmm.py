@@ -7,7 +7,7 @@
    (316 subjects x 24 items, 7,584 rows): jaxglmm warm against glmer and glmmTMB warm.
 3. A large crossed bernoulli GLMM, ``y ~ x + (1 | a) + (1 | b)``, 60,000 rows, 4,000 x 800
    levels: the Laplace Hessian with L21 sparse (the default from this size) against the
-   dense blocks (``core.resystem.SPARSE_MIN_WORK`` raised), first and warm fits in one
+   dense blocks (``core.sparse.SPARSE_MIN_WORK`` raised), first and warm fits in one
    process, and glmer and glmmTMB's first fits on the same rows.
 
 Timings are wall-clock seconds, the fastest of the repeats (the machine may be shared: the
@@ -127,11 +127,11 @@ def simulate_crossed(n: int = 60_000, g1: int = 4000, g2: int = 800, seed: int =
 
 def crossed_jaxglmm(df: pd.DataFrame) -> dict:
     import jaxglmm as jg
-    from jaxglmm.core import resystem
+    from jaxglmm.core import sparse as sps
     out = {}
-    default = resystem.SPARSE_MIN_WORK
+    default = sps.SPARSE_MIN_WORK
     for name, work in (("sparse", default), ("dense", float("inf"))):
-        resystem.SPARSE_MIN_WORK = work
+        sps.SPARSE_MIN_WORK = work
         t0 = time.perf_counter()
         model = jg.Model(FORMULA_CROSSED, df, family="binomial")
         fit = model.fit("laplace")
@@ -139,7 +139,7 @@ def crossed_jaxglmm(df: pd.DataFrame) -> dict:
         fit, warm, _ = refits(model, 2)
         out[name] = {"first": first, "warm": warm, "loglik": fit.loglik,
                      "theta": list(map(float, fit.theta)), "n_iter": fit.n_iter}
-    resystem.SPARSE_MIN_WORK = default
+    sps.SPARSE_MIN_WORK = default
     return out
 
 

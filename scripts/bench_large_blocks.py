@@ -26,6 +26,7 @@ import pandas as pd
 
 import jaxglmm as jg
 from jaxglmm.fit import likelihood
+from jaxglmm.methods import get_method
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = json.loads((ROOT / "tests" / "data" / "large_blocks_reference.json").read_text())
@@ -75,9 +76,11 @@ def bench(case: str, use_r: bool) -> dict:
     warm = time.perf_counter() - start
     problem = model.problem
     theta0, phi0 = problem.starts
-    start_arg = theta0 if likelihood.uses_lmm(problem, ref["method"]) else phi0
-    size = len(likelihood._program(problem, ref["method"], 1).lower(problem.arrays,
-                                                                    start_arg).as_text())
+    spec = get_method(ref["method"])
+    lmm = likelihood.uses_lmm(problem, spec)
+    start_arg = theta0 if lmm else phi0
+    size = len(likelihood._program(problem, lmm, spec.reml, 1).lower(problem.arrays,
+                                                                     start_arg).as_text())
     return {"case": case, "q": max(f.q for f in problem.structure.factors),
             "groups": problem.structure.factors[0].n_levels, "rows": len(data),
             "trace_s": round(ev.get("jaxpr_trace_duration", 0.0), 2),

@@ -38,13 +38,14 @@ def main():
 
     import jaxglmm as jg
     from bench_scale import MOVIELENS, movielens_data
-    from jaxglmm.core import lmm, resystem as rs
+    from jaxglmm.core import restructure as rs, sparse as sps
+    from jaxglmm.design.sparse import sparse_lmm_data
 
     model = jg.Model(MOVIELENS, movielens_data())
     s = model.problem.structure
-    d = lmm.sparse_lmm_data(s, model.problem.arrays)
+    d = sparse_lmm_data(s, model.problem.arrays)
     theta = jnp.asarray([0.447, 0.548])                   # near the ML optimum
-    S = np.asarray(jax.jit(lambda d, t: rs.sparse_schur(s, rs.lambdas(s, t), d.sp)[3])(d, theta))
+    S = np.asarray(jax.jit(lambda d, t: sps.sparse_schur(s, rs.lambdas(s, t), d.sp)[3])(d, theta))
     S = np.tril(S) + np.tril(S, -1).T
     k = s.p2
     A = S[:k, :k]

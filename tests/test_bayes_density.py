@@ -133,9 +133,9 @@ def test_diagnostics_match_arviz(case):
 def test_exact_marginal_likelihood_and_conditional_draws(formula, dataset):
     """The unprofiled LMM density equals the ML log-likelihood at the ML estimates; the
     conditional draw with eps = 0 is the conditional mode, and the draws' covariance is
-    sigma^2 A^{-1} (its diagonal blocks against resystem.conditional_covariances)."""
+    sigma^2 A^{-1} (its diagonal blocks against blocked.conditional_covariances)."""
     from jaxglmm.core import lmm
-    from jaxglmm.core import resystem as rs
+    from jaxglmm.core import blocked, restructure as rs
     model = jg.Model(formula, jg.load_dataset(dataset))
     fit = model.fit("ml")
     s = model.structure
@@ -150,8 +150,8 @@ def test_exact_marginal_likelihood_and_conditional_draws(formula, dataset):
     M = np.asarray(cols - u0).T
     cov = M @ M.T
     lams = rs.lambdas(s, theta)
-    ch = rs.factor(*rs.scaled_system(s, lams, d.cp))
-    blocks = rs.conditional_covariances(ch, s)
+    ch = blocked.factor(*blocked.scaled_system(s, lams, d.cp))
+    blocks = blocked.conditional_covariances(ch, s)
     G1, q1 = blocks[0].shape[:2]
     for g in range(G1):
         np.testing.assert_allclose(cov[g * q1:(g + 1) * q1, g * q1:(g + 1) * q1],
@@ -177,9 +177,9 @@ def test_exact_marginal_posterior_equals_the_joint_density_integrated():
     L, sd = np.asarray(sites["L_0"]), np.asarray(sites["sd_0"])
     lam = np.diag(sd) @ L / sigma
     theta = jnp.asarray([lam[0, 0], lam[1, 0], lam[1, 1]])
-    from jaxglmm.core import resystem as rs
-    ch = rs.factor(*rs.scaled_system(model.structure, rs.lambdas(model.structure, theta),
+    from jaxglmm.core import blocked, restructure as rs
+    ch = blocked.factor(*blocked.scaled_system(model.structure, rs.lambdas(model.structure, theta),
                                      bm.data["lmm"].cp))
-    logdet_a = float(rs.logdet_z(ch, 0))
+    logdet_a = float(blocked.logdet_z(ch, 0))
     log_cond = -0.5 * 36 * np.log(2 * np.pi) + 0.5 * logdet_a
     assert collapsed == pytest.approx(joint - log_cond, rel=1e-10)

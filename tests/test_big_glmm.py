@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import jaxglmm as jg
-from jaxglmm.core.glmm_sparse import SparseLaplace, canonical_kernel
+from jaxglmm.core.glmm_sparse import SparseLaplace
 from jaxglmm.core.laplace import GlmmModel
 from jaxglmm.families import get_family
 from jaxglmm.fit import likelihood as L
@@ -93,9 +93,9 @@ def _crossed(n=3000, g1=200, g2=60, seed=0):
     "y ~ x + (1 + x | a) + (1 | b)",              # slopes in the first factor
     "y ~ x + (1 | a) + (x || b)"])                # two terms in a dense factor
 def test_sparse_blocks_equal_the_dense_blocks(formula):
-    """The Laplace Hessian with L21 sparse (core.glmm_sparse.sparse_pattern) against the
+    """The Laplace Hessian with L21 sparse (design.sparse.sparse_pattern) against the
     dense blocks: deviance, conditional mode and exact gradient to 1e-10."""
-    from jaxglmm.core.glmm_sparse import sparse_pattern
+    from jaxglmm.design.sparse import sparse_pattern
     p = jg.Model(formula, _crossed(), family="binomial").problem
     s, a = p.structure, p.arrays
     dense = SparseLaplace(s, p.family, a, 0)
@@ -113,12 +113,12 @@ def test_sparse_blocks_equal_the_dense_blocks(formula):
 def test_large_crossed_glmm_takes_the_sparse_blocks(monkeypatch):
     """Past SPARSE_MIN_WORK a crossed Laplace fit runs on the sparse pattern, to the dense
     blocks' fit."""
-    from jaxglmm.core import glmm_sparse, resystem
+    from jaxglmm.core import glmm_sparse, sparse as sps
     df = _crossed()
     m = jg.Model("y ~ x + (1 | a) + (1 | b)", df, family="binomial")
     assert not glmm_sparse.uses_sparse_blocks(m.problem.structure)     # 200 * 60^2: small
     dense = m.fit("laplace")
-    monkeypatch.setattr(resystem, "SPARSE_MIN_WORK", 1e5)
+    monkeypatch.setattr(sps, "SPARSE_MIN_WORK", 1e5)
     m = jg.Model("y ~ x + (1 | a) + (1 | b)", df, family="binomial")
     assert glmm_sparse.uses_sparse_blocks(m.problem.structure)
     sparse = m.fit("laplace")
@@ -136,10 +136,33 @@ def test_canonical_kernels_are_the_families_kernels():
         trials = jnp.asarray(rng.integers(1, 6, 200), float) if name == "binomial" else jnp.ones(200)
         y = jnp.asarray(rng.binomial(np.asarray(trials, int), 0.4), float) if name != "poisson" \
             else jnp.asarray(rng.poisson(2.0, 200), float)
-        ours, _ = canonical_kernel(fam)
+        ours, _ = fam.canonical_parts()
         theirs, _ = fam.loglik_parts()
         np.testing.assert_allclose(ours(y, eta, trials, {}), theirs(y, eta, trials, {}),
                                    rtol=1e-14, atol=1e-13)
+
+
+def test_fast_kernel_is_declared_by_the_family_not_its_name(monkeypatch):
+    """The closed-form kernel is the family's attribute: a binomial re-registered under
+    another name keeps it; a family that declares none (a probit link, a binomial with its
+    own log-likelihood) takes the general path, the family's own kernel."""
+    from dataclasses import replace
+
+    from jaxglmm.families import registry
+    factory = registry.FAMILIES["binomial"]
+    monkeypatch.setitem(registry.FAMILIES, "my_binomial",
+                        lambda link: replace(factory(link), name="my_binomial"))
+    monkeypatch.setitem(registry.DEFAULT_LINKS, "my_binomial", "logit")
+    p = jg.Model("y ~ x + (1 | g)", simulated(n=200, groups=10), family="binomial").problem
+    renamed = get_family("my_binomial")
+    fast = SparseLaplace(p.structure, renamed, p.arrays, 0)
+    assert fast.canonical and fast.kernel is get_family("binomial").canonical_parts()[0]
+    base = get_family("binomial")
+    own = replace(base, loglik=lambda y, eta, trials, fp: base.loglik(y, eta, trials, fp))
+    for fam in (get_family("my_binomial", "probit"), own):
+        general = SparseLaplace(p.structure, fam, p.arrays, 0)
+        assert not general.canonical and fam.canonical_parts() is None
+        assert general.kernel is fam.loglik_parts()[0]
 
 
 def test_verbose_prints_the_objective_at_each_evaluation(capfd):

@@ -478,3 +478,42 @@ def test_read_table_on_a_user_csv(tmp_path):
     assert t["label"].tolist()[:2] == ["a, b", 'c "q"']
     with pytest.raises(FileNotFoundError, match="data file not found"):
         read_table(tmp_path / "missing.csv")
+
+
+# ----------------------------------------------------------------------------- a model's design
+def test_a_model_design_rebuilds_its_own_data_and_reads_re_form():
+    """design.model_design assembles a parameter formula as linear predictor 1 (a correlation
+    ID merging its term with the main one) and a categorical response per category; rebuilt
+    on the training rows (design.new_design, core's prediction_arrays) it gives the fit's
+    own X, offset and group indices.  re_form picks terms by (formula, label)."""
+    from jaxglmm.core.problem import make_problem, prediction_arrays
+    from jaxglmm.design import model_design, new_design, re_masks, re_terms, used_columns
+    rng = np.random.default_rng(3)
+    n = 60
+    data = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n),
+                         "g": rng.choice(list("abcde"), n), "h": rng.choice(list("uvw"), n),
+                         "y": rng.poisson(1.0, n), "c": rng.choice(list("pqr"), n)})
+    zip_family = get_family("zero_inflated_poisson")
+    design, family = model_design("y ~ x + (1 | p | g) + (1 | h)", data, zip_family,
+                                  dpars={"zi": "~ z + (1 | p | g)"})
+    assert design.n_channels == 2 and design.fixef_channels == (0, 0, 1, 1)
+    assert design.fixef_names == ("Intercept", "x", "zi_Intercept", "zi_z")
+    assert ("dpar", "zi") in family.variant and len(design.parts) == 2
+    problem = make_problem(design, family)
+    assert problem.structure.n_channels == 2
+    again = prediction_arrays(new_design(design, data))
+    np.testing.assert_array_equal(np.asarray(again.X), np.asarray(problem.arrays.X))
+    np.testing.assert_array_equal(np.asarray(again.offset), np.asarray(problem.arrays.offset))
+    for a, b in zip(again.index, problem.arrays.index):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chosen = re_terms(design, "~(1 | p | g)")
+    assert chosen == {(0, "g"), (1, "g")}
+    masks = re_masks(design, problem.structure.factors, chosen)
+    assert [m.tolist() for m in masks] == [[1.0, 1.0], [0.0]]
+    assert used_columns(design, None) == ["x", "z"]
+    assert re_terms(design, "~0") is None and re_terms(design, None) == "all"
+    with pytest.raises(ValueError, match="not a random-effect term"):
+        re_terms(design, "~(1 | x)")
+    cat, _ = model_design("c ~ x + (1 | g)", data, CATEGORICAL)
+    assert cat.n_channels == 2 and cat.fixef_names == ("q:Intercept", "q:x", "r:Intercept", "r:x")
+    np.testing.assert_array_equal(new_design(cat, data.head(7), True, False).X, cat.X[:7])

@@ -573,7 +573,7 @@ def test_bounded_binomial_sampler_is_binomial():
     small integer trials) has the binomial's pmf: chi-square against it, trials 0 to 7;
     simulate picks it for cbpp's trials and falls back to jax's sampler past the bound."""
     from scipy.stats import binom, chisquare
-    from jaxglmm.results.result import _trials_bound
+    from jaxglmm.results.simulate import trials_bound as _trials_bound
     fam = get_family("binomial")
     trials = np.repeat(np.arange(8.0), 5000)
     eta = np.full(trials.size, -0.4)

@@ -23,8 +23,8 @@ def ss():
 
 
 @pytest.fixture(scope="module")
-def cbpp_fit():
-    return jg.Model(CBPP, jg.load_dataset("cbpp"), "binomial").fit()
+def cbpp_fit(shared_fit):
+    return shared_fit(CBPP, "cbpp", "binomial", "laplace")
 
 
 def check_anova(table, ref, atol=1e-4, chisq_atol=1e-4):

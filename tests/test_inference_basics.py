@@ -19,9 +19,8 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def fits():
-    return {case: jg.Model(f, jg.load_dataset(d), fam).fit(method)
-            for case, (f, d, fam, method) in CASES.items()}
+def fits(shared_fit):
+    return {case: shared_fit(f, d, fam, method) for case, (f, d, fam, method) in CASES.items()}
 
 
 def rel(ours, theirs) -> float:

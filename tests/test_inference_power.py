@@ -12,8 +12,8 @@ LMM = "Reaction ~ Days + (Days | Subject)"
 
 
 @pytest.fixture(scope="module")
-def ss_fit():
-    return jg.Model(LMM, jg.load_dataset("sleepstudy")).fit("ml")
+def ss_fit(shared_fit):
+    return shared_fit(LMM, "sleepstudy", "gaussian", "ml")
 
 
 def test_zero_weight_levels_leave_the_others_fit_alone():

@@ -19,14 +19,14 @@ FRESH = json.loads((DATA / "influence_reference.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def sleep_fit():
-    return jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy")).fit()
+def sleep_fit(shared_fit):
+    return shared_fit("Reaction ~ Days + (Days | Subject)", "sleepstudy", "gaussian", "reml")
 
 
 @pytest.fixture(scope="module")
-def cbpp_fit():
-    return jg.Model("cbind(incidence, size - incidence) ~ period + (1 | herd)",
-                    jg.load_dataset("cbpp"), family="binomial").fit("laplace")
+def cbpp_fit(shared_fit):
+    return shared_fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", "cbpp",
+                      "binomial", "laplace")
 
 
 def _close(a, b, tol):

@@ -25,6 +25,7 @@ import pytest
 import jaxglmm as jg
 from jaxglmm.core import linalg
 from jaxglmm.fit import likelihood
+from jaxglmm.methods import get_method
 from jaxglmm.fit.cache import batched_lapack_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,9 +100,11 @@ def test_fit_programs_hold_no_batched_lapack_kernel(small, case):
     ref = REF[case]
     family = "poisson" if ref["method"] == "laplace" else "gaussian"
     problem = jg.Model(ref["formula"], small, family=family).problem
-    fn = likelihood._program(problem, ref["method"], 1)
+    spec = get_method(ref["method"])
+    lmm = likelihood.uses_lmm(problem, spec)
+    fn = likelihood._program(problem, lmm, spec.reml, 1)
     theta0, phi0 = problem.starts
-    start = theta0 if likelihood.uses_lmm(problem, ref["method"]) else phi0
+    start = theta0 if lmm else phi0
     text = fn.lower(problem.arrays, start).compile().as_text()
     assert "lapack_" in text or ref["method"] == "laplace"     # the dense block's, unbatched
     assert batched_lapack_calls(text) == []

@@ -204,7 +204,8 @@ def test_prepared_refits_compile_nothing_more():
     assert seconds > 0
     before = cache.n_compiled()
     prepared = jg.refit_many(fit, Y, progress=False)
-    assert cache.n_compiled() == before and prepared.seconds["compile"] < 0.05
+    # n_compiled counts every XLA compile of the process (a timed bound would be flaky here)
+    assert cache.n_compiled() == before
     cache.clear_caches()
     fresh = jg.refit_many(fit, Y, progress=False)
     np.testing.assert_allclose(prepared.fixef.to_numpy(), fresh.fixef.to_numpy(), rtol=1e-10)

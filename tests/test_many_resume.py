@@ -1,4 +1,5 @@
-"""``jaxglmm fit-many`` saves each finished chunk in OUTPUT/chunks/ and resumes: a run killed
+"""``jaxglmm fit-many`` saves each finished chunk in OUTPUT/chunks/ (the checkpoint of
+``jg.fit_many(..., checkpoint=)``, tests/test_many_checkpoint.py) and resumes: a run killed
 midway (SIGKILL, in a subprocess) and run again ends with the same table, to the last bit,
 as a run never stopped; a changed config refuses the old chunks; Parquet output too.
 
@@ -19,8 +20,8 @@ import pytest
 import yaml
 
 import jaxglmm as jg
-from jaxglmm import cli
 from jaxglmm.cli import main
+from jaxglmm.many.checkpoint import Checkpoint
 from test_many_executor import sleepstudy_sims as executor_sims
 
 N_SIMS, CHUNK = 12, 3
@@ -65,13 +66,13 @@ def uninterrupted(folder) -> Path:
 
 def interrupt_after_first_chunk(monkeypatch):
     """An in-process Ctrl-C just after chunk 0 is saved."""
-    save = cli._save_chunk
+    save = Checkpoint.save
 
-    def save_then_stop(folder, plan, ids, k, table, fmt):
-        save(folder, plan, ids, k, table, fmt)
+    def save_then_stop(self, k, fits):
+        save(self, k, fits)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_save_chunk", save_then_stop)
+    monkeypatch.setattr(Checkpoint, "save", save_then_stop)
 
 
 def chunk_files(out: Path) -> list[str]:
@@ -102,11 +103,12 @@ def test_an_uninterrupted_run_writes_one_row_per_dataset_and_no_chunks(uninterru
 SLOW_CLI = """
 import sys, time
 import jaxglmm.cli as cli
-fit = cli.fit_chunk
+import jaxglmm.many.batch as batch
+fit = batch.fit_chunk
 def slow(payload):
     time.sleep(1.0)
     return fit(payload)
-cli.fit_chunk = slow
+batch.fit_chunk = slow
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -132,7 +134,7 @@ def test_a_killed_run_resumes_to_the_same_table(folder, uninterrupted):
     saved = chunk_files(out)
     assert 1 <= len(saved) < N_CHUNKS, saved
     # A write the kill cut short: a temporary file, which the rerun removes.
-    (out / "chunks" / ".chunk-000003.csv.tmp-99999-deadbeef").write_text("dataset,Interc")
+    (out / "chunks" / ".chunk-000003.npz.tmp-99999-deadbeef").write_text("dataset,Interc")
 
     status, stdout, err = run(config)
     assert status == 0, err
@@ -155,7 +157,7 @@ def stopped(folder, tmp_path, monkeypatch) -> Path:
         status, _, err = run(config)
     assert status == 130, err
     assert err.strip().endswith("run the same command again to fit the rest"), err
-    assert chunk_files(tmp_path / "out_stopped") == ["chunk-000000.csv"]
+    assert chunk_files(tmp_path / "out_stopped") == ["chunk-000000.npz"]
     return config
 
 
@@ -173,7 +175,7 @@ def test_a_changed_config_refuses_the_saved_chunks(stopped, change, named):
     assert "\n" not in line and line.startswith("jaxglmm: error: ")
     assert "different fit-many run" in line and named in line
     assert "choose another output folder" in line and "delete" in line and "chunks" in line
-    assert chunk_files(stopped.parent / "out_stopped") == ["chunk-000000.csv"]   # kept
+    assert chunk_files(stopped.parent / "out_stopped") == ["chunk-000000.npz"]   # kept
 
 
 def test_changed_data_refuses_the_saved_chunks(stopped):
@@ -199,7 +201,7 @@ def test_parquet_output_resumes_to_the_same_table(folder, uninterrupted, monkeyp
     with monkeypatch.context() as patch:
         interrupt_after_first_chunk(patch)
         assert run(config)[0] == 130
-    assert chunk_files(folder / "out_parquet") == ["chunk-000000.parquet"]
+    assert chunk_files(folder / "out_parquet") == ["chunk-000000.npz"]
     status, _, err = run(config)
     assert status == 0, err
     out = folder / "out_parquet"

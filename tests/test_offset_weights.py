@@ -120,7 +120,7 @@ def shifted_by_constant_offset(model: jg.Model, x: np.ndarray) -> np.ndarray:
         x[t + p] += C
     else:
         idx = intercepts(model)
-        assert len(idx) == model.n_channels
+        assert len(idx) == model.structure.n_channels
         x[t + np.array(idx)] -= C
     return x
 
@@ -161,7 +161,7 @@ def five_models(family: str):
 
 def random_points(model: jg.Model, k: int, rng) -> np.ndarray:
     s, p = model.structure, model.design.n_fixef
-    phi0 = np.asarray(model._phi0())
+    phi0 = np.asarray(model.problem.phi0)
     return np.stack([np.concatenate([s.theta_init() * rng.uniform(0.3, 1.2, s.n_theta),
                                      rng.normal(0.0, 0.4, p),
                                      phi0 + rng.normal(0.0, 0.2, phi0.size)])

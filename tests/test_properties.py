@@ -22,7 +22,7 @@ def central_differences(f, x, h=1e-5):
 
 
 def glmm_objective(model: jg.Model, n_agq=1):
-    gm = GlmmModel(model.structure, model.family, model.arrays, int(model._phi0().shape[0]))
+    gm = GlmmModel(model.structure, model.family, model.arrays, int(model.problem.phi0.shape[0]))
     if n_agq == 1:
         return gm, jax.jit(lambda x: gm.laplace_deviance(x)[0])
     return gm, jax.jit(lambda x: gm.agq_deviance(x, n_agq)[0])
@@ -40,7 +40,7 @@ def test_laplace_gradient_matches_finite_differences(dataset, formula, family, n
     rng = np.random.default_rng(1)
     # an arbitrary point away from the optimum: theta off-diagonals nonzero, beta perturbed
     x = np.concatenate([model.structure.theta_init() * 0.7 + 0.05,
-                        rng.normal(0, 0.3, model.design.n_fixef), np.asarray(model._phi0())])
+                        rng.normal(0, 0.3, model.design.n_fixef), np.asarray(model.problem.phi0)])
     g_auto = np.asarray(jax.grad(f)(jnp.asarray(x)))
     g_fd = central_differences(lambda z: float(f(jnp.asarray(z))), x)
     np.testing.assert_allclose(g_auto, g_fd, rtol=2e-5, atol=2e-5 * np.abs(g_fd).max())
@@ -141,6 +141,7 @@ def test_refit_many_parametric_bootstrap_lmm():
         np.testing.assert_allclose(many.fixef.iloc[i], single.fixef, rtol=1e-6)
 
 
+@pytest.mark.multidevice
 def test_fit_many_shards_across_devices_and_matches_single_fits():
     import jax
     rng = np.random.default_rng(9)

@@ -170,8 +170,8 @@ def test_a_confidence_level_given_as_text_is_refused(many):
 
 
 @pytest.fixture(scope="module")
-def uncorrelated():
-    return jg.fit("Reaction ~ Days + (Days || Subject)", jg.load_dataset("sleepstudy"))
+def uncorrelated(shared_fit):
+    return shared_fit("Reaction ~ Days + (Days || Subject)", "sleepstudy", "gaussian", "reml")
 
 
 def test_double_bar_terms_are_named_as_lme4_names_them(uncorrelated):

@@ -28,8 +28,8 @@ def grouse():
 
 
 @pytest.fixture(scope="module")
-def sleep():
-    return jg.fit(SLEEP, jg.load_dataset("sleepstudy"))
+def sleep(shared_fit):
+    return shared_fit(SLEEP, "sleepstudy", "gaussian", "reml")
 
 
 # ----------------------------------------------------------------------------- 2: ordinal

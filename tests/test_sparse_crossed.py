@@ -1,4 +1,4 @@
-"""The sparse crossed LMM path (core.resystem.SparseSystem, fit.likelihood.fit_lmm_sparse)
+"""The sparse crossed LMM path (design.sparse.SparseSystem, core.sparse, fit.likelihood.fit_lmm_sparse)
 against the dense blocked path: the same deviance at any theta, the same fit."""
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,10 @@ import pytest
 
 import jaxglmm as jg
 from jaxglmm.core import lmm
-from jaxglmm.core import resystem as rs
+from jaxglmm.core import blocked, restructure as rs, sparse as sps
+from jaxglmm.design.sparse import lapack_cholesky_inverse, sparse_lmm_data, sparse_theta_start
 from jaxglmm.fit import likelihood
+from jaxglmm.methods import get_method
 
 CASES = [
     ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)"),          # crossed
@@ -48,14 +50,14 @@ def test_sparse_deviance_and_parts_equal_dense(name, formula, reml):
     m = _model(name, formula)
     s, a = m.problem.structure, m.problem.arrays
     p = a.X.shape[1]
-    d, sd = lmm.lmm_data(s, a), lmm.sparse_lmm_data(s, a)
+    d, sd = lmm.lmm_data(s, a), sparse_lmm_data(s, a)
 
     @jax.jit
     def both(theta):
         P = lmm.profiled_parts(s, d.cp, theta, d.n, p, reml, d.sum_log_w, full=True)
         Q = lmm.sparse_profiled_parts(s, sd, theta, p, reml, full=True)
-        return (P, Q, rs.conditional_covariances(P.chol, s),
-                rs.sparse_conditional_covariances(Q.chol, sd.sp, s, rs.lambdas(s, theta)))
+        return (P, Q, blocked.conditional_covariances(P.chol, s),
+                sps.sparse_conditional_covariances(Q.chol, sd.sp, s, rs.lambdas(s, theta)))
 
     def close(x, y):        # to 1e-10 relative to the quantity's size
         x, y = np.asarray(x), np.asarray(y)
@@ -119,10 +121,11 @@ def _crossed(n_rows, g1, g2, g3, seed=0):
 
 def test_path_is_picked_by_size():
     small = _model(*CASES[0])
-    assert not likelihood.uses_sparse_lmm(small.problem, "ml")
+    assert not likelihood.uses_sparse_lmm(small.problem, get_method("ml"))
     big = jg.Model("y ~ x + (1 | a) + (1 | b)", _crossed(20_000, 3000, 400, 1))
-    assert likelihood.uses_sparse_lmm(big.problem, "ml")
-    assert not likelihood.uses_sparse_lmm(big.problem, "laplace") or big.problem.exact_lmm
+    assert likelihood.uses_sparse_lmm(big.problem, get_method("ml"))
+    assert not likelihood.uses_sparse_lmm(big.problem, get_method("laplace")) \
+        or big.problem.exact_lmm
 
 
 @pytest.mark.slow
@@ -130,10 +133,10 @@ def test_sparse_large_crossed_equals_dense():
     """A crossed and partly nested design large enough to take the sparse path by default,
     against the dense path's compiled fit."""
     m = jg.Model("y ~ x + (1 | a) + (1 | b) + (1 | c)", _crossed(20_000, 3000, 400, 20))
-    assert likelihood.uses_sparse_lmm(m.problem, "ml")
+    assert likelihood.uses_sparse_lmm(m.problem, get_method("ml"))
     sparse = m.fit("ml")
-    raw = likelihood._program(m.problem, "ml", 1)(m.problem.arrays,
-                                             m.problem.starts[0])
+    raw = likelihood._program(m.problem, True, False, 1)(m.problem.arrays,
+                                                         m.problem.starts[0])
     assert abs(sparse.loglik + 0.5 * float(raw.deviance)) < 1e-6
     np.testing.assert_allclose(sparse.fixef.values, np.asarray(raw.beta), atol=1e-6)
 
@@ -159,8 +162,8 @@ def test_closed_form_gradient_equals_central_differences(formula, weights, reml)
     df["w"] = np.random.default_rng(4).uniform(0.5, 2.0, len(df))
     m = jg.Model(formula, df, weights=weights) if weights else jg.Model(formula, df)
     s, a = m.problem.structure, m.problem.arrays
-    assert rs.scalar_blocks(s)
-    sd, p = lmm.sparse_lmm_data(s, a), a.X.shape[1]
+    assert sps.scalar_blocks(s)
+    sd, p = sparse_lmm_data(s, a), a.X.shape[1]
     dev = jax.jit(lambda th: lmm.sparse_profiled_parts(s, sd, th, p, reml, full=False))
     device = jax.jit(lambda th: lmm.sparse_deviance_gradient(s, sd, th, p, reml))
     staged = likelihood._sparse_lmm_gradient_program(s, reml)
@@ -178,18 +181,18 @@ def test_closed_form_gradient_equals_central_differences(formula, weights, reml)
 
 
 def test_scalar_blocks_only_take_the_gradient():
-    assert rs.scalar_blocks(_model(*CASES[0]).problem.structure)
-    assert not rs.scalar_blocks(_model(*CASES[2]).problem.structure)
-    assert not rs.scalar_blocks(_model(*CASES[3]).problem.structure)
+    assert sps.scalar_blocks(_model(*CASES[0]).problem.structure)
+    assert not sps.scalar_blocks(_model(*CASES[2]).problem.structure)
+    assert not sps.scalar_blocks(_model(*CASES[3]).problem.structure)
 
 
 def test_moment_start_lands_near_the_optimum():
-    """lmm.sparse_theta_start (the gradient path's start) against the fitted theta, on a
+    """design.sparse.sparse_theta_start (the gradient path's start) against the fitted theta, on a
     crossed design with a small third factor, and the floor for a factor with no variance."""
     df = _crossed(6000, 400, 120, 12, seed=5)
     m = jg.Model("y ~ x + (1 | a) + (1 | b) + (1 | c)", df)
     s = m.problem.structure
-    start = lmm.sparse_theta_start(s, lmm.sparse_lmm_data(s, m.problem.arrays))
+    start = sparse_theta_start(s, sparse_lmm_data(s, m.problem.arrays))
     fit = m.fit("ml")
     ratio = start / np.maximum(np.abs(fit.optinfo["x"]), 0.05)     # theta is sign-free
     assert np.all((ratio > 0.5) & (ratio < 2.0)), (start, fit.optinfo["x"])
@@ -198,7 +201,7 @@ def test_moment_start_lands_near_the_optimum():
     df["y"] = rng.normal(size=len(df))
     m = jg.Model("y ~ 1 + (1 | a) + (1 | noise)", df)
     s = m.problem.structure
-    start = lmm.sparse_theta_start(s, lmm.sparse_lmm_data(s, m.problem.arrays))
+    start = sparse_theta_start(s, sparse_lmm_data(s, m.problem.arrays))
     assert np.all(start >= 0.05) and np.all(start < 0.3)
 
 
@@ -208,11 +211,11 @@ def test_finish_with_the_hosts_factor_equals_the_devices(reml):
     devices it factors itself: both give the same estimates and covariances."""
     m = _model(*CASES[0])
     s, a = m.problem.structure, m.problem.arrays
-    sd = lmm.sparse_lmm_data(s, a)
+    sd = sparse_lmm_data(s, a)
     _, _, finish = likelihood._sparse_lmm_programs(s, reml)
     x = jnp.asarray([0.9, 2.1])
     S = likelihood._sparse_schur_program(s)(sd, x)
-    L22, Sig = lmm.lapack_cholesky_inverse(np.asarray(S), s.p2)
+    L22, Sig = lapack_cholesky_inverse(np.asarray(S), s.p2)
     host = finish(sd, x, jnp.asarray(L22), jnp.asarray(Sig))
     device = finish(sd, x)
     for h, dv in zip(jax.tree_util.tree_leaves(host), jax.tree_util.tree_leaves(device)):

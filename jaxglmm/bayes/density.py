@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core import resystem as rs
+from ..core import restructure as rs
 from ..core.laplace import GlmmModel
 from ..core.lmm import conditional_u, lmm_data, marginal_loglik
 from ..core.predictor import joint_log_density
 from ..fit.aot import AheadOfTime
-from ..fit.cache import program
+from ..fit.cache import jit, program
 from .priors import kernel, lkj_log_normalizer, log_normalizer, resolve_priors
 
 # priors on parameters bounded below by zero (renormalised over the positive half)
@@ -48,7 +48,7 @@ class Layout:
     slope_cols: tuple[int, ...]
     col_channel: tuple[int, ...]
     p: int
-    terms: tuple                          # resystem TermSpecs in theta order
+    terms: tuple                          # restructure TermSpecs in theta order
     n_phi: int
     n_u: int
 
@@ -450,7 +450,7 @@ def _report_one(spec: Spec, d: dict, x_means) -> dict:
 # compiled per model spec, so a same-shape dataset reuses them
 def _report_fn(spec: Spec):
     """Site draws (N, ...) -> reported values."""
-    return program(("bayes-report", spec), lambda: jax.jit(lambda flat, x_means: jax.vmap(
+    return program(("bayes-report", spec), lambda: jit(lambda flat, x_means: jax.vmap(
         lambda d: _report_one(spec, d, x_means))(flat)))
 
 
@@ -479,10 +479,10 @@ def _post_fn(spec: Spec, marginal: bool, draw_u: bool = False):
             if draw_u:
                 return jax.vmap(lambda z, e: one(z, x_means, lmm, e))(zs, eps)
             return jax.vmap(lambda z: one(z, x_means))(zs)
-        return AheadOfTime(jax.jit(fn))
+        return AheadOfTime(jit(fn))
     return program(("bayes-post", spec, marginal, draw_u), build)
 
 
 def _lmm_data_fn(structure):
     return program(("lmm-data", structure),
-                   lambda: AheadOfTime(jax.jit(lambda a: lmm_data(structure, a))))
+                   lambda: AheadOfTime(jit(lambda a: lmm_data(structure, a))))

@@ -27,23 +27,18 @@ from numpyro.optim import optax_to_numpyro
 from ..core.laplace import GlmmModel
 from ..fit import likelihood
 from ..fit.aot import AheadOfTime
-from ..fit.cache import program
+from ..fit.cache import jit, program
 from ..fit.optimize import minimize, minimize_optax
 from .density import BayesModel, dimension, log_posterior
 
-NUTS_OPTIONS = {"chains", "warmup", "draws", "seed", "target_accept", "max_tree_depth",
-                "chain_method", "progress", "priors", "dense_mass", "init", "marginalize"}
-VI_OPTIONS = {"guide", "steps", "learning_rate", "draws", "seed", "rank", "progress", "priors",
-              "init", "marginalize"}
 INITS = ("centre", "ml")
-MAP_OPTIONS = {"draws", "seed", "priors", "maxiter", "optimizer", "init"}
 MAP_OPTIMIZERS = ("bfgs", "optax")
 
 
 def _start(bm: BayesModel) -> dict:
     """Site values at the maximum-likelihood (ML or Laplace) fit."""
     problem = bm.problem
-    raw = jax.device_get(likelihood.run(problem, "ml" if problem.exact_lmm else "laplace", {}))
+    raw = jax.device_get(likelihood.run_ml(problem))
     return bm.init_values(raw)
 
 
@@ -51,7 +46,7 @@ def _marginalize(bm: BayesModel, options: dict) -> bool:
     """Whether to sample the collapsed posterior (random effects integrated out exactly,
     then drawn from their exact conditional per draw).  Default: yes where that is exact
     (gaussian, identity link); ``marginalize=False`` samples u jointly (non-centred)."""
-    value = options.get("marginalize")
+    value = options["marginalize"]
     if value is None:
         return bm.spec.exact_marginal
     if value and not bm.spec.exact_marginal:
@@ -148,34 +143,35 @@ def _build_runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool, 
 
     axes = (0, 0, 0, None)
     chains_fn = jax.pmap(one_chain, in_axes=axes) if parallel else \
-        jax.jit(jax.vmap(one_chain, in_axes=axes))
+        jit(jax.vmap(one_chain, in_axes=axes))
     return AheadOfTime(chains_fn), bar
 
 
 def run_nuts(problem, options: dict):
-    bm = BayesModel(problem, options.get("priors"))
-    chains = int(options.get("chains", 4))
-    method = options.get("chain_method") or (
+    """NUTS; ``options`` hold every option of :data:`jaxglmm.methods.NUTS` (its settings)."""
+    bm = BayesModel(problem, options["priors"])
+    chains = int(options["chains"])
+    layout = options["chain_method"] or (
         "parallel" if len(jax.devices()) >= chains > 1 else "vectorized")
-    if method not in ("parallel", "vectorized"):
-        raise ValueError(f"chain_method must be 'parallel' or 'vectorized', got {method!r}")
-    if method == "parallel" and len(jax.devices()) < chains:
+    if layout not in ("parallel", "vectorized"):
+        raise ValueError(f"chain_method must be 'parallel' or 'vectorized', got {layout!r}")
+    if layout == "parallel" and len(jax.devices()) < chains:
         raise ValueError(f"chain_method 'parallel' needs {chains} devices, JAX sees "
                          f"{len(jax.devices())}; call numpyro.set_host_device_count({chains}) "
                          "before JAX starts, or use 'vectorized'")
-    settings = (int(options.get("warmup", 1000)), int(options.get("draws", 1000)),
-                float(options.get("target_accept", 0.8)), int(options.get("max_tree_depth", 10)),
-                bool(options.get("dense_mass", False)), show_progress(options.get("progress")))
+    settings = (int(options["warmup"]), int(options["draws"]), float(options["target_accept"]),
+                int(options["max_tree_depth"]), bool(options["dense_mass"]),
+                show_progress(options["progress"]))
     marginal = _marginalize(bm, options)
-    fn, bar = _runner(bm, settings, chains, method == "parallel", marginal)
-    seed = int(options.get("seed", 0))
+    fn, bar = _runner(bm, settings, chains, layout == "parallel", marginal)
+    seed = int(options["seed"])
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
     ids = np.arange(chains)
     dim = dimension(bm.blocks(marginal))
     # the sampler compiles in the background while the start is found and the function
     # from draws to reported values compiles here
     fn.prepare(ids, keys, np.zeros((chains, dim)), bm.data)
-    z0 = _starts(bm, options.get("init", "centre"), chains, seed, marginal=marginal)
+    z0 = _starts(bm, options["init"], chains, seed, marginal=marginal)
     bm.prepare_draws((chains, settings[1]), marginal, draw_u=marginal)
     if bar is not None:
         bar.reset()
@@ -187,7 +183,7 @@ def run_nuts(problem, options: dict):
     diag = {"divergences": int(np.sum(div)),
             "max_tree_depth_hits": int(np.sum(steps >= 2 ** settings[3] - 1)),
             "mean_tree_depth": float(np.mean(np.log2(steps + 1))),
-            "chain_method": method, "marginalized": marginal}
+            "chain_method": layout, "marginalized": marginal}
     return (bm,) + bm.draws_from_z(zs, marginal, draw_u=marginal, seed=seed + 1) + (diag,)
 
 
@@ -241,26 +237,25 @@ def _build_vi(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, progr
         state, losses = jax.lax.scan(step, state, jnp.arange(steps))
         return svi.get_params(state), losses
 
-    return AheadOfTime(jax.jit(run)), bar
+    return AheadOfTime(jit(run)), bar
 
 
 def run_vi(problem, options: dict):
-    bm = BayesModel(problem, options.get("priors"))
-    kind = options.get("guide", "meanfield")
+    """Variational inference; ``options``: every option of :data:`jaxglmm.methods.VI`."""
+    bm = BayesModel(problem, options["priors"])
+    kind = options["guide"]
     if kind not in ("meanfield", "lowrank"):
         raise ValueError(f"guide must be 'meanfield' or 'lowrank', got {kind!r}")
     marginal = _marginalize(bm, options)
     dim = dimension(bm.blocks(marginal))
-    rank = int(options.get("rank") or max(int(round(dim ** 0.5)), 1))
-    steps = int(options.get("steps", 20000))
-    draws = int(options.get("draws", 1000))
-    seed = int(options.get("seed", 0))
-    fn, bar = _vi_runner(bm, kind, rank, steps, float(options.get("learning_rate", 0.01)),
-                         show_progress(options.get("progress")), marginal)
+    rank = int(options["rank"] or max(int(round(dim ** 0.5)), 1))
+    steps, draws, seed = int(options["steps"]), int(options["draws"]), int(options["seed"])
+    fn, bar = _vi_runner(bm, kind, rank, steps, float(options["learning_rate"]),
+                         show_progress(options["progress"]), marginal)
     key = jax.random.PRNGKey(seed)
     fn.prepare(key, bm.data, np.zeros(dim))
     bm.prepare_draws((1, draws), marginal, draw_u=marginal)
-    z0 = _starts(bm, options.get("init", "centre"), 1, 0, jitter=False, marginal=marginal)[0]
+    z0 = _starts(bm, options["init"], 1, 0, jitter=False, marginal=marginal)[0]
     if bar is not None:
         bar.reset()
     params, losses = jax.device_get(fn(key, bm.data, z0))
@@ -289,7 +284,7 @@ def _build_map(spec, maxiter: int, optimizer: str):
     # family, holds a whole inner Laplace solve); "optax": optax L-BFGS with its zoom line
     # search, which traces the objective twice and compiles longer.
     search = minimize if optimizer == "bfgs" else minimize_optax
-    optimize = jax.jit(lambda x0, data: search(
+    optimize = jit(lambda x0, data: search(
         lambda x: -log_posterior(spec, x, data, marginal=True), x0, maxiter=maxiter))
     return AheadOfTime(optimize)
 
@@ -298,22 +293,23 @@ def run_map(problem, options: dict):
     """Posterior mode of the hyperparameters with the random effects integrated out by the
     Laplace approximation (as blme does for lme4), found by BFGS on the unconstrained scale;
     uncertainty from a normal approximation there (finite-difference Hessian of the exact
-    gradient).  Random effects are the conditional modes at the posterior mode."""
-    bm = BayesModel(problem, options.get("priors"))
-    optimizer = options.get("optimizer", "optax")
+    gradient).  Random effects are the conditional modes at the posterior mode.
+    ``options``: every option of :data:`jaxglmm.methods.MAP`."""
+    bm = BayesModel(problem, options["priors"])
+    optimizer = options["optimizer"]
     if optimizer not in MAP_OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {MAP_OPTIMIZERS}, got {optimizer!r}")
-    optimize = _map_runner(bm, int(options.get("maxiter", 500)), optimizer)
+    optimize = _map_runner(bm, int(options["maxiter"]), optimizer)
     optimize.prepare(np.zeros(dimension(bm.blocks(marginal=True))), bm.data)
-    x0 = _starts(bm, options.get("init", "centre"), 1, 0, jitter=False, marginal=True)[0]
+    x0 = _starts(bm, options["init"], 1, 0, jitter=False, marginal=True)[0]
     opt = optimize(x0, bm.data)
     x = np.asarray(opt.x)
     H = np.asarray(opt.hessian)
     evals = np.linalg.eigvalsh(H)
     cov = np.linalg.inv(H)
     cov = 0.5 * (cov + cov.T)
-    draws = int(options.get("draws", 1000))
-    rng = np.random.default_rng(int(options.get("seed", 0)))
+    draws = int(options["draws"])
+    rng = np.random.default_rng(int(options["seed"]))
     if evals.min() > 0:    # Cholesky: draws change continuously with the mode and Hessian
         z = x + rng.standard_normal((draws, x.size)) @ np.linalg.cholesky(cov).T
     else:
@@ -333,12 +329,8 @@ def run_map(problem, options: dict):
 def _map_u(bm: BayesModel):
     """Compiled conditional mode of u given (theta, beta, phi) and the data, per spec."""
     spec = bm.spec
-    return program(("map-u", spec), lambda: jax.jit(lambda th, b, ph, arrays: GlmmModel(
+    return program(("map-u", spec), lambda: jit(lambda th, b, ph, arrays: GlmmModel(
         spec.structure, spec.family, arrays, spec.layout.n_phi).mode(th, b, ph)))
-
-
-RUNNERS = {"nuts": (run_nuts, NUTS_OPTIONS), "vi": (run_vi, VI_OPTIONS), "map": (run_map, MAP_OPTIONS)}
-BAYES_METHODS = tuple(RUNNERS)
 
 
 class BayesRun(NamedTuple):
@@ -352,19 +344,12 @@ class BayesRun(NamedTuple):
     seconds: float
 
 
-def check_options(method: str, options: dict) -> None:
-    allowed = RUNNERS[method][1]
-    unknown = set(options) - allowed
-    if unknown:
-        raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}; "
-                         f"allowed: {sorted(allowed)}")
-
-
-def run_bayes(problem, method: str, options: dict) -> BayesRun:
-    check_options(method, options)
+def run_bayes(sampler, problem, options: dict) -> BayesRun:
+    """Run ``sampler`` (:func:`run_nuts`, :func:`run_vi` or :func:`run_map`) on the problem
+    with a method's settings (every option given a value) and time it."""
     start = time.perf_counter()
-    bm, samples, report, diag = RUNNERS[method][0](problem, options)
+    bm, samples, report, diag = sampler(problem, options)
     return BayesRun(bm, samples, report, diag, time.perf_counter() - start)
 
 
-__all__ = ["run_bayes", "check_options", "BayesRun", "BAYES_METHODS"]
+__all__ = ["run_bayes", "run_nuts", "run_vi", "run_map", "BayesRun"]

@@ -2,7 +2,7 @@
 
 The same approximation as :class:`jaxglmm.core.laplace.GlmmModel` (spherical random effects
 ``u``, conditional mode by Newton/PIRLS, blocked Cholesky of ``Lambda'Z'WZ Lambda + I`` from
-:mod:`jaxglmm.core.resystem`), organised around the cost that dominates at 1e6 rows: a
+:mod:`jaxglmm.core.blocked`), organised around the cost that dominates at 1e6 rows: a
 *pass* over the rows (gather the levels' effects, evaluate the family's log-likelihood and its
 derivatives, segment-sum them back to the levels).  Everything else works on per-level
 arrays (levels x q) and the small dense trailing block of a crossed design.
@@ -19,7 +19,7 @@ arrays (levels x q) and the small dense trailing block of a crossed design.
   adjoint of the mode; ``H_obs`` the observed information, as ``du*/dx = H_obs^{-1} dg/dx``).
   One forward pass (kept by ``jax.vjp``) serves both pullbacks: one for ``dF/du``, then one
   for the Lagrangian's gradient in ``x``.  No pass differentiates the Newton iteration.
-- **One call site per pass kind.**  The outer BFGS is :func:`jaxglmm.fit.optimize.flat_run`
+- **One call site per pass kind.**  The outer BFGS is :func:`jaxglmm.fit.optimize.run_then_hessian`
   (one objective evaluation per loop iteration, the finite-difference Hessian from the same
   loop), the mode search evaluates its trial point at one place, and the GLM start is a
   Newton loop of the same shape: the compiled program holds each graph once.
@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from . import linalg
-from . import resystem as rs
+from . import blocked, linalg, sparse as sps
+from . import restructure as rs
 from .ops import segment_sum, take_levels
 from .problem import ProblemArrays
 
@@ -48,82 +47,8 @@ ROUNDING = 1e-13
 def uses_sparse_blocks(structure: rs.ReStructure) -> bool:
     """Whether the Laplace Hessian keeps L21 sparse (a crossed or nested design whose dense
     Schur update, G1 * q1 * m^2 flops a Newton step, passes
-    :data:`jaxglmm.core.resystem.SPARSE_MIN_WORK`)."""
-    return structure.n_channels == 1 and rs.sparse_schur_pays(structure, 0)
-
-
-def sparse_pattern(structure: rs.ReStructure, a: ProblemArrays):
-    """The Hessian's sparse pattern for :class:`SparseLaplace` (host numpy, once per design:
-    it depends on the levels that meet in the data, not on y or the weights): the pairs and
-    triplets of :func:`jaxglmm.core.resystem.sparse_system` and each row's pair."""
-    n = a.y.shape[0]
-    return rs.sparse_system(structure, [np.asarray(i) for i in a.index],
-                            [np.asarray(z) for z in a.Z], np.ones(n), np.zeros((n, 0)),
-                            general=True, row_pairs=True)
-
-
-# ----------------------------------------------------------------------------- kernels
-@jax.custom_jvp
-def _sigmoid(e):
-    z = jnp.exp(-jnp.abs(e))
-    r = 1.0 / (1.0 + z)
-    return jnp.where(e >= 0, r, z * r)
-
-
-@_sigmoid.defjvp
-def _sigmoid_jvp(primals, tangents):
-    s = _sigmoid(primals[0])
-    return s, s * (1.0 - s) * tangents[0]
-
-
-def _log1p_unit(z):
-    """log(1 + z) for z in [0, 1], to 5e-16 relative: 2 atanh(t), t = z / (2 + z) <= 1/3, by
-    its series (18 terms).  Arithmetic only, so XLA vectorizes it: its float64 ``log1p``
-    on the CPU is a scalar call, 4x the cost of the whole series at 1e6 rows."""
-    t = z / (2.0 + z)
-    t2 = t * t
-    acc = jnp.full_like(t, 1.0 / 37.0)
-    for k in range(17, -1, -1):
-        acc = 1.0 / (2 * k + 1) + t2 * acc
-    return 2.0 * t * acc
-
-
-@jax.custom_jvp
-def _softplus(e):
-    return jnp.maximum(e, 0.0) + _log1p_unit(jnp.exp(-jnp.abs(e)))
-
-
-@_softplus.defjvp
-def _softplus_jvp(primals, tangents):
-    return _softplus(primals[0]), _sigmoid(primals[0]) * tangents[0]
-
-
-def _logit_kernel(y, eta, trials, fp):
-    return y * eta - trials * _softplus(eta)
-
-
-def _log_kernel(y, eta, trials, fp):
-    return y * eta - jnp.exp(eta)
-
-
-def canonical_kernel(family):
-    """``(kernel, constant)`` in closed form for a canonical link (binomial/bernoulli logit,
-    poisson log), else None.
-
-    The same log-likelihood as the family's own kernel (``y eta - trials log(1 + e^eta)``,
-    ``y eta - e^eta``), written so that its derivatives are a few operations per row: the
-    families' kernels are guarded for every link (``where`` over both branches, logaddexp's
-    rule), and the third derivative that the Laplace gradient takes through them costs about
-    ten times the pass at 1e6 rows on the CPU (XLA recomputes the shared subexpressions in
-    each fused consumer).  For these links the expected and observed information agree, so
-    the PIRLS weights are the observed ones."""
-    name, link = family.name, family.link.name
-    if name in ("bernoulli", "binomial") and link == "logit":
-        constant = family.loglik_parts()[1]
-        return _logit_kernel, constant
-    if name == "poisson" and link == "log":
-        return _log_kernel, family.loglik_parts()[1]
-    return None
+    :data:`jaxglmm.core.sparse.SPARSE_MIN_WORK`)."""
+    return structure.n_channels == 1 and sps.sparse_schur_pays(structure, 0)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -132,7 +57,7 @@ class SparseLaplace:
 
     ``x = (theta, beta, phi)`` as :class:`jaxglmm.core.laplace.Layout`; :meth:`value_and_grad`
     is the deviance (-2 log-likelihood, Laplace) and its exact gradient, in the form
-    :func:`jaxglmm.fit.optimize.flat_run` takes: ``(x, u0) -> ((deviance, u*), gradient)``.
+    :func:`jaxglmm.fit.optimize.run_then_hessian` takes: ``(x, u0) -> ((deviance, u*), gradient)``.
     """
 
     def __init__(self, structure: rs.ReStructure, family, a: ProblemArrays, n_phi: int,
@@ -146,13 +71,13 @@ class SparseLaplace:
         self.p = a.X.shape[1]
         self.n_phi = n_phi
         self.verbose = verbose
-        self.kernel, self.constant = family.loglik_parts()
-        fast = canonical_kernel(family)
+        # a canonical link's closed-form kernel where the family declares one
+        # (Family.canonical_kernel): cheap derivatives, expected = observed information
+        fast = family.canonical_parts()
         self.canonical = fast is not None
-        if fast is not None:
-            self.kernel, self.constant = fast
-        # crossed designs whose dense Schur update is large: L21 kept sparse, on the
-        # pattern of :func:`sparse_pattern` (built on the host), its values at each step
+        self.kernel, self.constant = fast if fast is not None else family.loglik_parts()
+        # crossed designs whose dense Schur update is large: L21 kept sparse, on the pattern
+        # of jaxglmm.design.sparse.sparse_pattern (built on the host), its values at each step
         self.pattern = pattern
 
     def unpack(self, x):
@@ -197,9 +122,9 @@ class SparseLaplace:
     def system(self, lams, w):
         if self.pattern is not None:
             sp, row_pair = self.pattern
-            return rs.sparse_factor(self.s, lams, rs.sparse_values(
+            return sps.sparse_factor(self.s, lams, sps.sparse_values(
                 self.s, sp, row_pair, self.a.index, self.a.Z, w))
-        return rs.factor(*rs.scaled_system(self.s, lams, rs.cross_products(
+        return blocked.factor(*blocked.scaled_system(self.s, lams, blocked.cross_products(
             self.s, self.a.index, self.a.Z, w)))
 
     def solve(self, ch, g):
@@ -207,9 +132,9 @@ class SparseLaplace:
         n1 = f0.n_levels * f0.q
         r1 = g[:n1].reshape(f0.n_levels, f0.q)
         if self.pattern is not None:
-            x1, x2 = rs.sparse_solve(ch, self.pattern[0], r1, g[n1:])
+            x1, x2 = sps.sparse_solve(ch, self.pattern[0], r1, g[n1:])
         else:
-            x1, x2 = rs.solve(ch, r1, g[n1:])
+            x1, x2 = blocked.solve(ch, r1, g[n1:])
         return jnp.concatenate([x1.reshape(-1), x2])
 
     def newton_pass(self, theta, beta, phi, u):
@@ -258,7 +183,7 @@ class SparseLaplace:
         ll, d1, (w_lap, w_obs) = self.row_terms(
             self.eta(beta, rs.random_effects(self.s, lams, u)), phi, "both")
         ch = self.system(lams, w_lap)
-        F = jnp.sum(ll) - 0.5 * jnp.dot(u, u) - 0.5 * rs.logdet_z(ch, self.s.p2)
+        F = jnp.sum(ll) - 0.5 * jnp.dot(u, u) - 0.5 * blocked.logdet_z(ch, self.s.p2)
         sg = jax.lax.stop_gradient
         ch_obs = (jax.tree.map(sg, ch) if self.canonical      # the same matrix
                   else self.system(sg(lams), sg(w_obs)))

@@ -6,7 +6,7 @@ In spherical random effects ``u ~ N(0, I)``, ``b = Lambda u``, the joint log-den
 
 with outer parameters ``x = (theta, beta, phi)``.  The conditional mode ``u*`` is found by a
 Newton/PIRLS iteration whose linear systems ``(Lambda'Z'WZ Lambda + I) d = grad h`` use the
-blocked Cholesky of :mod:`jaxglmm.core.resystem` (per-group blocks, vectorized over groups).  The
+blocked Cholesky of :mod:`jaxglmm.core.blocked` (per-group blocks, vectorized over groups).  The
 Laplace approximation to the marginal log-likelihood is::
 
     l(x) ~= h(u*; x) - log|Lambda'Z'W*Z Lambda + I| / 2,   W* = -d^2 log p / d eta^2 at u*
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import resystem as rs
+from . import blocked, linalg
+from . import restructure as rs
 from .ops import gather_levels, segment_sum
 from .predictor import fixed_predictor, spherical_predictor
 from .problem import ProblemArrays
@@ -95,16 +96,16 @@ class GlmmModel:
         w = -d2
         return jnp.maximum(w, 0.0) if fisher else w
 
-    def system(self, u, theta, beta, phi, fisher: bool) -> rs.BlockedCholesky:
+    def system(self, u, theta, beta, phi, fisher: bool) -> blocked.BlockedCholesky:
         """Blocked Cholesky of ``-d^2 h / du du' = Lambda'Z'WZ Lambda + I`` at ``u``."""
         if self.s.n_channels > 1:
             return self._system_hvp(u, theta, beta, phi, damp=fisher)
         W = self.weights(u, theta, beta, phi, fisher)
         lams = rs.lambdas(self.s, theta)
-        cp = rs.cross_products(self.s, self.a.index, self.a.Z, W)
-        return rs.factor(*rs.scaled_system(self.s, lams, cp))
+        cp = blocked.cross_products(self.s, self.a.index, self.a.Z, W)
+        return blocked.factor(*blocked.scaled_system(self.s, lams, cp))
 
-    def _system_hvp(self, u, theta, beta, phi, damp: bool = False) -> rs.BlockedCholesky:
+    def _system_hvp(self, u, theta, beta, phi, damp: bool = False) -> blocked.BlockedCholesky:
         """The same blocks from Hessian-vector products, for likelihoods whose Hessian in the
         linear predictors is not diagonal (several linear predictors per observation).
 
@@ -133,17 +134,17 @@ class GlmmModel:
         a22 = A[q1:, n1:]
         if damp:
             a11 = 0.5 * (a11 + jnp.swapaxes(a11, 1, 2))
-            shift = jnp.maximum(0.0, 1e-3 - rs.linalg.eigvalsh(a11)[:, 0])
+            shift = jnp.maximum(0.0, 1e-3 - linalg.eigvalsh(a11)[:, 0])
             a11 = a11 + shift[:, None, None] * jnp.eye(q1)
             if p2:
                 a22 = 0.5 * (a22 + a22.T)
-                a22 = a22 + jnp.maximum(0.0, 1e-3 - rs.linalg.eigvalsh(a22)[0]) * jnp.eye(p2)
-        return rs.factor(a11, a21, a22)
+                a22 = a22 + jnp.maximum(0.0, 1e-3 - linalg.eigvalsh(a22)[0]) * jnp.eye(p2)
+        return blocked.factor(a11, a21, a22)
 
     def solve(self, ch, g):
         f0 = self.s.factors[0]
         n1 = f0.n_levels * f0.q
-        x1, x2 = rs.solve(ch, g[:n1].reshape(f0.n_levels, f0.q), g[n1:])
+        x1, x2 = blocked.solve(ch, g[:n1].reshape(f0.n_levels, f0.q), g[n1:])
         return jnp.concatenate([x1.reshape(-1), x2])
 
     # -- conditional mode ---------------------------------------------------------------
@@ -200,7 +201,7 @@ class GlmmModel:
         u = self.implicit_mode(theta, beta, phi, u0)
         expected = self.family.laplace_information == "expected"
         ch = self.system(u, theta, beta, phi, fisher=expected)
-        ll = self.h(u, theta, beta, phi) - 0.5 * rs.logdet_z(ch, self.s.p2)
+        ll = self.h(u, theta, beta, phi) - 0.5 * blocked.logdet_z(ch, self.s.p2)
         return -2.0 * ll, jax.lax.stop_gradient(u)
 
     def agq_deviance(self, x, n_points: int, u0=None):
@@ -232,7 +233,7 @@ class GlmmModel:
         theta, beta, phi = self.layout.unpack(x)
         ch = self.system(u, theta, beta, phi, fisher=True)
         lams = rs.lambdas(self.s, theta)
-        ucov = rs.conditional_covariances(ch, self.s)
+        ucov = blocked.conditional_covariances(ch, self.s)
         return [jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
 
 
@@ -259,7 +260,7 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
         else:
             H = -jax.hessian(total)(beta) + 1e-8 * jnp.eye(p)
             g = jax.grad(total)(beta)
-        d = rs.linalg.dense_solve(H, g)
+        d = linalg.dense_solve(H, g)
         f = total(beta)
         # converged: the predicted gain is below rounding (see GlmmModel.mode)
         tiny = 0.5 * jnp.abs(jnp.dot(g, d)) <= PIRLS_ROUNDING * (1.0 + jnp.abs(f))
@@ -276,6 +277,6 @@ def glm_start(structure: rs.ReStructure, family, a: ProblemArrays, phi0, n_iter:
     if family.mustart is not None and structure.n_channels == 1:
         target = family.link.linkfun(family.mustart(a.y, a.trials)) - a.offset
         wx = a.X * a.weights[:, None]
-        fitted = rs.linalg.dense_solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
+        fitted = linalg.dense_solve(wx.T @ a.X + 1e-8 * jnp.eye(p), wx.T @ target)
         beta0 = jnp.where(jnp.isfinite(total(beta0)), beta0, fitted)
     return jax.lax.fori_loop(0, n_iter, body, beta0)

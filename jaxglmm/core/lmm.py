@@ -18,7 +18,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import resystem as rs
+from ..design.sparse import SparseLmmData
+from . import blocked, linalg, sparse as sps
+from . import restructure as rs
 from .ops import segment_sum
 from .problem import ProblemArrays
 
@@ -29,29 +31,29 @@ class LmmParts(NamedTuple):
     sigma: jnp.ndarray
     u: jnp.ndarray
     vcov: jnp.ndarray
-    chol: rs.BlockedCholesky
+    chol: blocked.BlockedCholesky
 
 
-def cross_products(structure: rs.ReStructure, a: ProblemArrays) -> rs.CrossProducts:
+def cross_products(structure: rs.ReStructure, a: ProblemArrays) -> blocked.CrossProducts:
     extra = jnp.concatenate([a.X, (a.y - a.offset)[:, None]], axis=1)
-    return rs.cross_products(structure, a.index, a.Z, a.weights, extra)
+    return blocked.cross_products(structure, a.index, a.Z, a.weights, extra)
 
 
 def profiled_parts(structure, cp, theta, n, p, reml, sum_log_w, full: bool):
     ch = _factor(structure, cp, theta)
     p2 = structure.p2
     L22 = ch.L22
-    dev, LX, sigma2 = _deviance(rs.logdet_z(ch, p2), L22, p2, p, n, reml, sum_log_w)
+    dev, LX, sigma2 = _deviance(blocked.logdet_z(ch, p2), L22, p2, p, n, reml, sum_log_w)
     if not full:
         return dev
     # [u; beta] solves L_aug' x = (y row of L), by back substitution through both blocks.
     Laug = L22[:-1, :-1]
-    x2 = rs.linalg.solve_upper_t(Laug, L22[-1, :-1, None])[:, 0]
+    x2 = linalg.solve_upper_t(Laug, L22[-1, :-1, None])[:, 0]
     cy = ch.C[:, :, -1]
-    x1 = rs.linalg.solve_upper_t(ch.L11, (cy - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1], x2))[..., None])[..., 0]
+    x1 = linalg.solve_upper_t(ch.L11, (cy - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1], x2))[..., None])[..., 0]
     beta = x2[p2:]
     u = jnp.concatenate([x1.reshape(-1), x2[:p2]])
-    LXinv = rs.linalg.solve_lower(LX, jnp.eye(p))
+    LXinv = linalg.solve_lower(LX, jnp.eye(p))
     vcov = sigma2 * LXinv.T @ LXinv
     return LmmParts(dev, beta, jnp.sqrt(sigma2), u, vcov, ch)
 
@@ -61,7 +63,7 @@ class LmmData(NamedTuple):
     """What the unprofiled LMM density needs of one dataset, computed once: the weighted
     cross-products, the number of rows with positive weight and the sum of their log weights."""
 
-    cp: rs.CrossProducts
+    cp: blocked.CrossProducts
     n: jnp.ndarray
     sum_log_w: jnp.ndarray
 
@@ -79,8 +81,8 @@ def refit_data(structure: rs.ReStructure, a: ProblemArrays, Y: jnp.ndarray) -> L
 
     What does not depend on the response (Z'WZ, Z'WX, X'WX and the sparsity pattern) is
     computed once; each response adds only its own row: Z'Wy, X'Wy and y'Wy."""
-    base = rs.cross_products(structure, a.index, a.Z, a.weights, a.X)
-    vals, pos = rs.dense_rows(structure, a.index, a.Z, a.X)
+    base = blocked.cross_products(structure, a.index, a.Z, a.weights, a.X)
+    vals, pos = blocked.dense_rows(structure, a.index, a.Z, a.X)
     f0 = structure.factors[0]
     m0 = base.d22.shape[0]
     one = lmm_data(structure, a._replace(y=a.offset))     # n and sum log w: no response
@@ -92,7 +94,7 @@ def refit_data(structure: rs.ReStructure, a: ProblemArrays, Y: jnp.ndarray) -> L
         yy = jnp.dot(wy, y - a.offset)
         d21 = jnp.concatenate([base.d21, d21y[None]], axis=0)
         d22 = jnp.block([[base.d22, r[:, None]], [r[None, :], yy[None, None]]])
-        return LmmData(rs.CrossProducts(base.d11, d21, d22), one.n, one.sum_log_w)
+        return LmmData(blocked.CrossProducts(base.d11, d21, d22), one.n, one.sum_log_w)
 
     return jax.vmap(per_response)(Y)
 
@@ -110,8 +112,8 @@ def _deviance(ld, L22, p2, p, n, reml, sum_log_w):
     return dev - sum_log_w, LX, r2 / dof
 
 
-def _factor(structure, cp, theta) -> rs.BlockedCholesky:
-    return rs.factor(*rs.scaled_system(structure, rs.lambdas(structure, theta), cp))
+def _factor(structure, cp, theta) -> blocked.BlockedCholesky:
+    return blocked.factor(*blocked.scaled_system(structure, rs.lambdas(structure, theta), cp))
 
 
 def marginal_loglik(structure: rs.ReStructure, d: LmmData, theta, beta, sigma) -> jnp.ndarray:
@@ -127,7 +129,7 @@ def marginal_loglik(structure: rs.ReStructure, d: LmmData, theta, beta, sigma) -
     L22 = ch.L22
     resid = L22[-1, p2:p2 + p] - L22[p2:p2 + p, p2:p2 + p].T @ beta
     prss = jnp.square(L22[-1, -1]) + jnp.dot(resid, resid)
-    return -0.5 * (d.n * jnp.log(2 * jnp.pi * jnp.square(sigma)) + rs.logdet_z(ch, p2)
+    return -0.5 * (d.n * jnp.log(2 * jnp.pi * jnp.square(sigma)) + blocked.logdet_z(ch, p2)
                    + prss / jnp.square(sigma)) + 0.5 * d.sum_log_w
 
 
@@ -143,57 +145,35 @@ def conditional_u(structure: rs.ReStructure, d: LmmData, theta, beta, sigma, eps
     L22 = ch.L22
     if p2:
         rhs2 = L22[-1, :p2] - L22[p2:p2 + p, :p2].T @ beta + sigma * e2
-        x2 = rs.linalg.solve_upper_t(L22[:p2, :p2], rhs2[:, None])[:, 0]
+        x2 = linalg.solve_upper_t(L22[:p2, :p2], rhs2[:, None])[:, 0]
     else:
         x2 = jnp.zeros(0, beta.dtype)
     rhs1 = ch.C[:, :, -1] - jnp.einsum("gqm,m->gq", ch.C[:, :, :-1],
                                         jnp.concatenate([x2, beta])) + sigma * e1
-    x1 = rs.linalg.solve_upper_t(ch.L11, rhs1[..., None])[..., 0]
+    x1 = linalg.solve_upper_t(ch.L11, rhs1[..., None])[..., 0]
     return jnp.concatenate([x1.reshape(-1), x2])
 
 
 # ----------------------------------------------------------------------------- sparse crossed
-class SparseLmmData(NamedTuple):
-    """:class:`LmmData` with the cross-products kept sparse (:class:`resystem.SparseSystem`)."""
-
-    sp: rs.SparseSystem
-    n: jnp.ndarray
-    sum_log_w: jnp.ndarray
-
-
-def sparse_lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> SparseLmmData:
-    """The sparse system of one dataset, built on the host (its pattern depends on the data)."""
-    import numpy as np
-    w = np.asarray(a.weights, float)
-    positive = w > 0
-    extra = np.concatenate([np.asarray(a.X, float),
-                            (np.asarray(a.y, float) - np.asarray(a.offset, float))[:, None]], 1)
-    keep = positive if not positive.all() else slice(None)
-    sp = rs.sparse_system(structure, [np.asarray(i)[keep] for i in a.index],
-                          [np.asarray(z)[keep] for z in a.Z], w[keep], extra[keep])
-    return SparseLmmData(sp, jnp.asarray(float(positive.sum())),
-                         jnp.asarray(float(np.sum(np.log(w[positive])))))
-
-
 def sparse_profiled_parts(structure: rs.ReStructure, d: SparseLmmData, theta, p: int,
-                          reml: bool, full: bool, ch: rs.SparseCholesky | None = None):
+                          reml: bool, full: bool, ch: sps.SparseCholesky | None = None):
     """:func:`profiled_parts` through the sparse factor (the same deviance and estimates);
     ``ch``: the factor at theta, where the caller has it."""
     if ch is None:
-        ch = rs.sparse_factor(structure, rs.lambdas(structure, theta), d.sp)
+        ch = sps.sparse_factor(structure, rs.lambdas(structure, theta), d.sp)
     p2 = structure.p2
     L22 = ch.L22
-    ld = rs.linalg.logdet_chol(ch.L11) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L22)[:p2]))
+    ld = linalg.logdet_chol(ch.L11) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(L22)[:p2]))
     dev, LX, sigma2 = _deviance(ld, L22, p2, p, d.n, reml, d.sum_log_w)
     if not full:
         return dev
-    x2 = rs.linalg.solve_upper_t(L22[:-1, :-1], L22[-1, :-1, None])[:, 0]
+    x2 = linalg.solve_upper_t(L22[:-1, :-1], L22[-1, :-1, None])[:, 0]
     beta = x2[p2:]
-    rhs = (ch.CE[:, :, -1] - rs.sparse_l21_times(ch, d.sp, x2[:p2])
+    rhs = (ch.CE[:, :, -1] - sps.sparse_l21_times(ch, d.sp, x2[:p2])
            - jnp.einsum("gqe,e->gq", ch.CE[:, :, :p], beta))
-    x1 = rs.linalg.solve_upper_t(ch.L11, rhs[..., None])[..., 0]
+    x1 = linalg.solve_upper_t(ch.L11, rhs[..., None])[..., 0]
     u = jnp.concatenate([x1.reshape(-1), x2[:p2]])
-    LXinv = rs.linalg.solve_lower(LX, jnp.eye(p))
+    LXinv = linalg.solve_lower(LX, jnp.eye(p))
     vcov = sigma2 * LXinv.T @ LXinv
     return LmmParts(dev, beta, jnp.sqrt(sigma2), u, vcov, ch)
 
@@ -202,39 +182,18 @@ def dense_cholesky_inverse(S, k: int):
     """``(L, Sigma)``: the Cholesky factor of S (m x m, lower triangle read) and, in the lower
     triangle of an m x m array (zeros elsewhere), the inverse of S's leading k x k block
     ``(L_k L_k')^{-1}``.  On the device: a triangular solve and a product, about 3 k^3
-    flops (:func:`lapack_cholesky_inverse`: LAPACK's, 2 k^3 / 3)."""
+    flops (:func:`jaxglmm.design.sparse.lapack_cholesky_inverse`: LAPACK's, 2 k^3 / 3)."""
     m = S.shape[0]
-    L = rs.linalg.dense_chol(S)
-    Kinv = rs.linalg.dense_tri_inv(L[:k, :k])
+    L = linalg.dense_chol(S)
+    Kinv = linalg.dense_tri_inv(L[:k, :k])
     return L, jnp.pad(jnp.tril(Kinv.T @ Kinv), ((0, m - k), (0, m - k)))
-
-
-def lapack_cholesky_inverse(S, k: int):
-    """:func:`dense_cholesky_inverse` by LAPACK on the host (numpy in and out): dpotrf, then
-    dpotri on the leading block, 2 k^3 / 3 flops where the device version's triangular
-    solve and product take 3 k^3.  On 2 CPU cores, factor and inverse together: 1145 rows
-    (InstEval) 56 ms against 113 ms through XLA, 3708 rows (MovieLens) 0.92 s against
-    2.3 s."""
-    import numpy as np
-    from scipy.linalg import lapack
-    S = np.asarray(S)
-    # S (C order) read as Fortran is S' = S: its upper factor U (Fortran) is L' (C order),
-    # and the upper triangle dpotri fills (Fortran) is the lower one in C order
-    U, info = lapack.dpotrf(S.T, lower=0, overwrite_a=0, clean=1)
-    out = np.zeros(S.shape, order="F")
-    if info != 0:
-        return np.full(S.shape, np.nan), out.T
-    out[:k, :k] = U[:k, :k]
-    inv, info = lapack.dpotri(out[:k, :k], lower=0, overwrite_c=1)
-    out[:k, :k] = inv
-    return U.T, out.T
 
 
 def sparse_deviance_gradient(structure: rs.ReStructure, d: SparseLmmData, theta, p: int,
                              reml: bool, dense_inverse=dense_cholesky_inverse):
     """The profiled deviance and its closed-form gradient in theta, for scalar blocks (each
     grouping factor one ``(1 | g)``-like term, theta_j scaling factor j's columns;
-    :func:`resystem.scalar_blocks`), without reverse mode through the large Cholesky.  With
+    :func:`.sparse.scalar_blocks`), without reverse mode through the large Cholesky.  With
     ``M`` the factored system (the u block, and the X block for REML), ``n_j`` factor j's
     levels and ``u`` the conditional modes::
 
@@ -249,15 +208,15 @@ def sparse_deviance_gradient(structure: rs.ReStructure, d: SparseLmmData, theta,
     deviance's plus the inverse of the dense block and one pass over the triplets."""
     lams = rs.lambdas(structure, theta)
     sp = d.sp
-    L11, Ct, CE, S = rs.sparse_schur(structure, lams, sp)
+    L11, Ct, CE, S = sps.sparse_schur(structure, lams, sp)
     p2 = structure.p2
     m = S.shape[0]
     k = p2 + p if reml else p2
     L22, Sig = dense_inverse(S, k)
     parts = sparse_profiled_parts(structure, d, theta, p, reml, full=True,
-                                  ch=rs.SparseCholesky(L11, Ct, CE, L22))
+                                  ch=sps.SparseCholesky(L11, Ct, CE, L22))
     # c_g[r] c_g[c] / l_g^2 = scale_r scale_c (lam1^2 / l_g^4) P_t over the triplets (as in
-    # resystem.sparse_schur), off-diagonal positions twice (Sig holds the lower triangle)
+    # sparse.sparse_schur), off-diagonal positions twice (Sig holds the lower triangle)
     f0 = structure.factors[0]
     scale = jnp.concatenate([jnp.full(f.n_levels, lam[0, 0])
                              for f, lam in zip(structure.dense_factors, lams[1:])]
@@ -266,9 +225,9 @@ def sparse_deviance_gradient(structure: rs.ReStructure, d: SparseLmmData, theta,
     l2 = jnp.square(L11[:, 0, 0])
     w2 = jnp.square(lams[0][0, 0]) / jnp.square(l2)
     Wf = W.reshape(-1)
-    cz = w2[sp.tg] * Wf[sp.tdest.reshape(-1)]
-    cross = jnp.sum(cz * sp.tp) if sp.tp.shape[0] else jnp.sum(cz)
-    cross = cross + jnp.sum(w2[sp.eg] * sp.ep * Wf[p2 * m + sp.edest])
+    cz = w2[sp.triplet_level] * Wf[sp.triplet_position.reshape(-1)]
+    cross = jnp.sum(cz * sp.triplet_product) if sp.triplet_product.shape[0] else jnp.sum(cz)
+    cross = cross + jnp.sum(w2[sp.extra_level] * sp.extra_product * Wf[p2 * m + sp.extra_position])
     diag = jnp.diagonal(Sig)
     n_levels = [f0.n_levels]
     traces = [jnp.sum(1.0 / l2) + cross]
@@ -289,41 +248,3 @@ def sparse_deviance_gradient(structure: rs.ReStructure, d: SparseLmmData, theta,
         g = (2.0 * (nj - tr) - 2.0 * dof * uu / r2) / safe
         grad = grad.at[j].set(jnp.where(th > 0, g, 0.0))
     return parts.deviance, grad
-
-
-def sparse_theta_start(structure: rs.ReStructure, d: SparseLmmData, floor: float = 0.05):
-    """A start for theta near the optimum, scalar blocks only (host numpy, from the sparse
-    cross-products): each factor's one-way method-of-moments variance of the OLS residuals'
-    level sums, ``sigma_j^2 = (sum_g r_g^2 / n_g - (G_j - 1) s^2) / (n - sum_g n_g^2 / n)``,
-    over the residual variance left.  Crossed factors bias it a little; it lands within a
-    factor of two of InstEval's optimum, where lme4's theta = 1 is 15 times too large for
-    one factor, and L-BFGS-B then takes 9-15 evaluations instead of 30.  Entries below
-    ``floor`` start at ``floor`` (at 0 the gradient vanishes by symmetry)."""
-    import numpy as np
-    sp = d.sp
-    p2 = structure.p2
-    d22 = np.asarray(sp.d22)
-    e = d22.shape[0] - p2
-    p = e - 1
-    EE = d22[p2:, p2:]
-    beta = np.linalg.lstsq(EE[:p, :p], EE[:p, p], rcond=None)[0]
-    nw = float(np.asarray(sp.d11)[:, 0, 0].sum())
-    s2 = max((EE[p, p] - beta @ EE[:p, p]) / max(float(d.n) - p, 1.0), 1e-300)
-    blocks = [(np.asarray(sp.d11)[:, 0, 0], np.asarray(sp.dE)[:, 0, :])]
-    off = 0
-    for f in structure.dense_factors:
-        rows = slice(off, off + f.n_levels)
-        blocks.append((np.diagonal(d22)[rows], d22[rows, p2:]))
-        off += f.n_levels
-    sig = []
-    for ng, ze in blocks:
-        keep = ng > 0
-        ng, r = ng[keep], (ze[keep, p] - ze[keep, :p] @ beta)
-        c = nw - np.sum(ng ** 2) / nw
-        q = np.sum(r ** 2 / ng)
-        sig.append(max((q - (ng.size - 1) * s2) / c, 0.0) if c > 0 else 0.0)
-    resid = max(s2 - sum(sig), 0.05 * s2)
-    theta = np.zeros(structure.n_theta)
-    for f, v in zip(structure.factors, sig):
-        theta[f.terms[0].theta_start] = max(np.sqrt(v / resid), floor)
-    return theta

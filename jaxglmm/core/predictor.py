@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from . import resystem as rs
+from . import restructure as rs
 from .ops import gather_levels
 from .problem import ProblemArrays
 

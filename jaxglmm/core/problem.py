@@ -7,14 +7,16 @@ the family, the arrays, the design they came from and the few flags fitters need
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
-from .resystem import ReStructure, build_structure
+from ..design import Design
+from ..families import Family
+from .restructure import ReStructure, build_structure
 
 # From this many rows on, run time dominates compile time: fits are compiled with XLA's
 # full optimizations (see jaxglmm.fit.likelihood).
@@ -43,9 +45,9 @@ class Problem:
     """
 
     structure: ReStructure
-    family: Any
+    family: Family
     arrays: ProblemArrays
-    design: Any
+    design: Design
     phi0: np.ndarray
 
     @property
@@ -68,28 +70,50 @@ class Problem:
     def n_phi(self) -> int:
         return int(np.size(self.phi0))
 
+    def with_response(self, y) -> "Problem":
+        """The same problem with another response vector (lme4's ``refit``)."""
+        y = np.asarray(y, float)
+        return replace(self, design=replace(self.design, y=y),
+                       arrays=self.arrays._replace(y=jnp.asarray(y)))
+
     @property
     def n_params(self) -> int:
         """Estimated parameters: fixed effects, covariance parameters, family parameters."""
         return int(self.design.n_fixef + self.structure.n_theta + self.n_phi)
 
 
-def problem_arrays(design) -> tuple[ReStructure, ProblemArrays]:
-    """The random-effect structure and device arrays of a design."""
+def make_problem(design: Design, family) -> Problem:
+    """The problem of a model's assembled design (:func:`jaxglmm.design.model_design`): the
+    random-effect structure built from its terms, with its linear predictors (channels), and
+    its arrays on the device."""
     structure, index, Z = build_structure(design.terms)
+    structure = replace(structure, n_channels=design.n_channels,
+                        fixef_channels=design.fixef_channels)
     trials = design.trials if design.trials is not None else np.ones_like(design.y)
-    arrays = ProblemArrays(
-        y=jnp.asarray(design.y, jnp.float64),
+    arrays = _device_arrays(design, design.y, design.weights, trials, index, Z)
+    phi0 = np.asarray(family.init_params(design.y, design.trials), np.float64)
+    return Problem(structure, family, arrays, design, phi0)
+
+
+def prediction_arrays(design: Design) -> ProblemArrays:
+    """The arrays of a design rebuilt for new data (:func:`jaxglmm.design.new_design`): X,
+    offset, trials and each grouping factor's index and Z (none when the design has no
+    terms), in the model's factor order; y and the weights are placeholders (ones)."""
+    index, Z = (), ()
+    if design.terms:
+        _, index, Z = build_structure(design.terms)
+    ones = np.ones(design.X.shape[0])
+    trials = ones if design.trials is None else design.trials
+    return _device_arrays(design, ones, ones, trials, index, Z)
+
+
+def _device_arrays(design: Design, y, weights, trials, index, Z) -> ProblemArrays:
+    return ProblemArrays(
+        y=jnp.asarray(y, jnp.float64),
         X=jnp.asarray(design.X, jnp.float64),
         offset=jnp.asarray(design.offset, jnp.float64),
-        weights=jnp.asarray(design.weights, jnp.float64),
+        weights=jnp.asarray(weights, jnp.float64),
         trials=jnp.asarray(trials, jnp.float64),
         index=tuple(jnp.asarray(i, jnp.int32) for i in index),
         Z=tuple(jnp.asarray(z, jnp.float64) for z in Z),
     )
-    return structure, arrays
-
-
-def make_problem(design, family, structure: ReStructure, arrays: ProblemArrays) -> Problem:
-    phi0 = np.asarray(family.init_params(design.y, design.trials), np.float64)
-    return Problem(structure, family, arrays, design, phi0)

@@ -27,7 +27,7 @@ def n_categories(family, design: Design) -> int:
     return family.n_predictors(design.response_levels)
 
 
-def expand_categories(design: Design, categories) -> tuple[Design, tuple[int, ...]]:
+def expand_categories(design: Design, categories) -> Design:
     """One block of columns and one copy of every term per category."""
     C = len(categories)
     X = np.tile(design.X, (1, C))
@@ -35,7 +35,8 @@ def expand_categories(design: Design, categories) -> tuple[Design, tuple[int, ..
     channels = tuple(c for c in range(C) for _ in design.fixef_names)
     terms = tuple(replace(t, names=tuple(f"{cat}:{n}" for n in t.names), channel=c)
                   for t in design.terms for c, cat in enumerate(categories))
-    return replace(design, X=X, fixef_names=names, terms=terms), channels
+    return replace(design, X=X, fixef_names=names, terms=terms, n_channels=C,
+                   fixef_channels=channels)
 
 
 def merge_ids(terms) -> tuple[RandomTerm, ...]:
@@ -58,7 +59,3 @@ def merge_ids(terms) -> tuple[RandomTerm, ...]:
                          channel=first.column_channels + t.column_channels)
     return tuple(out)
 
-
-def channel_matrix(channels, n_channels: int) -> np.ndarray:
-    """One-hot (len(channels), C): column k of a term or of X feeds channel channels[k]."""
-    return np.eye(n_channels)[np.asarray(channels, int)]

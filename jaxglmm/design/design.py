@@ -1,8 +1,10 @@
 """Design stage: a parsed formula applied to data becomes arrays the log-density needs.
 
-The pipeline is formula -> design -> log-density -> fit -> result.  This module holds the
-design records.  They are plain immutable containers of NumPy arrays (moved to the device by
-the fitters) plus the labels needed to name results and to rebuild X/Z for new data.
+The pipeline is formula -> design -> problem -> fit -> result.  This module holds the design
+records and :func:`build_design`, one formula applied to data (the response is coded by
+:mod:`.response`; lme4's checks are in :mod:`.checks`; a model's formulas are assembled by
+:mod:`.assembly`).  The records are plain immutable containers of NumPy arrays (moved to the
+device by core) plus the labels needed to name results and to rebuild X/Z for new data.
 
 Nothing here is dense ``n x (levels * q)``: each random-effect term keeps its per-observation
 group index and its own ``n x q`` model columns.
@@ -10,7 +12,6 @@ group index and its own ``n x q`` model columns.
 from __future__ import annotations
 
 import difflib
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,12 +19,11 @@ import pandas as pd
 
 from ..families import Family, get_family
 from ..formula import FormulaError, ParsedFormula, PyExpr, parse_formula
-from .collation import r_sort_key
-from .matrices import (FactorCoding, GroupingFactor, ModelMatrix, _label_codes, aliased_columns,
-                    evaluate_expr, factor_levels, format_label, is_numeric)
+from .checks import single_level_problem
+from .matrices import FactorCoding, GroupingFactor, ModelMatrix, aliased_columns, evaluate_expr
+from .response import level_warnings, response
 
-__all__ = ["RandomTerm", "Design", "DesignSpec", "NewData", "NewTerm", "build_design",
-           "check_identifiable", "identifiability_problem", "single_level_problem"]
+__all__ = ["RandomTerm", "Design", "DesignSpec", "NewData", "NewTerm", "build_design"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,17 @@ class Design:
         True when a binomial response was read as a proportion of the weights (lme4's
         ``prop ~ ..., weights = n``): ``y`` and ``trials`` are then counts, and simulated
         responses are given back as proportions.
+    n_channels:
+        The number of linear predictors (1; the categorical family has one per
+        non-reference category, a parameter formula adds one): see :mod:`.channels`.
+    fixef_channels:
+        The linear predictor each column of X feeds (empty: all feed predictor 0).
+    parts:
+        A model's assembled design (:func:`jaxglmm.design.assembly.model_design`): the
+        designs of its formulas (the main one, then a parameter formula's), from which new
+        data are rebuilt the same way; empty for the design of one formula.
+    dpar:
+        The family parameter the second part's formula models (``"zi"``), else None.
     """
 
     y: np.ndarray
@@ -146,6 +157,10 @@ class Design:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     proportion: bool = False
     row_index: "pd.Index | None" = field(default=None, repr=False, compare=False)
+    n_channels: int = 1
+    fixef_channels: tuple[int, ...] = ()
+    parts: tuple["Design", ...] = field(default=(), repr=False, compare=False)
+    dpar: str | None = None
 
     @property
     def nobs(self) -> int:
@@ -234,6 +249,7 @@ class DesignSpec:
         without one, aliased columns dropped).
     offsets: offset expressions, summed.
     terms: per random term, in ``Design.terms`` order.
+    weights: the column of prior weights (the trials of a proportion response), or None.
     """
 
     parsed: ParsedFormula
@@ -241,6 +257,7 @@ class DesignSpec:
     keep: tuple[int, ...]
     offsets: tuple[PyExpr, ...]
     terms: tuple[RandomTermSpec, ...]
+    weights: str | None = None
 
     @property
     def fixef_names(self) -> tuple[str, ...]:
@@ -380,8 +397,8 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
 
     w = _weights(frame, weights)
     warned: list[str] = []
-    y, trials, response_levels = _response(parsed, frame, family, levels, messages,
-                                           w if weights else None, warned)
+    y, trials, response_levels = response(parsed, frame, family, levels, messages,
+                                          w if weights else None, warned)
     proportion = trials is not None and bool(weights) and trials is w
     n_empty = 0 if trials is None else int(np.sum(trials == 0))
     if n_empty:
@@ -393,7 +410,7 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     has_intercept = family.has_intercept
     fixed = ModelMatrix.fit(parsed.fixed, parsed.intercept or not has_intercept, frame, coding)
     keep = [j for j, name in enumerate(fixed.names) if has_intercept or name != "Intercept"]
-    level_notes = _level_warnings(fixed, frame, coding)
+    level_notes = level_warnings(fixed, frame, coding)
     warned += level_notes
     messages += level_notes
     aliased = {keep[j] for j in aliased_columns(fixed.values[:, keep])}
@@ -409,7 +426,7 @@ def build_design(formula: str, data: pd.DataFrame, family=None, *, categorical=(
     offset = _offset(parsed.offsets, frame)
     _check_finite({"response": y, "trials": trials, "offset": offset})
 
-    spec = DesignSpec(parsed, fixed, tuple(keep), parsed.offsets, term_specs)
+    spec = DesignSpec(parsed, fixed, tuple(keep), parsed.offsets, term_specs, weights)
     return Design(
         y=y, X=np.ascontiguousarray(fixed.values[:, keep]), fixef_names=spec.fixef_names,
         terms=terms, offset=offset, weights=w, trials=trials,
@@ -513,185 +530,3 @@ def _random_terms(parsed, frame, coding, family: Family, messages):
             Z=np.ascontiguousarray(matrix.values, dtype=np.float64), id=r.id,
             param_group=param_group))
     return tuple(specs), tuple(terms)
-
-
-def check_identifiable(design: Design, family: Family) -> None:
-    """lme4's checkNlevels and checkZdims (lFormula/glFormula), with lme4's messages: a
-    :class:`~jaxglmm.Model` refuses a design whose random effects cannot be told apart from
-    the residual (``build_design`` itself builds any design, for inspection).
-
-    With a residual variance (lmer, ``allow.n = FALSE``) a grouping factor needs fewer
-    levels than observations and a term fewer random effects (levels x columns) than
-    observations, else the random effects and the residual variance are confounded.  Other
-    families (glmer, ``allow.n = TRUE``) refuse only more levels, or more random effects,
-    than observations.  ``n`` is the number of rows of the design (after dropping rows with
-    missing values); terms are in lme4's order.
-    """
-    terms = [(t.factor.name, len(t.factor.levels), t.matrix.values.shape[1], t.source)
-             for t in design.spec.terms]
-    problem = identifiability_problem(design.nobs, terms, family.residual is not None)
-    if problem:
-        raise ValueError(problem)
-
-
-def single_level_problem(factor: str, source: str, level: str) -> str:
-    """Why a grouping factor with one level cannot carry a random effect (lme4: "grouping
-    factors must have > 1 sampled level")."""
-    return (f"grouping factor {factor!r} in {source} has a single level ({level!r}); a "
-            "random effect needs at least two levels")
-
-
-def identifiability_problem(n: int, terms, strict: bool) -> str | None:
-    """lme4's checkNlevels and checkZdims message for ``n`` observations and ``terms``,
-    each ``(factor name, number of levels, number of columns, the bar term as written)`` in
-    lme4's order, or None when the random effects are identifiable.  ``strict``: the family
-    has a residual variance (lmer's rules; glmer's otherwise).  Used for a model
-    (:func:`check_identifiable`) and for each dataset of ``fit_many``."""
-    too_many = (lambda m: m >= n) if strict else (lambda m: m > n)
-    problems = list(dict.fromkeys(name for name, levels, _, _ in terms if too_many(levels)))
-    if problems:
-        return ("number of levels of each grouping factor must be "
-                f"{'<' if strict else '<='} number of observations "
-                f"(problems: {', '.join(problems)})")
-    for name, levels, q, source in terms:
-        n_re = levels * q
-        if n <= n_re if strict else n < n_re:
-            rest = " and the residual variance (or scale parameter)" if strict else ""
-            return (f"number of observations (={n}) {'<=' if strict else '<'} number "
-                    f"of random effects (={n_re}) for term ({_bar_text(source)}); "
-                    f"the random-effects parameters{rest} are probably unidentifiable")
-    return None
-
-
-def _bar_text(source: str) -> str:
-    """A random term as R deparses it, without its parentheses: ``1 + x | g``."""
-    text = re.sub(r"\s+", "", source[1:-1] if source.startswith("(") else source)
-    return re.sub(r"\|\||\||\+|(?<=[\w).])-|\*|/", lambda m: f" {m.group()} ", text)
-
-
-# ----------------------------------------------------------------------------- response
-def _response(parsed: ParsedFormula, frame, family, levels, messages, weights=None,
-              warned=None):
-    """``(y, trials, response_levels)`` for the family."""
-    spec = parsed.response
-    name = family.name
-    needs_trials = family.needs_trials
-    if spec.kind in ("cbind", "trials"):
-        if not needs_trials:
-            raise ValueError(f"the response {spec.text!r} gives numbers of trials, which only "
-                             f"a binomial family takes (family: {name})")
-        successes = evaluate_expr(spec.exprs[0], frame)
-        other = evaluate_expr(spec.exprs[1], frame)
-        trials = successes + other if spec.kind == "cbind" else other
-        return successes, trials, None
-    expr = spec.exprs[0]
-    raw = frame[expr.column] if expr.column is not None else None
-    if family.response in ("ordered", "unordered"):
-        return _coded_response(raw if raw is not None else
-                               pd.Series(evaluate_expr(expr, frame), name=spec.text),
-                               family, levels, messages, warned)
-    if raw is not None and (not is_numeric(raw) or raw.dtype == bool):
-        if family.response != "binary":
-            raise ValueError(f"the response {spec.text!r} is not numeric (dtype {raw.dtype}); "
-                             f"family {name} needs numbers")
-        if raw.dtype == bool:
-            y, labels = raw.to_numpy(dtype=float), ("False", "True")
-        else:
-            given = levels.get(expr.column)
-            labels = factor_levels(raw, given, observed_only=given is None)
-            if len(labels) != 2:
-                raise ValueError(f"a {name} response needs exactly two levels; "
-                                 f"{spec.text!r} has {len(labels)}: {list(labels)}")
-            y = np.array([format_label(v) == labels[1] for v in raw], dtype=float)
-        return y, (np.ones(len(y)) if needs_trials else None), labels
-    y = evaluate_expr(expr, frame)
-    if needs_trials and weights is not None and np.all((y >= 0) & (y <= 1)):
-        # lme4's glmer(prop ~ ..., weights = n, family = binomial): a proportion of n trials
-        successes = y * weights
-        if np.any(np.abs(successes - np.round(successes)) > 1e-6 * np.maximum(weights, 1.0)):
-            raise ValueError(f"binomial proportion {spec.text!r} times the weights is not a "
-                             "whole number of successes in every row")
-        messages.append(f"binomial response {spec.text!r} read as a proportion of the "
-                        "weights (trials), as lme4 does")
-        return np.round(successes), weights, None
-    if needs_trials:
-        if not np.all((y == 0) | (y == 1)):
-            raise ValueError(f"a binomial response {spec.text!r} without cbind() or trials() "
-                             "must be 0/1; write cbind(successes, failures) or "
-                             "successes | trials(n)")
-        return y, np.ones(len(y)), None
-    return y, None, None
-
-
-def _absent_levels(series: pd.Series, given, kept) -> list[str]:
-    """The declared levels of a factor (``given``, else a Categorical's categories) that
-    are not among the ``kept`` (observed) ones."""
-    if given is not None:
-        declared = [format_label(v) for v in given]
-    elif isinstance(series.dtype, pd.CategoricalDtype):
-        declared = [format_label(v) for v in series.cat.categories]
-    else:
-        return []
-    kept = set(kept)
-    return [lv for lv in dict.fromkeys(declared) if lv not in kept]
-
-
-def _level_warnings(fixed: ModelMatrix, frame: pd.DataFrame, coding: FactorCoding) -> list[str]:
-    """Warnings on the fixed effects' factors: a declared level that never occurs (left
-    out of the model), and a level seen in one row only (its coefficient rests on that one
-    observation)."""
-    out = []
-    if len(frame) < 2:
-        return out
-    for state in fixed.states:
-        column = state.atom.expr.column
-        if not state.is_factor or column is None:
-            continue
-        series = frame[column]
-        absent = _absent_levels(series, coding.given(column), state.levels)
-        if absent:
-            out.append(f"level(s) {absent} declared for {column!r} never occur in the data: "
-                       "left out of the model")
-        codes, labels = _label_codes(series)
-        counts = np.bincount(codes, minlength=len(labels))
-        once = sorted((str(labels[k]) for k in np.flatnonzero(counts == 1)), key=r_sort_key)
-        if once:
-            out.append(f"level(s) {once} of {column!r} occur in one row only: "
-                       f"{'its coefficient rests' if len(once) == 1 else 'their coefficients rest'}"
-                       " on that one observation")
-    return out
-
-
-def _in_numeric_order(labels) -> bool:
-    try:
-        values = [float(lv) for lv in labels]
-    except ValueError:
-        return False
-    return values == sorted(values)
-
-
-def _coded_response(raw: pd.Series, family: Family, levels: dict, messages, warned=None):
-    """Ordinal/categorical response: codes 0..K-1 in level order (first = reference).  A
-    declared level (``levels=`` or a Categorical's categories) that never occurs is left
-    out, with a warning naming it (``warned``)."""
-    name = family.name
-    given = levels.get(raw.name)
-    labels = factor_levels(raw, given)
-    absent = _absent_levels(raw, given, labels)
-    if absent and warned is not None:
-        warned.append(f"the response {raw.name!r} never takes the declared level(s) "
-                      f"{absent}: left out, so the {name} model has {len(labels)} "
-                      f"categories ({', '.join(labels)})")
-        messages.append(warned[-1])
-    if (given is None and family.response == "ordered" and not is_numeric(raw)
-            and not isinstance(raw.dtype, pd.CategoricalDtype) and not _in_numeric_order(labels)):
-        # strings are ordered as R's factor() orders them ("10" < "9"); say so unless that
-        # is also the order of the numbers they spell ("1" < ... < "5")
-        messages.append(f"response levels ordered as R's factor() orders strings: "
-                        f"{' < '.join(labels)}; pass levels={{column: [...]}} to set the order")
-    if len(labels) < 2:
-        raise ValueError(f"a {name} response needs at least two levels; {raw.name!r} has "
-                         f"{list(labels)}")
-    lookup = {lv: k for k, lv in enumerate(labels)}
-    y = np.array([lookup[format_label(v)] for v in raw.to_numpy()], dtype=float)
-    return y, None, labels

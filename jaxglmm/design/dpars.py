@@ -73,7 +73,7 @@ def dpar_formula(main: str, dpar: str, text: str) -> str:
     return f"{response} ~ {_rhs(text, dpar)}"
 
 
-def combine(main: Design, extra: Design, dpar: str) -> tuple[Design, tuple[int, ...]]:
+def combine(main: Design, extra: Design, dpar: str) -> Design:
     """Stack the parameter's design onto the main one as channel 1."""
     X = np.concatenate([main.X, extra.X], axis=1)
     names = tuple(main.fixef_names) + tuple(f"{dpar}_{n}" for n in extra.fixef_names)
@@ -82,7 +82,8 @@ def combine(main: Design, extra: Design, dpar: str) -> tuple[Design, tuple[int, 
         replace(t, names=tuple(f"{dpar}_{n}" for n in t.names), channel=1) for t in extra.terms)
     # each linear predictor keeps its own offset (the main formula's stays in the mean)
     offset = np.stack([main.offset, extra.offset], axis=1)
-    return replace(main, X=X, fixef_names=names, terms=terms, offset=offset), channels
+    return replace(main, X=X, fixef_names=names, terms=terms, offset=offset, n_channels=2,
+                   fixef_channels=channels)
 
 
 @lru_cache(maxsize=None)

@@ -146,10 +146,9 @@ _ONE_LABEL_KINDS = ("string", "integer", "floating", "mixed-integer-float", "boo
 
 def _label_codes(values) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, labels)``: each value's label is ``labels[codes[i]]``.  Labels are made once
-    per distinct value (a 1.8-million-row long table has 180 distinct values in a column,
-    and formatting each row took 1.5 s); an object array mixing kinds (where True == 1 would
-    merge two labels) is labelled row by row.  A pandas string column is factorized as it is
-    stored (1.8 million Arrow strings: 0.03 s, against 0.24 s through a numpy copy)."""
+    per distinct value, not once per row; an object array mixing kinds (where True == 1
+    would merge two labels) is labelled row by row.  A pandas string column is factorized as
+    it is stored, without a numpy copy (timings: docs/benchmarks.md)."""
     if isinstance(values, pd.Series) and pd.api.types.is_string_dtype(values.dtype) \
             and values.dtype != object:
         codes, uniques = pd.factorize(values, use_na_sentinel=False)
@@ -176,8 +175,8 @@ def _labels(values) -> np.ndarray:
 
 def dense_unique(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(keys, return_inverse=True)`` for keys in ``range(n_keys)``: by marking,
-    not sorting, when that range is not much larger than the data (10x faster on a
-    1.8-million-row long table)."""
+    not sorting, when that range is not much larger than the data (timings:
+    docs/benchmarks.md)."""
     if n_keys > 4 * keys.size + 1_000_000:
         distinct, inverse = np.unique(keys, return_inverse=True)
         return distinct, inverse.reshape(-1)

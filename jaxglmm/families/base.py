@@ -70,8 +70,8 @@ class Family:
     simulate: ``(key, eta, trials, fparams) -> y`` draws from the family.
     simulate_bounded: optional ``(key, eta, trials, fparams, bound) -> y``, the same
         distribution for trials known to be integers of at most the static ``bound``, by a
-        sampler that compiles faster (binomial: sums of Bernoulli draws; jax's binomial
-        sampler took 1.8 s of a 4.1 s cold cbpp simulate).
+        sampler that compiles faster (binomial: sums of Bernoulli draws in place of jax's
+        binomial sampler; docs/benchmarks.md).
     mean: ``(eta, fparams) -> E[y]`` (per trial for binomial; the expected 0-based category
         code for ordinal families).
     fisher_weight: optional ``(eta, trials, fparams) -> (n,)`` expected information of
@@ -111,6 +111,11 @@ class Family:
         ``family$dev.resids`` per observation before prior weights (the binomial's counts
         ``y`` of ``trials``, ``mu`` per trial), for deviance residuals; None where R has no
         deviance for the family (residuals of type "deviance" are then refused).
+    canonical_kernel: optional ``(loglik, kernel)``: for a canonical link, ``loglik``'s
+        kernel in closed form (``loglik`` less ``loglik_split``'s constant) with derivatives of
+        a few operations per row, for which the expected and observed information agree
+        (:mod:`~jaxglmm.families.canonical`); the many-rows Laplace fit uses it.  Used only
+        while ``loglik`` is the first element, as ``loglik_split``.
     """
 
     name: str
@@ -144,6 +149,7 @@ class Family:
     mustart: Callable | None = None
     loglik_split: tuple | None = None
     unit_deviance: Callable | None = None
+    canonical_kernel: tuple | None = None
 
     # -- what fitters ask -----------------------------------------------------------------
     @property
@@ -158,6 +164,14 @@ class Family:
         if split is not None and split[0] is self.loglik:
             return split[1], split[2]
         return self.loglik, None
+
+    def canonical_parts(self):
+        """``(kernel, constant)`` with the declared closed-form kernel of a canonical link
+        (:attr:`canonical_kernel`), or None where the family declares none."""
+        fast = self.canonical_kernel
+        if fast is None or fast[0] is not self.loglik:
+            return None
+        return fast[1], self.loglik_parts()[1]
 
     def n_predictors(self, response_levels) -> int:
         """Linear predictors the model needs: one, or one per non-reference category."""

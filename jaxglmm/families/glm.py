@@ -10,6 +10,7 @@ from jax.scipy.special import gammaln
 
 from .base import (Family, _dmu_deta, _glm_weight, _is_integer_valued, _log_mu, _log_p_and_q,
                    _pois_lpmf, _validate_counts, _validate_finite, _xlogy0, _ylogy_ratio)
+from .canonical import log_kernel, logit_kernel
 from .links import Link
 
 
@@ -103,6 +104,7 @@ def _binomial(link: Link) -> Family:
     return Family(
         "binomial", link, ("logit", "probit", "cloglog", "cauchit", "log"),
         parts[0], loglik_split=parts, validate=validate, simulate=simulate,
+        canonical_kernel=(parts[0], logit_kernel) if link.name == "logit" else None,
         simulate_bounded=simulate_bounded,
         mean=lambda eta, fp: link.linkinv(eta), fisher_weight=_binomial_fisher(link),
         variance=lambda eta, fp: link.linkinv(eta) * (1.0 - link.linkinv(eta)),
@@ -139,6 +141,7 @@ def _bernoulli(link: Link) -> Family:
     return replace(base, name="bernoulli", loglik=loglik, validate=validate, simulate=simulate,
                    fisher_weight=lambda eta, trials, fp: _binomial_fisher(link)(eta, ones(eta), fp),
                    needs_trials=False,
+                   canonical_kernel=(loglik, logit_kernel) if link.name == "logit" else None,
                    unit_deviance=lambda y, mu, trials, fp: _binomial_deviance(y, mu, 1.0, fp))
 
 
@@ -159,6 +162,7 @@ def _poisson(link: Link) -> Family:
 
     return Family("poisson", link, ("log", "identity", "sqrt"), loglik,
                   loglik_split=(loglik, kernel, constant),
+                  canonical_kernel=(loglik, log_kernel) if link.name == "log" else None,
                   validate=lambda y, trials: _validate_counts("poisson", y),
                   simulate=simulate, mean=lambda eta, fp: link.linkinv(eta),
                   variance=lambda eta, fp: link.linkinv(eta),

@@ -1,12 +1,13 @@
 """The batch engine: one likelihood fit over many same-shape datasets, in rounds.
 
 Under ``vmap`` a ``while_loop`` runs until its slowest member stops, so a batch fitted in
-one loop pays every member the iterations of the worst one (sleepstudy REML, 1,000
-simulated datasets: median 12 BFGS iterations, maximum 38).  Here the fit is split into
+one loop pays every member the iterations of the worst one.  Here the fit is split into
 three compiled programs over the stacked batch:
 
-* ``init``: each member's cross-products (or arrays), starting point and first gradient;
-* ``step``: BFGS iterations up to a (traced) iteration bound;
+* ``init``: each member's cross-products (or arrays) and starting point;
+* ``step``: updates of the one BFGS (:mod:`jaxglmm.fit.optimize`, its one-evaluation line
+  search :class:`~jaxglmm.fit.optimize.OneTrial`), then the finite-difference Hessian's
+  evaluations, up to a (traced) bound;
 * ``finish``: the Hessian at the optimum and everything a result needs.
 
 The members run in a fixed number of *slots*, in short rounds of ``step``; after each
@@ -14,10 +15,7 @@ round the members that have stopped leave their slots and the next ones take the
 (continuous batching), so finished members cost nothing more and every program runs at one
 shape, the slots'.  Each program is compiled once per slot shape and kept in the one
 program cache, so a second batch of the same shape compiles nothing; ``seconds`` says how
-long compiling and running took.  Against the earlier scheme (a round over the whole
-batch, then the stragglers compacted into a smaller batch: two shapes of ``step``), cbpp
-refits of 1,000 datasets, alternating old and new under the same load: cold 9.9-11.7 s ->
-5.2-6.6 s, 11.1 -> 7.5 CPU seconds, warm 0.97-1.45 -> 0.81-1.0 s.
+long compiling and running took (measurements: docs/benchmarks.md, "fit/batched.py").
 """
 from __future__ import annotations
 
@@ -36,10 +34,12 @@ from ..core.problem import Problem
 from .aot import AheadOfTime
 from .boundary import (MAX_PROBES, at_zero, boundary_probe, diagonal_mask, floor_start,
                        improved)
+from . import cache
 from .cache import program
 from .likelihood import (RawFit, glmm_finish, glmm_objective, glmm_start, lmm_finish,
                          lmm_objective, uses_lmm)
-from .optimize import LINESEARCH, _value_and_grad, flat_init, flat_result, flat_run
+from .optimize import (LINESEARCH, ONE_TRIAL, hessian_result, hessian_run, init as bfgs_init,
+                       run_then_hessian, value_and_grad)
 
 MAXITER = 500
 # Evaluations a member makes in a round, between refills of the slots.
@@ -60,43 +60,43 @@ class BatchTimes(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- one member
-class _Kind(NamedTuple):
+class _MemberFunctions(NamedTuple):
     """The three per-member functions of one kind of fit (LMM or GLMM)."""
 
-    init: Callable      # (data, start) -> (member data, BfgsState)
+    init: Callable      # (data, start) -> (member data, HessianRun)
     step: Callable      # (member data, state, until) -> state
     finish: Callable    # (member data, state) -> RawFit
 
 
-def _lmm_kind(problem: Problem, reml: bool) -> _Kind:
+def _lmm_kind(problem: Problem, reml: bool) -> _MemberFunctions:
     s, p = problem.structure, problem.design.n_fixef
 
     def vg(d):
-        return _value_and_grad(lmm_objective(s, d, p, reml), False, None)
+        return value_and_grad(lmm_objective(s, d, p, reml))
 
     def init(d, theta0, Hinv0):
         # forward differences for the Hessian: an LMM's theta Hessian only feeds the
         # convergence verdict and later refits' starting inverse Hessian (beta's covariance
         # is exact), and k gradients instead of 2k save about a tenth of a sleepstudy batch
-        return d, flat_init(theta0, Hinv0=Hinv0, sides=1)
+        return d, hessian_run(bfgs_init(theta0, Hinv0=Hinv0), sides=1)
 
     def step(d, state, until):
-        return flat_run(vg(d), state, until)
+        return run_then_hessian(vg(d), state, ONE_TRIAL, until, maxiter=MAXITER)
 
     def finish(d, state):
-        return lmm_finish(s, d, p, reml, flat_result(state))
+        return lmm_finish(s, d, p, reml, hessian_result(state))
 
-    return _Kind(init, step, finish)
+    return _MemberFunctions(init, step, finish)
 
 
-def _glmm_kind(problem: Problem, n_agq: int) -> _Kind:
+def _glmm_kind(problem: Problem, n_agq: int) -> _MemberFunctions:
     s, fam = problem.structure, problem.family
 
     def model(a):
         return GlmmModel(s, fam, a, problem.n_phi)
 
     def vg(a):
-        return _value_and_grad(glmm_objective(model(a), n_agq), True, 0)
+        return value_and_grad(glmm_objective(model(a), n_agq), True, 0)
 
     def init(a, phi0, x0, Hinv0):
         # x0 holding a NaN: start where a single fit starts (lme4's theta, the GLM's beta);
@@ -104,24 +104,24 @@ def _glmm_kind(problem: Problem, n_agq: int) -> _Kind:
         # is skipped, not computed and discarded
         x0 = jax.lax.cond(jnp.all(jnp.isfinite(x0)), lambda: x0,
                           lambda: glmm_start(model(a), phi0))
-        return a, flat_init(x0, jnp.zeros(s.n_u), Hinv0=Hinv0)
+        return a, hessian_run(bfgs_init(x0, jnp.zeros(s.n_u), Hinv0=Hinv0))
 
     def step(a, state, until):
-        return flat_run(vg(a), state, until)
+        return run_then_hessian(vg(a), state, ONE_TRIAL, until, maxiter=MAXITER)
 
     def finish(a, state):
-        return glmm_finish(model(a), flat_result(state))
+        return glmm_finish(model(a), hessian_result(state))
 
-    return _Kind(init, step, finish)
+    return _MemberFunctions(init, step, finish)
 
 
 # ----------------------------------------------------------------------------- programs
-def _programs(problem: Problem, method: str, n_agq: int, refit: bool):
+def _programs(problem: Problem, method, n_agq: int, refit: bool):
     """The batch's three compiled programs (cached by structure, family and method), and
     which of the ``init`` program's arguments are stacked over members."""
     s, fam = problem.structure, problem.family
     if uses_lmm(problem, method):
-        reml = method == "reml"
+        reml = method.reml
         kind = _lmm_kind(problem, reml)
         if refit:       # one design, many responses: (arrays, Y, theta0, Hinv0)
             prep = lambda a, Y, t0, H0: jax.vmap(kind.init, in_axes=(0, None, None))(
@@ -140,8 +140,8 @@ def _programs(problem: Problem, method: str, n_agq: int, refit: bool):
     def build():
         # ``until`` is per member: each slot holds a member at its own iteration count
         step = jax.vmap(kind.step, in_axes=(0, 0, 0))
-        return (AheadOfTime(jax.jit(prep)), AheadOfTime(jax.jit(step)),
-                AheadOfTime(jax.jit(jax.vmap(kind.finish))))
+        return (AheadOfTime(cache.jit(prep)), AheadOfTime(cache.jit(step)),
+                AheadOfTime(cache.jit(jax.vmap(kind.finish))))
 
     return program(key, build), stacked
 
@@ -221,17 +221,17 @@ def _floored(problem: Problem, args: tuple) -> tuple:
 
 
 def _restart(st, x):
-    """Host states (a few members) started afresh at ``x``, as :func:`flat_init` with no
-    inverse Hessian (the first step is the gradient's, at most 0.5 in any entry); each
-    keeps its aux (a GLMM's modes: the next mode search starts there)."""
+    """Host states (a few members) started afresh at ``x``, as the optimizer's ``init``
+    with no inverse Hessian (the first step is the gradient's, at most 0.5 in any entry);
+    each keeps its aux (a GLMM's modes: the next mode search starts there)."""
     zero = lambda v: np.zeros_like(v)             # noqa: E731
-    k = x.shape[1]
-    return st._replace(x=x.copy(), f=np.full_like(st.f, np.inf), g=zero(st.g),
-                       Hinv=np.broadcast_to(np.eye(k), st.Hinv.shape).copy(), d=zero(st.d),
-                       t=zero(st.t), scaled=zero(st.scaled), it=zero(st.it),
-                       nback=zero(st.nback), stall=zero(st.stall),
-                       status=np.full_like(st.status, -1), x0=x.copy(), f0=zero(st.f0),
-                       phase=zero(st.phase), hess_g=zero(st.hess_g))
+    o, k = st.opt, x.shape[1]
+    o = o._replace(x=x.copy(), f=np.full_like(o.f, np.inf), g=zero(o.g),
+                   Hinv=np.broadcast_to(np.eye(k), o.Hinv.shape).copy(), d=zero(o.d),
+                   t=zero(o.t), scaled=zero(o.scaled), it=zero(o.it), nev=zero(o.nev),
+                   nback=zero(o.nback), stall=zero(o.stall),
+                   status=np.full_like(o.status, -1), x0=x.copy(), f0=zero(o.f0))
+    return st._replace(opt=o, phase=zero(st.phase), hess_g=zero(st.hess_g))
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -247,10 +247,11 @@ def typical_member(ok: np.ndarray, x: np.ndarray) -> int | None:
 
 def _pilot_pick(state):
     """(x, Hinv) of the converged member nearest the median of the converged ones, or None."""
-    pick = typical_member(np.asarray(state.status) == 0, state.x)
+    o = state.opt
+    pick = typical_member(np.asarray(o.status) == 0, o.x)
     if pick is None:
         return None
-    return np.asarray(state.x)[pick], np.asarray(state.Hinv)[pick]
+    return np.asarray(o.x)[pick], np.asarray(o.Hinv)[pick]
 
 
 class _Compiled(NamedTuple):
@@ -265,7 +266,7 @@ class _Compiled(NamedTuple):
 
 def _compile_batch(problem, method, options, args, refit, slots, clock) -> _Compiled:
     """The batch's three programs compiled for its slots (or found compiled)."""
-    n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
+    n_agq = method.points(options)
     (init, step, finish), stacked = _programs(problem, method, n_agq, refit)
     B = int(next(np.shape(jax.tree.leaves(a)[0])[0] for a, st in zip(args, stacked) if st))
     S = slot_size(B) if slots is None else int(slots)
@@ -278,7 +279,8 @@ def _compile_batch(problem, method, options, args, refit, slots, clock) -> _Comp
     first = _members(args, stacked, chunks[0])
     t0 = time.perf_counter()
     data_abs, state_abs = _abstract(init.out_info(*first))
-    until_abs = jax.ShapeDtypeStruct((S,), state_abs.it.dtype, sharding=state_abs.it.sharding)
+    it_abs = state_abs.opt.it
+    until_abs = jax.ShapeDtypeStruct((S,), it_abs.dtype, sharding=it_abs.sharding)
     step.prepare(data_abs, state_abs, until_abs)
     clock[0] += time.perf_counter() - t0
     run_init = _compiled(init, first, clock)
@@ -287,14 +289,14 @@ def _compile_batch(problem, method, options, args, refit, slots, clock) -> _Comp
                      first, chunks, S, B, stacked)
 
 
-def prepare_batch(problem: Problem, method: str, options: dict, args: tuple, refit: bool,
+def prepare_batch(problem: Problem, method, options: dict, args: tuple, refit: bool,
                   slots: int | None = None) -> Future:
     """Compile, in a background thread, the programs :func:`fit_batch` will run for a batch
     of these arguments' shapes (their values are not used), so a caller can do other work
     (simulate the responses) meanwhile; ``fit_batch`` then finds them compiled, or waits
     for them.  The future's result is the seconds spent compiling."""
-    _programs(problem, method, int(options.get("agq_points", 25)) if method == "agq" else 1,
-              refit)                     # made (cached) here, so no thread races to make it
+    # made (cached) here, so no thread races to make it
+    _programs(problem, method, method.points(options), refit)
 
     def run():
         clock = [0.0]
@@ -305,11 +307,12 @@ def prepare_batch(problem: Problem, method: str, options: dict, args: tuple, ref
     return _PREPARE.submit(run)
 
 
-def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: bool,
+def fit_batch(problem: Problem, method, options: dict, args: tuple, refit: bool,
               maxiter: int = MAXITER, pilot: bool = False,
               slots: int | None = None) -> tuple[RawFit, BatchTimes]:
-    """Fit every member of a stacked batch; returns the stacked :class:`RawFit` on the host
-    and the seconds spent compiling and running.
+    """Fit every member of a stacked batch with ``method`` (a :class:`jaxglmm.methods.Method`);
+    returns the stacked :class:`RawFit` on the host and the seconds spent compiling and
+    running.
 
     ``args`` are the ``init`` program's arguments: ``(arrays, theta0, Hinv0)`` for stacked
     LMM datasets, ``(arrays, Y, theta0, Hinv0)`` for one design with many responses
@@ -321,8 +324,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     program (init, step and finish, each over the slots) compiles at one shape.  With
     ``pilot`` the first slots' members start from lme4's start and the others from the
     optimum (and BFGS inverse Hessian) of the first converged member nearest their median:
-    same-model datasets have nearby optima (sleepstudy REML, 1,000 datasets: 25
-    evaluations a member from lme4's start, 8 from a nearby optimum).
+    same-model datasets have nearby optima, so they take a few times fewer evaluations.
 
     No member starts or stops at a zero variance it should leave (:mod:`jaxglmm.fit.
     boundary`): a start (given, or the pilot's) with a diagonal theta entry at zero is moved
@@ -332,7 +334,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
 
     ``slots`` (default :func:`slot_size` of the batch) fixes the slot count, so batches of
     different sizes share one compiled shape without padding the batch with dummy members
-    (the slots wrap: 10,000 refits padded to 16,384 members cost 64% more).
+    (the slots wrap).
     """
     clock = [0.0]
     start = time.perf_counter()
@@ -367,7 +369,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     take = np.arange(S) % B
     sl_data, sl_state = _rows(data, take), _rows(state, take)
     member[:min(S, B)] = np.arange(min(S, B))
-    sl_state.status[member < 0], sl_state.phase[member < 0] = 0, n_hess   # empty: stopped
+    sl_state.opt.status[member < 0], sl_state.phase[member < 0] = 0, n_hess   # empty: stopped
     queued = min(S, B)
     piloting = pilot and B > S
     begin = None                                  # the pilot's start for the queued members
@@ -376,34 +378,36 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
     # the end-of-fit boundary check (fit.boundary): a member stopped with a diagonal theta
     # entry at zero is restarted off it and run to its end; ``held`` keeps its fit at zero,
     # restored where the restart ends no lower
-    mask = diagonal_mask(state.x.shape[1], problem.structure.theta_diagonal())
+    mask = diagonal_mask(state.opt.x.shape[1], problem.structure.theta_diagonal())
     probes = np.zeros(B, int)                     # restarts per member
     probing = np.zeros(S, bool)                   # slots whose member is a restart
     held = _rows(sl_state, np.arange(S))
-    extra_it = np.zeros(B, np.asarray(state.it).dtype)   # evaluations before the restarts
+    extra_it = np.zeros(B, np.asarray(state.opt.it).dtype)   # evaluations before restarts
     first_f0 = np.full(B, np.nan)                 # the objective at the member's own start
     while True:
         rounds += 1
-        until = sl_state.it + ROUND
+        until = sl_state.opt.it + sl_state.phase + ROUND     # loop iterations
         sl_state = _host(run_step(shard(sl_data), shard(sl_state), shard(until)))
-        status, phase, it = sl_state.status, sl_state.phase, sl_state.it
+        status, phase = sl_state.opt.status, sl_state.phase
+        it = sl_state.opt.it + phase
         done = (member >= 0) & (((status >= 0) & (phase >= n_hess)) | (it >= maxiter + n_hess))
         ended = done & probing                    # restarts that have run to their end
         if ended.any():
-            keep = ended & improved(sl_state.f, held.f)
+            keep = ended & improved(sl_state.opt.f, held.opt.f)
             back = ended & ~keep
             _set_rows(sl_state, back, _rows(held, back))
             for j in np.flatnonzero(keep):
                 m = member[j]
-                extra_it[m] += held.it[j] - held.phase[j]
-                first_f0[m] = held.f0[j] if np.isnan(first_f0[m]) else first_f0[m]
+                extra_it[m] += held.opt.it[j]
+                first_f0[m] = held.opt.f0[j] if np.isnan(first_f0[m]) else first_f0[m]
             probing &= ~ended
-        edge = done & np.isin(sl_state.status, (0, LINESEARCH)) & at_zero(sl_state.x, mask)
+        edge = done & np.isin(sl_state.opt.status, (0, LINESEARCH)) & \
+            at_zero(sl_state.opt.x, mask)
         edge &= probes[np.maximum(member, 0)] < MAX_PROBES
         if edge.any():
             _set_rows(held, edge, _rows(sl_state, edge))
             _set_rows(sl_state, edge, _restart(_rows(sl_state, edge),
-                                               boundary_probe(sl_state.x[edge], mask)))
+                                               boundary_probe(sl_state.opt.x[edge], mask)))
             probes[member[edge]] += 1
             probing |= edge
             done &= ~edge
@@ -413,7 +417,7 @@ def fit_batch(problem: Problem, method: str, options: dict, args: tuple, refit: 
         if piloting:            # no refills yet: every running member is a pilot
             running = member >= 0
             gone = np.setdiff1d(np.arange(S), member[running])
-            n_conv = np.sum(state.status[gone] == 0) + np.sum(status[running] == 0)
+            n_conv = np.sum(state.opt.status[gone] == 0) + np.sum(status[running] == 0)
             if 2 * n_conv >= S or not running.any() or int(it.max()) >= PILOT_MAXITER:
                 piloting = False
                 begin = _pilot_pick(jax.tree.map(lambda a, b: np.concatenate([a, b]),

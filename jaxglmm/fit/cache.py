@@ -15,6 +15,7 @@ import gc
 import math
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +23,18 @@ from typing import Any, Callable
 import jax
 
 _MAP_FRACTION = 0.6
-_state = {"pressure": False, "limit": None}
+_state = {"pressure": False, "limit": None, "compiles": 0}
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_count_lock = threading.Lock()
 # Every compiled program jaxglmm keeps, by key: the one place they are cached.
 _PROGRAMS: dict = {}
+
+
+def jit(fn: Callable, **options):
+    """``jax.jit(fn, **options)``: the library's one call of ``jax.jit``.  Call it only
+    inside the ``build`` of :func:`program`, so that every compiled program is kept (and
+    freed) here and same-shape data reuse it."""
+    return jax.jit(fn, **options)
 
 
 def program(key: tuple, build: Callable[[], Any]):
@@ -66,14 +76,10 @@ def batched_lapack_calls(hlo_text: str) -> list[str]:
 
 
 def n_compiled() -> int:
-    """How many compiled executables the cached programs hold (a jitted function holds one
-    per argument shapes; for tests and diagnostics: a same-shape dataset adds none)."""
-    total = 0
-    for made in _PROGRAMS.values():
-        fn = made[0] if isinstance(made, tuple) else made
-        compiled = getattr(fn, "compiled", None)            # an AheadOfTime
-        total += len(compiled) if compiled is not None else fn._cache_size()
-    return total
+    """How many XLA executables this process has made so far (compiled, or loaded from the
+    persistent cache), counted by a ``jax.monitoring`` listener on JAX's backend-compile
+    event; for tests and diagnostics: fitting a same-shape dataset again adds none."""
+    return _state["compiles"]
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
@@ -119,14 +125,18 @@ def _map_limit() -> int:
 
 
 def _after_compile(event: str, duration: float, **kwargs) -> None:
-    if event != "/jax/core/compile/backend_compile_duration" or not _map_limit():
+    if event != _COMPILE_EVENT:
+        return
+    with _count_lock:
+        _state["compiles"] += 1
+    if not _map_limit():
         return
     count = memory_map_count()
     if count is not None and count > _MAP_FRACTION * _map_limit():
         _state["pressure"] = True
 
 
-def relieve_map_pressure() -> None:
+def free_programs_near_map_cap() -> None:
     """Called at the start of each fit: frees the compiled programs when the process nears
     its memory-mapping cap (see the module docstring)."""
     if _state["pressure"]:

@@ -1,12 +1,14 @@
 """One convergence verdict, from one place, for every method.
 
-For likelihood fits (:func:`judge`) it combines the optimizer's status, the gradient scaled by the inverse Hessian (lme4's
-``checkConv`` criterion: the Newton step that remains), the Hessian's positive definiteness and
-the singular-fit check (a variance or a Cholesky diagonal at its boundary).  lme4 issues #783
-and #599 show users confused by two sources that disagree; here ``converged`` and ``messages``
-are the only verdict.  Bayesian fits are judged here too (:func:`judge_posterior`): R-hat,
-divergences and tree depth for NUTS, the ELBO's last change for VI, and the gradient and
-Hessian at the posterior mode for MAP.
+For likelihood fits (:func:`judge`) it combines the optimizer's status, the gradient scaled
+by the inverse Hessian (lme4's ``checkConv`` criterion: the Newton step that remains), the
+Hessian's positive definiteness and the singular-fit check (a variance or a Cholesky diagonal
+at its boundary).  lme4 issues #783 and #599 show users confused by two sources that
+disagree; here ``converged`` and ``messages`` are the only verdict.  Bayesian fits are
+judged here too, each method by its record's ``judge`` (:mod:`jaxglmm.methods`): R-hat,
+divergences and tree depth for NUTS (:func:`judge_nuts`), the ELBO's last change for VI
+(:func:`judge_vi`), and the gradient and Hessian at the posterior mode for MAP
+(:func:`judge_map`).
 """
 from __future__ import annotations
 
@@ -96,33 +98,37 @@ def judge(status: int, grad: np.ndarray, hessian: np.ndarray, theta: np.ndarray,
     return Verdict(bool(ok), singular, tuple(msgs))
 
 
-def judge_posterior(method: str, rhat_max: float, diag: dict) -> Verdict:
-    """The verdict of a Bayesian fit from its sampler's (or optimizer's) record ``diag``
-    and the largest R-hat over the reported quantities (NaN with one chain)."""
+def judge_nuts(rhat_max: float, diag: dict) -> Verdict:
+    """A NUTS fit's verdict from the largest R-hat over the reported quantities (NaN with
+    one chain) and the sampler's record ``diag`` (divergences, tree-depth hits)."""
     msgs = []
-    if method == "nuts":
-        ok = not (rhat_max > RHAT_MAX) and diag["divergences"] == 0
-        if rhat_max > RHAT_MAX:
-            msgs.append(f"R-hat up to {rhat_max:.3f} (> {RHAT_MAX}): the chains have not mixed; "
-                        "run longer warmup/draws")
-        if diag["divergences"]:
-            msgs.append(f"{diag['divergences']} divergent transitions after warmup: raise "
-                        "target_accept (e.g. 0.95) or reparameterize")
-        if diag["max_tree_depth_hits"]:
-            msgs.append(f"{diag['max_tree_depth_hits']} transitions hit the maximum tree depth")
-    elif method == "vi":
-        ok = diag["elbo_relative_change"] < ELBO_RTOL
-        if not ok:
-            msgs.append(f"ELBO still changing (relative change {diag['elbo_relative_change']:.2e} "
-                        "over the last tenth of the steps): run more steps")
-    elif method == "map":
-        ok = diag["grad_max"] < MAP_GRAD_TOL and diag["hessian_pd"]
-        if not ok:
-            msgs.append("posterior mode not reached or Hessian not positive definite "
-                        f"(max |grad| {diag['grad_max']:.2e})")
-    else:
-        raise ValueError(f"no posterior verdict for method {method!r}")
+    ok = not (rhat_max > RHAT_MAX) and diag["divergences"] == 0
+    if rhat_max > RHAT_MAX:
+        msgs.append(f"R-hat up to {rhat_max:.3f} (> {RHAT_MAX}): the chains have not mixed; "
+                    "run longer warmup/draws")
+    if diag["divergences"]:
+        msgs.append(f"{diag['divergences']} divergent transitions after warmup: raise "
+                    "target_accept (e.g. 0.95) or reparameterize")
+    if diag["max_tree_depth_hits"]:
+        msgs.append(f"{diag['max_tree_depth_hits']} transitions hit the maximum tree depth")
     return Verdict(bool(ok), False, tuple(msgs))
+
+
+def judge_vi(rhat_max: float, diag: dict) -> Verdict:
+    """A VI fit's verdict: the ELBO's relative change over the last tenth of the steps."""
+    ok = diag["elbo_relative_change"] < ELBO_RTOL
+    msgs = () if ok else (f"ELBO still changing (relative change "
+                          f"{diag['elbo_relative_change']:.2e} over the last tenth of the "
+                          "steps): run more steps",)
+    return Verdict(bool(ok), False, msgs)
+
+
+def judge_map(rhat_max: float, diag: dict) -> Verdict:
+    """A MAP fit's verdict: the gradient and the Hessian at the posterior mode."""
+    ok = diag["grad_max"] < MAP_GRAD_TOL and diag["hessian_pd"]
+    msgs = () if ok else ("posterior mode not reached or Hessian not positive definite "
+                          f"(max |grad| {diag['grad_max']:.2e})",)
+    return Verdict(bool(ok), False, msgs)
 
 
 def judge_many(status, grad, hessian, theta, theta_diagonal, n_iter) -> list[Verdict]:

@@ -14,17 +14,20 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..core import lmm, resystem as rs
-from ..core.glmm_sparse import SparseLaplace, sparse_pattern, uses_sparse_blocks
+from ..core import blocked, linalg, lmm, restructure as rs, sparse as sps
+from ..core.glmm_sparse import SparseLaplace, uses_sparse_blocks
 from ..core.laplace import GlmmModel, Layout, glm_start
-from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_lmm_data, sparse_profiled_parts
+from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_profiled_parts
 from ..core.problem import LARGE_N, Problem, ProblemArrays
+from ..design.sparse import (lapack_cholesky_inverse, sparse_lmm_data, sparse_pattern,
+                             sparse_theta_start)
+from . import cache
 from .aot import CPU_OPTIONS
 from .cache import program
-from .optimize import (fd_derivatives, fd_points, flat_init, flat_result, flat_run, minimize,
-                       minimize_host, minimize_host_gradient)
+from .host import (choose_optimizer, fd_derivatives, fd_points, minimize_host,
+                   minimize_host_gradient)
+from .optimize import ONE_TRIAL, hessian_result, hessian_run, init, minimize, run_then_hessian
 
-LIKELIHOOD_METHODS = ("reml", "ml", "laplace", "agq")
 # Compile with XLA's backend optimizations off: the fit graphs are many small ops in loops,
 # where optimization level 0 halves compile time and changes run time little (measured on
 # sleepstudy: 2.2 s vs 3.5 s cold, 1.0 ms vs 0.7 ms warm).  Small problems only: from
@@ -75,7 +78,7 @@ def lmm_finish(structure: rs.ReStructure, d: LmmData, p: int, reml: bool, opt) -
     """The fit at the optimizer's theta: beta, sigma, the random effects and their covariances."""
     parts = profiled_parts(structure, d.cp, opt.x, d.n, p, reml, d.sum_log_w, full=True)
     lams = rs.lambdas(structure, opt.x)
-    ucov = rs.conditional_covariances(parts.chol, structure)
+    ucov = blocked.conditional_covariances(parts.chol, structure)
     s2 = jnp.square(parts.sigma)
     b = rs.random_effects(structure, lams, parts.u)
     bcov = [s2 * jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
@@ -99,25 +102,23 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
     return lmm_finish(structure, d, p, reml, opt)
 
 
-# The sparse crossed LMM path (MixedModels.jl's blocks, L21 sparse; core.resystem's
-# SparseSystem): taken where the dense Schur update of the trailing block passes
-# resystem.SPARSE_MIN_WORK.
+# The sparse crossed LMM path (MixedModels.jl's blocks, L21 sparse; design.sparse's
+# SparseSystem, core.sparse's factor): taken where the dense Schur update of the trailing
+# block passes core.sparse.SPARSE_MIN_WORK.
 # the sparse system of each problem fitted (its host-built pattern), while the problem lives
 _SPARSE_DATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # the sparse Laplace Hessian's pattern of each crossed GLMM fitted (core.glmm_sparse)
 _SPARSE_PATTERN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-# scalar blocks take the closed-form gradient and L-BFGS-B (False: COBYQA on values, as
-# the other designs; scripts/bench_scale.py --derivative-free measures the two)
-SPARSE_GRADIENT = True
-
-
-def uses_sparse_lmm(problem: Problem, method: str) -> bool:
+def uses_sparse_lmm(problem: Problem, method) -> bool:
     """Whether an LMM fit takes the sparse crossed path (two or more grouping factors and a
     trailing block large enough that the dense update dominates)."""
-    return uses_lmm(problem, method) and rs.sparse_schur_pays(
-        problem.structure, problem.arrays.X.shape[1] + 1)
+    return uses_lmm(problem, method) and _sparse_pays(problem)
+
+
+def _sparse_pays(problem: Problem) -> bool:
+    return sps.sparse_schur_pays(problem.structure, problem.arrays.X.shape[1] + 1)
 
 
 def _sparse_lmm_programs(s: rs.ReStructure, reml: bool):
@@ -135,17 +136,17 @@ def _sparse_lmm_programs(s: rs.ReStructure, reml: bool):
 
         def finish(d, x, L22=None, Sig=None):
             lams = rs.lambdas(s, x)
-            ch = None if L22 is None else rs.SparseCholesky(
-                *rs.sparse_schur(s, lams, d.sp)[:3], L22)
+            ch = None if L22 is None else sps.SparseCholesky(
+                *sps.sparse_schur(s, lams, d.sp)[:3], L22)
             parts = sparse_profiled_parts(s, d, x, d.sp.dE.shape[2] - 1, reml, full=True,
                                           ch=ch)
-            ucov = rs.sparse_conditional_covariances(parts.chol, d.sp, s, lams, sigma22=Sig)
+            ucov = sps.sparse_conditional_covariances(parts.chol, d.sp, s, lams, sigma22=Sig)
             s2 = jnp.square(parts.sigma)
             b = rs.random_effects(s, lams, parts.u)
             bcov = [s2 * jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
             return parts._replace(chol=None), tuple(b), tuple(bcov)
 
-        return jax.jit(dev), jax.jit(derivs), jax.jit(finish)
+        return cache.jit(dev), cache.jit(derivs), cache.jit(finish)
     return program(("lmm_sparse", s, reml), build)
 
 
@@ -153,14 +154,14 @@ def _sparse_schur_program(s: rs.ReStructure):
     """The compiled Schur complement of the sparse factor's dense block (before its
     Cholesky): ``(d, theta) -> S``."""
     return program(("lmm_sparse_schur", s),
-                   lambda: jax.jit(lambda d, th: rs.sparse_schur(s, rs.lambdas(s, th), d.sp)[3]))
+                   lambda: cache.jit(lambda d, th: sps.sparse_schur(s, rs.lambdas(s, th), d.sp)[3]))
 
 
 def _sparse_lmm_gradient_program(s: rs.ReStructure, reml: bool):
     """``(d, theta) -> (deviance, gradient, factors)`` by
     :func:`core.lmm.sparse_deviance_gradient` (scalar blocks only).  On the CPU in three
     steps: the compiled Schur complement, LAPACK's factor and inverse on the host
-    (:func:`core.lmm.lapack_cholesky_inverse`), the compiled rest, with ``factors`` the
+    (:func:`design.sparse.lapack_cholesky_inverse`), the compiled rest, with ``factors`` the
     host's ``(L22, Sigma)``; elsewhere one compiled program (``factors`` None)."""
     cpu = jax.default_backend() == "cpu"
 
@@ -169,7 +170,7 @@ def _sparse_lmm_gradient_program(s: rs.ReStructure, reml: bool):
             p = d.sp.dE.shape[2] - 1
             return lmm.sparse_deviance_gradient(s, d, th, p, reml)
         if not cpu:
-            devgrad = jax.jit(devgrad)
+            devgrad = cache.jit(devgrad)
             return lambda d, th: devgrad(d, th) + (None,)
         import numpy as np
 
@@ -179,23 +180,33 @@ def _sparse_lmm_gradient_program(s: rs.ReStructure, reml: bool):
             p = d.sp.dE.shape[2] - 1
             return lmm.sparse_deviance_gradient(s, d, th, p, reml,
                                                 dense_inverse=lambda S, k: (L22, Sig))
-        rest = jax.jit(rest)
+        rest = cache.jit(rest)
 
         def staged(d, th):
             k = s.p2 + (d.sp.dE.shape[2] - 1 if reml else 0)
-            L22, Sig = lmm.lapack_cholesky_inverse(np.asarray(schur(d, th)), k)
+            L22, Sig = lapack_cholesky_inverse(np.asarray(schur(d, th)), k)
             L22, Sig = jnp.asarray(L22), jnp.asarray(Sig)
             return rest(d, th, L22, Sig) + ((L22, Sig),)
         return staged
     return program(("lmm_sparse_grad", s, reml, cpu), build)
 
 
+def sparse_lmm_optimizer(problem: Problem, name: str | None = None) -> str:
+    """The host optimizer of the sparse crossed LMM: ``name`` (option ``optimizer``), by
+    default L-BFGS-B on the closed-form gradient where every random effect is scalar, else
+    COBYQA on values (``scripts/bench_scale.py --derivative-free`` measures the two)."""
+    scalar = sps.scalar_blocks(problem.structure)
+    allowed = ("lbfgsb", "cobyqa") if scalar else ("cobyqa",)
+    return choose_optimizer(name, allowed, allowed[0], "the sparse crossed LMM"
+                            + ("" if scalar else " with vector random effects"))
+
+
 def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
-                   maxfev: int = 1000) -> RawFit:
+                   maxfev: int = 1000, optimizer: str | None = None) -> RawFit:
     """Fit a gaussian LMM by REML or ML through the sparse blocked factor: the system is
-    built on the host once, then a derivative-free optimizer (:func:`minimize_host`) calls
-    the compiled deviance; the gradient and Hessian at the optimum are finite differences
-    of values (1 + 2k + k(k-1)/2 of them), as lme4's convergence checks."""
+    built on the host once, then a host optimizer (:func:`sparse_lmm_optimizer`) calls the
+    compiled deviance (and gradient); the gradient and Hessian at the optimum are finite
+    differences of values (1 + 2k + k(k-1)/2 of them), as lme4's convergence checks."""
     import numpy as np
     s = problem.structure
     d = _SPARSE_DATA.get(problem)
@@ -205,8 +216,8 @@ def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
     theta0 = np.asarray(s.theta_init(), float)
     lower = np.where(s.theta_diagonal(), 0.0, -np.inf)
     last = {}            # the latest gradient evaluation: its point, value and factors
-    if SPARSE_GRADIENT and rs.scalar_blocks(s):
-        # closed-form gradient + L-BFGS-B (see SPARSE_GRADIENT)
+    if sparse_lmm_optimizer(problem, optimizer) == "lbfgsb":
+        # closed-form gradient + L-BFGS-B
         devgrad = _sparse_lmm_gradient_program(s, reml)
 
         def fg(th):
@@ -216,9 +227,9 @@ def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
                 last.update(x=th.copy(), fg=(float(f), np.asarray(g, float)),
                             factors=factors)
             return last["fg"]
-        # from the moments' start (lmm.sparse_theta_start), not lme4's theta = 1:
+        # from the moments' start (design.sparse.sparse_theta_start), not lme4's theta = 1:
         # InstEval 11 gradient evaluations against 30
-        theta0 = lmm.sparse_theta_start(s, d)
+        theta0 = sparse_theta_start(s, d)
         f0 = jnp.asarray(fg(theta0)[0])
         # first steps of about a tenth of the start (powers of 2: x / scale * scale == x)
         scale = 2.0 ** np.round(np.log2(0.1 * theta0))
@@ -231,7 +242,7 @@ def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
                                           verbose=verbose, maxfev=maxfev)
     _, g, H = derivs(d, jnp.asarray(x))
     if jax.default_backend() == "cpu":
-        # the factor and the inverse of its Z2 block by LAPACK (:func:`lmm.
+        # the factor and the inverse of its Z2 block by LAPACK (:func:`design.sparse.
         # lapack_cholesky_inverse`; MovieLens' finish 3.3 s through XLA, 1.0 s so), the
         # latest gradient evaluation's where it was at x and its inverse the Z2 block's (ML)
         if "x" in last and np.array_equal(last["x"], x) and not reml:
@@ -239,7 +250,7 @@ def fit_lmm_sparse(problem: Problem, reml: bool, verbose: bool = False,
         else:
             S = _sparse_schur_program(s)(d, jnp.asarray(x))
             L22, Sig = (jnp.asarray(a) for a in
-                        lmm.lapack_cholesky_inverse(np.asarray(S), s.p2))
+                        lapack_cholesky_inverse(np.asarray(S), s.p2))
         parts, b, bcov = finish(d, jnp.asarray(x), L22, Sig)
     else:
         parts, b, bcov = finish(d, jnp.asarray(x))
@@ -318,16 +329,17 @@ def fit_glmm_sparse(structure: rs.ReStructure, family, a: ProblemArrays, phi0: j
                     maxiter: int = 500, verbose: bool = False, pattern=None) -> RawFit:
     """The Laplace fit of :func:`fit_glmm` for many rows (see :mod:`jaxglmm.core.glmm_sparse`):
     the GLM start stopped at convergence, then BFGS evaluating the objective once per loop
-    iteration (:func:`~jaxglmm.fit.optimize.flat_run`, with Powell's damped update; its last
-    2k evaluations make the finite-difference Hessian), each evaluation warm-starting the
-    mode at the last one's."""
+    iteration (:func:`~jaxglmm.fit.optimize.run_then_hessian`, with Powell's damped update;
+    its last 2k evaluations make the finite-difference Hessian), each evaluation
+    warm-starting the mode at the last one's."""
     sl = SparseLaplace(structure, family, a, phi0.shape[0], verbose=verbose, pattern=pattern)
     x0 = jnp.concatenate([jnp.asarray(structure.theta_init()), sl.glm_start(phi0), phi0])
     k = x0.shape[0]
-    state = flat_run(sl.value_and_grad, flat_init(x0, jnp.zeros(structure.n_u)),
-                     maxiter + 2 * k, maxiter=maxiter, damped=True)
+    start = hessian_run(init(x0, jnp.zeros(structure.n_u)))
+    state = run_then_hessian(sl.value_and_grad, start, ONE_TRIAL, maxiter + 2 * k,
+                             maxiter=maxiter, damped=True)
     model = GlmmModel(structure, family, a, phi0.shape[0])
-    return glmm_finish(model, flat_result(state))
+    return glmm_finish(model, hessian_result(state))
 
 
 def fixef_vcov(hessian, layout: Layout):
@@ -335,67 +347,75 @@ def fixef_vcov(hessian, layout: Layout):
     ``vcov(use.hessian = TRUE)``; where that Hessian is not positive definite (a variance at
     its boundary) the beta block alone is used, conditional on theta."""
     t, p = layout.n_theta, layout.p
-    full = 2.0 * rs.linalg.dense_inv(hessian)[t:t + p, t:t + p]     # unbatched under vmap
-    cond = 2.0 * rs.linalg.dense_inv(hessian[t:t + p, t:t + p])
-    pd = jnp.min(rs.linalg.eigvalsh(hessian)) > 0
+    full = 2.0 * linalg.dense_inv(hessian)[t:t + p, t:t + p]     # unbatched under vmap
+    cond = 2.0 * linalg.dense_inv(hessian[t:t + p, t:t + p])
+    pd = jnp.min(linalg.eigvalsh(hessian)) > 0
     return jnp.where(pd & jnp.all(jnp.isfinite(full)), full, cond)
 
 
 # ----------------------------------------------------------------------------- methods
-def check_method(problem: Problem, method: str, options: dict) -> None:
-    """Refuse a likelihood method the model cannot use, or options it does not take."""
-    fam, s = problem.family, problem.structure
-    if method in ("reml", "ml") and not problem.exact_lmm:
-        raise ValueError(f"method {method!r} is for gaussian models with the identity link; "
-                         f"use 'laplace' or 'agq' for family {fam.name!r}")
-    if method == "agq":
-        if problem.exact_lmm:
-            raise ValueError("method 'agq' is for non-gaussian families; the gaussian "
-                             "likelihood is exact with 'ml' or 'reml'")
-        if len(s.factors) != 1 or s.factors[0].q != 1:
-            raise ValueError("method 'agq' needs a single grouping factor with one scalar "
-                             "random effect (as lme4's nAGQ > 1); use 'laplace'")
-        if int(options.get("agq_points", 25)) < 1:
-            raise ValueError("agq_points must be a positive integer")
-    unknown = set(options) - ({"agq_points", "verbose"} if method == "agq" else {"verbose"})
-    if unknown:
-        raise ValueError(f"unknown option(s) for method {method!r}: {sorted(unknown)}")
-
-
-def uses_lmm(problem: Problem, method: str) -> bool:
+# ``method`` below is a :class:`jaxglmm.methods.Method` record (a higher layer, so not
+# imported here): the fitters read its attributes (``reml``, ``exact_lmm_only``,
+# ``bayesian``, ``quadrature``, ``points(options)``), never its name.
+def uses_lmm(problem: Problem, method) -> bool:
     """Whether ``method`` runs the exact LMM fit (REML/ML; Laplace is exact ML there)."""
-    return method in ("reml", "ml") or (method == "laplace" and problem.exact_lmm)
+    return method.exact_lmm_only or (problem.exact_lmm and not method.bayesian
+                                     and not method.quadrature)
 
 
-def _program(problem: Problem, method: str, n_agq: int, verbose: bool = False):
+def check_optimizer(problem: Problem, method, name: str | None) -> str:
+    """The outer optimizer a likelihood fit runs (option ``optimizer``; a one-line error
+    for a name it cannot use): the host's L-BFGS-B or COBYQA for the sparse crossed LMM
+    (:func:`sparse_lmm_optimizer`), the compiled BFGS (:mod:`jaxglmm.fit.optimize`) for
+    every other fit."""
+    if uses_sparse_lmm(problem, method):
+        return sparse_lmm_optimizer(problem, name)
+    return choose_optimizer(name, ("bfgs",), "bfgs", "this model's likelihood fit "
+                            "(the sparse crossed LMM's host optimizers need several "
+                            "grouping factors and a large trailing block)")
+
+
+def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool = False):
     s, fam = problem.structure, problem.family
     opts = {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
-    if uses_lmm(problem, method):
-        reml = method == "reml"
+    if lmm:
         one = lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose)
-        return program(("lmm", s, reml, problem.large, verbose), lambda: jax.jit(one, **opts))
+        return program(("lmm", s, reml, problem.large, verbose), lambda: cache.jit(one, **opts))
     if n_agq == 1 and uses_sparse_blocks(s):
         # the sparse pattern is an argument (its shapes depend on the data)
         one = lambda a, p0, pat: fit_glmm(s, fam, a, p0, verbose=verbose, pattern=pat)
         return program(("glmm_sparse_blocks", s, fam, problem.large, verbose),
-                       lambda: jax.jit(one, **opts))
+                       lambda: cache.jit(one, **opts))
     one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq, verbose=verbose)
     return program(("glmm", s, fam, n_agq, problem.large, verbose),
-                   lambda: jax.jit(one, **opts))
+                   lambda: cache.jit(one, **opts))
 
 
-def run(problem: Problem, method: str, options: dict) -> RawFit:
-    """Fit ``method`` to the problem's arrays (one dataset; many datasets go through the
-    batch engine, :mod:`jaxglmm.fit.batched`).  Returns device arrays."""
-    if uses_sparse_lmm(problem, method):
-        return fit_lmm_sparse(problem, method == "reml", verbose=bool(options.get("verbose")))
-    n_agq = int(options.get("agq_points", 25)) if method == "agq" else 1
-    fn = _program(problem, method, n_agq, verbose=bool(options.get("verbose")))
+def run(problem: Problem, method, options: dict) -> RawFit:
+    """Fit ``method`` (a :class:`jaxglmm.methods.Method`) to the problem's arrays (one
+    dataset; many datasets go through the batch engine, :mod:`jaxglmm.fit.batched`).
+    Returns device arrays."""
+    check_optimizer(problem, method, options.get("optimizer"))
+    return _run(problem, uses_lmm(problem, method), method.reml, method.points(options),
+                bool(options.get("verbose")), options.get("optimizer"))
+
+
+def run_ml(problem: Problem) -> RawFit:
+    """The maximum-likelihood fit of the problem: exact ML for a linear mixed model, the
+    Laplace approximation otherwise (a Bayesian start, :mod:`jaxglmm.bayes.drivers`)."""
+    return _run(problem, problem.exact_lmm, False, 1, False)
+
+
+def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
+         optimizer: str | None = None) -> RawFit:
+    if lmm and _sparse_pays(problem):
+        return fit_lmm_sparse(problem, reml, verbose=verbose, optimizer=optimizer)
+    fn = _program(problem, lmm, reml, n_agq, verbose=verbose)
     theta0, phi_start = problem.starts
-    if not uses_lmm(problem, method) and n_agq == 1 and uses_sparse_blocks(problem.structure):
+    if not lmm and n_agq == 1 and uses_sparse_blocks(problem.structure):
         pattern = _SPARSE_PATTERN.get(problem)
         if pattern is None:     # once per dataset, as the sparse LMM's system
             pattern = _SPARSE_PATTERN[problem] = sparse_pattern(problem.structure,
                                                                 problem.arrays)
         return fn(problem.arrays, phi_start, pattern)
-    return fn(problem.arrays, theta0 if uses_lmm(problem, method) else phi_start)
+    return fn(problem.arrays, theta0 if lmm else phi_start)

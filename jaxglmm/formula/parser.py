@@ -30,96 +30,13 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from .terms import Atom, PyExpr, Term, column_name, python_name, r_text, term_key
+from .pyexpr import python_expr, pythonize
+from .terms import Atom, PyExpr, Term, r_text, term_key
 from .tokens import (_OPERAND_KINDS, MATH_FUNCTIONS, TRANSFORMS, FormulaError, Token,
                      _check_structure, tokenize)
 
 __all__ = ["FormulaError", "Atom", "PyExpr", "RandomSpec", "ResponseSpec",
            "ParsedFormula", "parse_formula", "MATH_FUNCTIONS", "TRANSFORMS"]
-
-_R_CONSTANTS = {"TRUE": "True", "FALSE": "False", "T": "True", "F": "False"}
-
-
-# A string literal, a backticked name, an R name (dots allowed; not the digits of a number
-# such as 1.5e3 or .5) or a caret.
-_CODE_PIECE = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|(?<![\w.])(?:[^\W\d]|\.(?!\d))[\w.]*|\^")
-
-
-def _pythonize(text: str) -> str:
-    """R arithmetic to Python: ``^`` is a power; TRUE/FALSE are booleans; a column name
-    that is not a Python identifier (``x.pos``, `` `my var` ``) becomes its alias
-    (:func:`~jaxglmm.formula.terms.python_name`).  A name followed by ``(`` is a function
-    (``log``, ``np.log``) and is left as written."""
-    def piece(m):
-        word = m.group()
-        if word == "^":
-            return "**"
-        if word[0] in "'\"":
-            return word
-        followed_by_call = text[m.end():].lstrip().startswith("(")
-        if word[0] == "`":
-            return python_name(word[1:-1]) if not followed_by_call else word[1:-1]
-        if word in ("TRUE", "FALSE"):
-            return _R_CONSTANTS[word]
-        if followed_by_call or word in ("True", "False", "None"):
-            return word
-        return python_name(word)
-    return _CODE_PIECE.sub(piece, text)
-
-
-def _python_expr(source: str, pos: int, formula: str, *, what: str) -> PyExpr:
-    """Check ``source`` as an arithmetic expression and record the columns it reads."""
-    stripped = source.strip()
-    if re.fullmatch(r"`[^`]+`", stripped):
-        return PyExpr.of_column(stripped[1:-1])
-    code = _pythonize(stripped)
-    try:
-        tree = ast.parse(code, mode="eval")
-    except SyntaxError:
-        raise FormulaError(f"cannot read {what} {stripped!r}", formula, pos + 1) from None
-    if isinstance(tree.body, ast.Name):
-        return PyExpr.of_column(column_name(tree.body.id))
-    names: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            fname = _callee_name(node.func)
-            if fname not in MATH_FUNCTIONS + ("I",):
-                raise FormulaError(f"unknown function {fname!r} in {what} {stripped!r}",
-                                   formula, pos + 1)
-            if node.keywords:
-                raise FormulaError(f"{fname}() takes no named arguments", formula, pos + 1)
-        elif isinstance(node, ast.Attribute) and not _is_numpy_callee(node):
-            raise FormulaError(f"cannot read {what} {stripped!r}", formula, pos + 1)
-        elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Name, ast.Constant, ast.Expression,
-                               ast.Load, ast.operator, ast.unaryop, ast.Attribute)):
-            pass
-        else:
-            raise FormulaError(f"cannot read {what} {stripped!r}", formula, pos + 1)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and not _is_callee(tree, node):
-            name = column_name(node.id)
-            if name not in names:
-                names.append(name)
-    return PyExpr(stripped, code, tuple(names))
-
-
-def _callee_name(func: ast.AST) -> str:
-    if isinstance(func, ast.Name):
-        return func.id
-    if _is_numpy_callee(func):
-        return func.attr
-    return ast.unparse(func)
-
-
-def _is_numpy_callee(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id in ("np", "numpy"))
-
-
-def _is_callee(tree: ast.AST, name: ast.Name) -> bool:
-    return any(isinstance(n, ast.Call) and (n.func is name or (
-        isinstance(n.func, ast.Attribute) and n.func.value is name)) for n in ast.walk(tree))
-
 
 # ----------------------------------------------------------------------------- terms
 @dataclass(frozen=True)
@@ -393,7 +310,7 @@ class _Expander:
             raise self.error(f"unknown function {tok.func!r}; known: {', '.join(TRANSFORMS)}",
                              node)
         if func in MATH_FUNCTIONS or func == "I":
-            expr = _python_expr(tok.text, tok.pos, self.formula, what="term")
+            expr = python_expr(tok.text, tok.pos, self.formula, what="term")
             return _Expansion([(Atom("math", self.display(tok), expr),)])
         display = self.display(tok)
         if func == "poly":
@@ -404,7 +321,7 @@ class _Expander:
 
     def display(self, tok: Token) -> str:
         try:
-            return _display(_pythonize(tok.text), "^" in tok.args)
+            return _display(pythonize(tok.text), "^" in tok.args)
         except SyntaxError:
             raise FormulaError(f"cannot read term {tok.text!r}", self.formula,
                                tok.pos + 1) from None
@@ -414,11 +331,11 @@ class _Expander:
         if len(parts) != count or any("=" in p and not re.search(r"[=!<>]=", p)
                                       for p, _ in parts):
             raise self.error(f"{func}() takes {count} unnamed argument(s) here", node)
-        return [_python_expr(p, node.tok.args_pos + off, self.formula, what=f"{func}() argument")
+        return [python_expr(p, node.tok.args_pos + off, self.formula, what=f"{func}() argument")
                 for p, off in parts]
 
     def poly(self, node: _Node, display: str) -> Atom:
-        tree = ast.parse(_pythonize(node.tok.text), mode="eval").body
+        tree = ast.parse(pythonize(node.tok.text), mode="eval").body
         values = dict(zip(("x", "degree", "raw"), tree.args))
         values.update({k.arg: k.value for k in tree.keywords})
         if set(values) - {"x", "degree", "raw"} or "x" not in values:
@@ -430,7 +347,7 @@ class _Expander:
                                                and isinstance(raw.value, bool)):
             raise self.error("poly() needs a whole-number degree and raw=TRUE/FALSE", node)
         x_text = ast.unparse(values["x"])
-        inner = _python_expr(x_text, node.tok.args_pos, self.formula, what="poly() argument")
+        inner = python_expr(x_text, node.tok.args_pos, self.formula, what="poly() argument")
         return Atom("poly", display, inner, degree=degree.value, raw=raw.value)
 
     def operator(self, node: _Node) -> _Expansion:
@@ -559,11 +476,11 @@ def _parse_response(tokens: list[Token], formula: str) -> ResponseSpec:
         if len(parts) != 2:
             raise FormulaError("cbind() takes two arguments: successes and failures",
                                formula, tok.pos + 1)
-        exprs = tuple(_python_expr(p, tok.args_pos + off, formula, what="cbind() argument")
+        exprs = tuple(python_expr(p, tok.args_pos + off, formula, what="cbind() argument")
                       for p, off in parts)
         kind = "cbind"
     else:
-        exprs = (_python_expr(text, main[0].pos, formula, what="response"),)
+        exprs = (python_expr(text, main[0].pos, formula, what="response"),)
         kind = "plain"
     if bars:
         extra = tokens[bars[0] + 1:]
@@ -580,7 +497,7 @@ def _parse_response(tokens: list[Token], formula: str) -> ResponseSpec:
         parts = _split_args(tok.args)
         if len(parts) != 1:
             raise FormulaError("trials() takes one argument", formula, tok.pos + 1)
-        trials = _python_expr(parts[0][0], tok.args_pos, formula, what="trials() argument")
+        trials = python_expr(parts[0][0], tok.args_pos, formula, what="trials() argument")
         exprs, kind = exprs + (trials,), "trials"
     return ResponseSpec(kind, exprs, text)
 

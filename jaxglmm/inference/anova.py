@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2
 
+from ..methods import get_method
+
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
 
 
@@ -46,10 +48,11 @@ def anova(*fits, names=None, refit: bool = True, **named) -> pd.DataFrame:
             raise ValueError(f"{name} is a {f.method!r} fit: anova compares likelihood fits "
                              "(ml, laplace, agq; reml fits are refitted by ml)")
     _same_rows(fits, names)
-    reml = [f.method == "reml" for f in fits]
+    reml = [get_method(f.method).reml for f in fits]
     if any(reml) and refit:
         warnings.warn("refitting model(s) with ML (instead of REML)", UserWarning, stacklevel=2)
-        fits = tuple(f.model.fit("ml") if f.method == "reml" else f for f in fits)
+        fits = tuple(f.model.fit(get_method(f.method).ml_refit) if r else f
+                     for f, r in zip(fits, reml))
     elif any(reml):
         _reml_comparable(fits, names, reml)
     order = sorted(range(len(fits)), key=lambda k: fits[k].df)       # stable: ties as given

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..many.batch import prepare_refits, refit_many
+from ..methods import get_method
 from .params import named
 
 USE_RE = {"sample": "~0", "conditional": None}
@@ -52,15 +53,14 @@ def bootstrap(fit, n: int = 1000, statistic: Callable | None = None, seed: int |
         raise ValueError(f"n must be a positive number of replicates, got {n}")
     start = time.perf_counter()
     # the refits' programs compile in the background while the responses are simulated
-    # (cbpp, 1,000 replicates, cold: simulate 2.2 s and refit compile 1.9 s one after the
-    # other before)
+    # (docs/benchmarks.md)
     compiling = prepare_refits(fit, n)
     Y = np.asarray(fit.simulate(n=n, seed=seed, re_form=USE_RE[use_re]), float).T
     simulated = time.perf_counter() - start
     compiled = compiling.result()   # its errors are the refits' own: raised here, not lost
     fits = refit_many(fit, Y, progress=progress)
     model, problem = fit.model, fit.model.problem
-    lmm = model.family.exact_lmm and fit.method in ("reml", "ml", "laplace")
+    lmm = model.family.exact_lmm and not get_method(fit.method).bayesian
     k = problem.n_params - problem.structure.n_theta - model.design.n_fixef
     phi = fits._stacked("family_params", (k,)) if not lmm and k else np.zeros((n, 0))
     beta = fits.fixef.to_numpy(float)

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from .bootstrap import bootstrap
-from .params import of_fit
+from .params import of_fit, select
 from .profile import profile_intervals
 
 METHODS = ("wald", "profile", "bootstrap")
@@ -55,7 +55,7 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
         upper = np.where(est.index.isin(fixed), est.to_numpy() + z * se, np.nan)
         out = pd.DataFrame({"lower": lower, "upper": upper}, index=est.index)
     elif method == "profile":
-        wanted = _rows(parm, list(est.index), fixed)
+        wanted = select(parm, list(est.index), fixed)
         limits, curves, estimates = profile_intervals(fit, level, wanted)
         missing = [n for n in wanted if n not in limits]
         if missing:
@@ -70,19 +70,5 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
         ok = reps[reps["converged"]].drop(columns="converged")
         out = pd.DataFrame({"lower": ok.quantile(lo), "upper": ok.quantile(hi)})
         out.attrs["n"] = len(ok)
-    return out.loc[_rows(parm, list(out.index), fixed)]
+    return out.loc[select(parm, list(out.index), fixed)]
 
-
-def _rows(parm, names: list[str], fixed: list[str]) -> list[str]:
-    if parm is None:
-        return names
-    if isinstance(parm, str):
-        if parm == "beta_":
-            return [n for n in names if n in fixed]
-        if parm == "theta_":
-            return [n for n in names if n not in fixed]
-        parm = [parm]
-    missing = [p for p in parm if p not in names]
-    if missing:
-        raise ValueError(f"unknown parameter(s) {missing}; the fit has {names}")
-    return list(parm)

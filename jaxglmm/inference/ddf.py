@@ -6,16 +6,9 @@ theta and the residual SD), ``A = 2 H^-1`` (H the Hessian of the unprofiled REML
 deviance in phi) and ``C(phi)`` the covariance of the fixed effects, a contrast ``l`` has
 ``df = 2 (l' C l)^2 / (g' A g)``, ``g = d(l' C l)/d phi``.  H and g come from autodiff
 through the blocked Cholesky, not finite differences; a model with two or more grouping
-factors goes through the sparse crossed system (:func:`jaxglmm.core.resystem.sparse_factor`:
+factors goes through the sparse crossed system (:func:`jaxglmm.core.sparse.sparse_factor`:
 L21 sparse, a dense factor of the trailing block only), in one compiled program per shape.
-Crossed LMM of 7,500 rows, 300 x 250 levels (``scripts/bench_satterthwaite.py``, 2 CPU
-cores shared with other jobs): the earlier code (dense blocks, run op by op, the Hessian by
-reverse-over-forward and the Jacobian tracing the factor again) took 22 to 74 s; now one
-compiled program, the factor traced once under two forward derivatives in theta, through
-the sparse system: 7 s on the first call (compile included), 0.17 s warm (the same program
-on the dense blocks: 6 s and 0.42 s).  lmerTest's ``as_lmerModLmerTest`` (numDeriv's
-Hessian and Jacobian) took 1.2 s and its summary 0.07 s on the same machine; the df agree
-to 3e-7."""
+Timings against lmerTest: docs/benchmarks.md."""
 from __future__ import annotations
 
 import weakref
@@ -27,10 +20,12 @@ import pandas as pd
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
-from ..core import linalg
-from ..core import resystem as rs
-from ..core.lmm import lmm_data, refit_data, sparse_lmm_data
+from ..core import blocked, linalg, restructure as rs, sparse as sps
+from ..core.lmm import lmm_data, refit_data
+from ..design.sparse import sparse_lmm_data
+from ..fit import cache
 from ..fit.cache import program
+from ..methods import get_method
 
 DDF = ("satterthwaite", "kenward-roger")
 
@@ -56,7 +51,7 @@ def _lmm_data(problem):
 
 def _phi_functions(s, p: int, d, reml: bool):
     """``(parts, dof)`` of one dataset's cross-products ``d`` (dense
-    :class:`~jaxglmm.core.lmm.LmmData` or sparse :class:`~jaxglmm.core.lmm.SparseLmmData`):
+    :class:`~jaxglmm.core.lmm.LmmData` or sparse :class:`~jaxglmm.design.sparse.SparseLmmData`):
     ``parts(theta, L) = [a, r2, l_k' V l_k...]`` with ``a`` the log-determinant terms of the
     deviance (REML: with log|R_X|^2), ``r2`` the penalized residual sum of squares and ``V``
     the fixed effects' covariance relative to sigma^2, ``(R_X' R_X)^-1``.  The deviance in
@@ -67,11 +62,11 @@ def _phi_functions(s, p: int, d, reml: bool):
 
     def parts(theta, L):
         if sparse:
-            ch = rs.sparse_factor(s, rs.lambdas(s, theta), d.sp)
+            ch = sps.sparse_factor(s, rs.lambdas(s, theta), d.sp)
             ld = linalg.logdet_chol(ch.L11) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(ch.L22)[:p2]))
         else:
-            ch = rs.factor(*rs.scaled_system(s, rs.lambdas(s, theta), d.cp))
-            ld = rs.logdet_z(ch, p2)
+            ch = blocked.factor(*blocked.scaled_system(s, rs.lambdas(s, theta), d.cp))
+            ld = blocked.logdet_z(ch, p2)
         L22 = ch.L22
         LX = L22[p2:p2 + p, p2:p2 + p]
         if reml:
@@ -89,7 +84,7 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
     design (responses ``Y`` (B, n), their ``theta`` (B, k) and ``sigma`` (B,)), as
     :func:`satterthwaite` for each, in one compiled vmapped program (power simulations)."""
     s, p = model.structure, model.design.n_fixef
-    reml = method == "reml"
+    reml = get_method(method).reml
 
     def build():
         def one(d, phi, l):
@@ -98,7 +93,7 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
 
         def many(a, Y, phis, l):
             return jax.vmap(one, in_axes=(0, 0, None))(refit_data(s, a, Y), phis, l)
-        return jax.jit(many)
+        return cache.jit(many)
 
     run = program(("satterthwaite-many", s, p, reml), build)
     phis = np.column_stack([np.asarray(theta, float), np.asarray(sigma, float)])
@@ -110,10 +105,10 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
 def satterthwaite(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(variance, df) of ``contrasts @ beta`` for each row of ``contrasts`` (k, p)."""
     problem = fit.model.problem
-    s, p, reml = problem.structure, fit.model.design.n_fixef, fit.method == "reml"
+    s, p, reml = problem.structure, fit.model.design.n_fixef, get_method(fit.method).reml
     phi = jnp.asarray(np.append(np.asarray(fit.theta, float), fit.sigma))
     L = jnp.asarray(np.atleast_2d(contrasts), dtype=phi.dtype)
-    run = program(("satterthwaite", s, p, reml, _sparse(s)), lambda: jax.jit(
+    run = program(("satterthwaite", s, p, reml, _sparse(s)), lambda: cache.jit(
         lambda d, phi, L: _satterthwaite(*_phi_functions(s, p, d, reml), phi, L)))
     var, df = run(_lmm_data(problem), phi, L)
     return np.asarray(var), np.asarray(df)
@@ -172,7 +167,7 @@ def coef_table(fit, ddf: str | None = None, exponentiate: bool = False) -> pd.Da
             out["Pr(>|z|)"] = 2.0 * norm.sf(np.abs(stat))
     else:
         ddf = ddf.lower()
-        lmm = fit.model.family.exact_lmm and fit.method in ("reml", "ml")
+        lmm = fit.model.family.exact_lmm and get_method(fit.method).exact_lmm_only
         if not lmm:
             raise ValueError(f"denominator degrees of freedom are for linear mixed models "
                              f"fitted by 'reml' or 'ml'; this is a {fit.model.family.name} "
@@ -202,7 +197,7 @@ def kenward_roger(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``Sigma = sum_r gamma_r G_r + sigma^2 W^-1`` is linear in the (co)variance components
     gamma (each term's variances and covariances, then the residual variance), so the
     adjustment needs only ``Sigma^-1`` and the ``G_r``.  Dense in the rows, as pbkrtest."""
-    if fit.method != "reml":
+    if not get_method(fit.method).reml:
         raise ValueError("Kenward-Roger degrees of freedom need a REML fit (as pbkrtest); "
                          f"this fit is by {fit.method!r}: refit with method='reml' or use "
                          "ddf='satterthwaite'")

@@ -30,16 +30,8 @@ The objective ``F`` in ``x``:
   random effects integrated out (exactly for gaussian/identity, else by the same exact
   Laplace); prior arguments are inputs, so the mode can be differentiated in them.
 
-Custom JVP (kept) against optimistix's ``ImplicitAdjoint`` (``scripts/bench_grad.py
---optimistix``; optimistix 0.1.0, equinox 0.13.8, installed outside the project's
-environment, which does not depend on them), sleepstudy REML, ``jit(grad(SE of Days))`` in
-y, 2 CPU cores shared with other jobs: this custom JVP compiled in 17.9 s and ran warm in
-0.46 ms; optimistix's BFGS with ``ImplicitAdjoint`` on the same objective compiled in
-13.0 s and ran warm in 1.88 ms (gradients equal to 1.8e-12).  Kept: four times faster
-warm, the forward values are the project's own fit (same optimizer, same optimum as
-``model.fit``), and no new dependency (optimistix, equinox, lineax, jaxtyping); optimistix
-compiles about a quarter faster.  Both are custom JVPs, so both serve forward and reverse
-mode.
+A custom JVP rather than optimistix's ``ImplicitAdjoint``: the comparison is in
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -57,8 +49,10 @@ from ..core.lmm import lmm_data, profiled_parts
 from ..core.predictor import joint_log_density
 from ..fit.likelihood import fit_glmm, fixef_vcov
 from ..fit.optimize import minimize
+from ..methods import METHODS, get_method
 
-METHODS = ("ml", "reml", "laplace", "map")
+# the methods fit_fn differentiates (by their records' ``implicit``)
+FIT_FN_METHODS = tuple(m.name for m in METHODS if m.implicit)
 NEWTON_POLISH = 1
 # derivatives of the conditional mode that are exact: the Hessian's third derivatives
 # (gradients of standard errors) need three
@@ -278,26 +272,37 @@ def _laplace(problem):
 
 
 # ----------------------------------------------------------------------------- MAP
-def _map(problem, options: dict):
+def map_host(problem, options: dict) -> dict:
+    """A MAP fit's host-side pieces, made from the problem's data before tracing: ``bm``
+    (the :class:`~jaxglmm.bayes.density.BayesModel`, whose spec is static), ``data`` (its
+    data other than the arrays: column means, prior arguments and constants) and ``z0``
+    (the optimizer's start)."""
     bm = dn.BayesModel(problem, options.get("priors"))
+    z0 = _starts(bm, options.get("init", "centre"), 1, 0, jitter=False, marginal=True)[0]
+    data = {k: v for k, v in bm.data.items() if k not in ("arrays", "lmm")}
+    return {"bm": bm, "data": data, "z0": np.asarray(z0, np.float64)}
+
+
+def _map(problem, options: dict, host: dict | None = None):
+    host = host or map_host(problem, options)
+    bm, base = host["bm"], host["data"]
     spec, s, fam = bm.spec, problem.structure, problem.family
     blocks = bm.blocks(marginal=True)
     full = bm.blocks(marginal=False)
     u_block = next(b for b in full if b.site == "u")
     laplace = None if spec.exact_marginal else exact_laplace(problem)
-    z0 = jnp.asarray(_starts(bm, options.get("init", "centre"), 1, 0, jitter=False,
-                             marginal=True)[0])
+    z0 = jnp.asarray(host["z0"])
 
     def data(p):
         arrays = _arrays(problem, p)
-        out = dict(bm.data, arrays=arrays, priors=p["priors"])
+        out = dict(base, arrays=arrays, priors=p["priors"])
         if spec.exact_marginal:
             out["lmm"] = _lmm_data(problem, p)
         return out
 
     def report_sites(z):
         sites = dn.constrain(blocks, z)[0]
-        beta, theta = dn._beta_theta(spec.layout, sites, bm.x_means)
+        beta, theta = dn._beta_theta(spec.layout, sites, base["x_means"])
         phi = sites.get("phi", jnp.zeros(0))
         return beta, theta, phi
 
@@ -332,7 +337,7 @@ def _map(problem, options: dict):
                          -objective(z, p),
                          jnp.sqrt(jnp.diagonal(cov)))
 
-    defaults = {k: jnp.asarray(v, jnp.float64) for k, v in bm.data["priors"].items()}
+    defaults = {k: jnp.asarray(v, jnp.float64) for k, v in base["priors"].items()}
     return objective, solve, None, report, defaults, bm
 
 
@@ -361,28 +366,46 @@ def fit_fn(model, method: str | None = None, **options) -> Callable:
     >>> f = model.fit_fn("ml")
     >>> jax.grad(lambda y: f(y=y).beta[1])(model.arrays.y)   # d slope / d y_i
     """
-    problem = model.problem
     method = (method or model.default_method()).lower()
-    if method not in METHODS:
-        raise ValueError(f"fit_fn takes method one of {list(METHODS)}, got {method!r} "
-                         "(nuts and vi are not optimisers; agq is not differentiable here)")
+    if model.dpars:
+        raise ValueError("fit_fn handles models with one linear predictor (no categorical "
+                         "response, no distributional-parameter formula) for now")
     case = bool(options.pop("case_weights", False))
-    allowed = {"priors", "init", "maxiter"} if method == "map" else set()
+    return problem_fn(model.problem, method, case, options)
+
+
+def problem_fn(problem, method: str, case_weights: bool = False, options: dict | None = None,
+               host: dict | None = None) -> Callable:
+    """:func:`fit_fn`'s function for a :class:`~jaxglmm.core.problem.Problem` and a method
+    named in full.  Only the problem's arrays and ``phi0`` are read inside the function, so
+    a problem whose arrays are traced (an argument of a compiled program) gives a program
+    that same-shape data reuse; a MAP fit's host-side pieces are ``host``
+    (:func:`map_host`, made from the problem when None)."""
+    options = dict(options or {})
+    case = bool(case_weights)
+    try:
+        spec = get_method(method)
+    except ValueError:
+        spec = None
+    if spec is None or not spec.implicit:
+        raise ValueError(f"fit_fn takes method one of {list(FIT_FN_METHODS)}, got {method!r} "
+                         "(nuts and vi are not optimisers; agq is not differentiable here)")
+    allowed = {"priors", "init", "maxiter"} if spec.bayesian else set()
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"unknown option(s) for fit_fn(method={method!r}): {sorted(unknown)}"
                          + (f"; it takes {sorted(allowed)}" if allowed else ""))
-    if method in ("ml", "reml") and not problem.exact_lmm:
+    if spec.exact_lmm_only and not problem.exact_lmm:
         raise ValueError(f"method {method!r} is for gaussian models with the identity link; "
                          f"use 'laplace' or 'map' for family {problem.family.name!r}")
-    if problem.structure.n_channels > 1 or model.dpars:
+    if problem.structure.n_channels > 1:
         raise ValueError("fit_fn handles models with one linear predictor (no categorical "
                          "response, no distributional-parameter formula) for now")
     defaults = None
-    if method == "map":
-        objective, solve, lsolve, report, defaults, bm = _map(problem, options)
-    elif problem.exact_lmm and method in ("ml", "reml", "laplace"):
-        objective, solve, lsolve, report = _lmm(problem, method == "reml")
+    if spec.bayesian:           # MAP: the posterior mode
+        objective, solve, lsolve, report, defaults, bm = _map(problem, options, host)
+    elif problem.exact_lmm:
+        objective, solve, lsolve, report = _lmm(problem, spec.reml)
     else:
         objective, solve, lsolve, report = _laplace(problem)
     argmin = implicit_argmin(objective, solve, lsolve)
@@ -417,9 +440,4 @@ def _priors(defaults: dict, given) -> dict:
     return out
 
 
-def map_model(model, options: dict):
-    """The :class:`~jaxglmm.bayes.density.BayesModel` :func:`fit_fn` builds for a MAP fit."""
-    return _map(model.problem, options)[-1]
-
-
-__all__ = ["FitArrays", "fit_fn", "implicit_argmin", "newton_polish", "exact_laplace"]
+__all__ = ["FitArrays", "fit_fn", "problem_fn", "map_host", "implicit_argmin", "newton_polish", "exact_laplace"]

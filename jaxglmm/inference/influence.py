@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import jax
@@ -28,12 +29,16 @@ import pandas as pd
 
 from ..core.laplace import GlmmModel
 from ..core.predictor import spherical_predictor
+from ..fit import cache
 from ..fit.batched import fit_batch
+from ..fit.cache import program
 from ..fit.convergence import judge_many
 from ..fit.likelihood import uses_lmm
-from .implicit import fit_fn
+from ..methods import get_method
+from .implicit import map_host, problem_fn
 from .params import named, variance_names
 
+# the weight Jacobian, computed once per model and method
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 PRIOR_ARGS = {"normal": ("location", "scale"), "student_t": ("df", "location", "scale"),
               "cauchy": ("location", "scale"), "exponential": ("rate",),
@@ -42,13 +47,14 @@ PRIOR_ARGS = {"normal": ("location", "scale"), "student_t": ("df", "location", "
 
 # ----------------------------------------------------------------------------- helpers
 def _likelihood_fit(fit, what: str) -> None:
-    if fit.method not in ("reml", "ml", "laplace"):
+    spec = get_method(fit.method)
+    if spec.bayesian or not spec.implicit:       # the likelihood fits fit_fn differentiates
         raise ValueError(f"{what} needs a likelihood fit by reml, ml or laplace; this is a "
                          f"{fit.method!r} fit")
 
 
 def _lmm(fit) -> bool:
-    return bool(fit.model.problem.exact_lmm and fit.method in ("reml", "ml", "laplace", "map"))
+    return bool(fit.model.problem.exact_lmm and get_method(fit.method).implicit)
 
 
 def estimate_names(fit) -> list[str]:
@@ -79,28 +85,35 @@ def estimates(structure, fa, lmm: bool) -> jnp.ndarray:
     return jnp.concatenate(out)
 
 
-def _fit_fn(fit):
-    """The fit's :func:`fit_fn` (cached per model and method)."""
-    per_model = _CACHE.setdefault(fit.model, {})
-    key = (fit.method, repr(sorted((fit.options or {}).items())))
-    if key not in per_model:
-        opts = {k: v for k, v in (fit.options or {}).items()
-                if k in ("priors", "init", "maxiter")} if fit.method == "map" else {}
-        per_model[key] = {"f": fit_fn(fit.model, fit.method, case_weights=True, **opts)}
-    return per_model[key]
+def _traced(problem, arrays, phi0):
+    """The problem with its data replaced by a program's arguments (see
+    :func:`~jaxglmm.inference.implicit.problem_fn`)."""
+    return dataclasses.replace(problem, arrays=arrays, phi0=phi0)
 
 
 def weight_jacobian(fit) -> np.ndarray:
     """Jacobian (estimates x rows) of :func:`estimates` in the rows' case weights (each
     row's log-likelihood times its weight, 1 at the fit: weight 0 deletes the row), one
-    compiled reverse pass per estimate through the implicit derivatives."""
+    compiled reverse pass per estimate through the implicit derivatives.  The program is
+    cached by the model's shape, with the data as its arguments; the Jacobian per fit."""
     _likelihood_fit(fit, "influence")
-    entry = _fit_fn(fit)
-    if "jw" not in entry:
-        f, s, lmm = entry["f"], fit.model.structure, _lmm(fit)
-        entry["jw"] = np.asarray(jax.jit(jax.jacrev(
-            lambda c: estimates(s, f(weights=c), lmm)))(jnp.ones(fit.model.design.nobs)))
-    return entry["jw"]
+    per_model = _CACHE.setdefault(fit.model, {})
+    if fit.method in per_model:
+        return per_model[fit.method]
+    problem, method, lmm = fit.model.problem, fit.method, _lmm(fit)
+    s = problem.structure
+
+    def build():
+        def jacobian(arrays, phi0):
+            f = problem_fn(_traced(problem, arrays, phi0), method, case_weights=True)
+            return jax.jacrev(lambda c: estimates(s, f(weights=c), lmm))(
+                jnp.ones(arrays.y.shape[0]))
+        return cache.jit(jacobian)
+
+    run = program(("influence-weights", s, problem.family, problem.design.n_fixef, method,
+                   lmm), build)
+    per_model[fit.method] = out = np.asarray(run(problem.arrays, jnp.asarray(problem.phi0, jnp.float64)))
+    return out
 
 
 def _factor(fit, group: str) -> int:
@@ -174,7 +187,7 @@ def hatvalues(fit) -> pd.Series:
     p = a.X.shape[1]
     prior = np.asarray(a.weights, float) * (np.asarray(a.trials, float) if fam.needs_trials
                                            else 1.0)
-    if uses_lmm(problem, fit.method):
+    if uses_lmm(problem, get_method(fit.method)):
         theta = x
         W = np.asarray(a.weights, float)
     else:
@@ -245,13 +258,13 @@ def leave_one_out(fit, group: str) -> pd.DataFrame:
     H = np.asarray(fit.optinfo["hessian"], float)
     Hinv = np.linalg.inv(H) if np.all(np.isfinite(H)) and np.linalg.eigvalsh(H)[0] > 0 \
         else np.full(H.shape, np.nan)
-    lmm = uses_lmm(problem, fit.method)
+    lmm = uses_lmm(problem, get_method(fit.method))
     if lmm:
         args = (stacked, jnp.asarray(x0), jnp.asarray(Hinv))
     else:
         phi0 = np.broadcast_to(np.asarray(problem.phi0, float), (G, problem.n_phi))
         args = (stacked, phi0, jnp.asarray(x0), jnp.asarray(Hinv))
-    raw, times = fit_batch(problem, fit.method, {}, args, refit=False)
+    raw, times = fit_batch(problem, get_method(fit.method), {}, args, refit=False)
     phi = np.asarray(raw.x)[:, s.n_theta + model.design.n_fixef:] if not lmm \
         else np.zeros((G, 0))
     out = named(s, model.family, list(fit.fixef.index), np.asarray(raw.beta),
@@ -274,25 +287,38 @@ def sensitivity(fit, prior: str | None = None) -> pd.DataFrame:
     (a class or name as ``fit.priors`` lists them, e.g. ``"Intercept"``, ``"sd"``,
     ``"b_Days"``) or, with None, of every prior that has arguments.  By the implicit
     function theorem at the mode (:func:`jaxglmm.inference.implicit.fit_fn`)."""
-    if fit.method != "map":
+    if not (get_method(fit.method).bayesian and get_method(fit.method).implicit):
         raise ValueError(f"sensitivity is for MAP fits (method='map'); this is a "
                          f"{fit.method!r} fit")
-    entry = _fit_fn(fit)
-    f = entry["f"]
-    dists = dict(f.prior_dists)
+    problem = fit.model.problem
+    options = {k: v for k, v in (fit.options or {}).items() if k in ("priors", "init", "maxiter")}
+    host = map_host(problem, options)
+    dists = dict(host["bm"].spec.prior_dists)
+    defaults = {k: np.asarray(v, np.float64) for k, v in host["data"]["priors"].items()}
     if prior is not None and prior not in dists:
         raise ValueError(f"no prior {prior!r} in this fit; its priors are {sorted(dists)}")
     keys = [prior] if prior is not None else [k for k, d in dists.items()
-                                              if d != "flat" and f.prior_defaults[k].size]
-    if not keys or not f.prior_defaults[keys[0]].size:
+                                              if d != "flat" and defaults[k].size]
+    if not keys or not defaults[keys[0]].size:
         raise ValueError(f"prior {prior!r} ({dists.get(prior)}) has no arguments to "
                          "differentiate in")
-    s, lmm = fit.model.structure, _lmm(fit)
-    jac = jax.jit(jax.jacfwd(lambda pri: estimates(s, f(priors=pri), lmm)))(
-        {k: f.prior_defaults[k] for k in keys})
+    s, lmm = problem.structure, _lmm(fit)
+    static = {k: v for k, v in options.items() if k == "maxiter"}
+
+    def build():
+        def jacobian(arrays, phi0, data, z0, pri):
+            f = problem_fn(_traced(problem, arrays, phi0), "map", options=static,
+                           host={"bm": host["bm"], "data": data, "z0": z0})
+            return jax.jacfwd(lambda q: estimates(s, f(priors=q), lmm))(pri)
+        return cache.jit(jacobian)
+
+    run = program(("sensitivity", host["bm"].spec, lmm, tuple(keys),
+                   tuple(sorted(static.items()))), build)
+    jac = run(problem.arrays, jnp.asarray(problem.phi0, jnp.float64), host["data"],
+              jnp.asarray(host["z0"]), {k: defaults[k] for k in keys})
     cols = {}
     for k in keys:
         args = PRIOR_ARGS.get(dists[k], ())
-        for i in range(f.prior_defaults[k].size):
+        for i in range(defaults[k].size):
             cols[f"{k}:{args[i] if i < len(args) else i}"] = np.asarray(jac[k])[:, i]
     return pd.DataFrame(cols, index=pd.Index(estimate_names(fit), name="parameter"))

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ..methods import get_method
+
 
 def variance_names(structure, sigma: bool, family_params: dict) -> list[str]:
     """Names of the variance parameters and the family's, in the order of :func:`named`."""
@@ -67,10 +69,27 @@ def named(structure, family, fixef_names, beta, theta, sigma, phi, lmm: bool) ->
 def of_fit(fit) -> pd.Series:
     """A likelihood FitResult's named parameters (one row of :func:`named`)."""
     problem = fit.model.problem
-    lmm = fit.model.family.exact_lmm and fit.method in ("reml", "ml", "laplace")
+    lmm = fit.model.family.exact_lmm and not get_method(fit.method).bayesian
     phi = np.asarray(fit.optinfo["x"], float)[problem.structure.n_theta + fit.model.design.n_fixef:] \
         if not lmm else np.zeros(0)
     row = named(problem.structure, fit.model.family, list(fit.fixef.index),
                 fit.fixef.to_numpy(float)[None], np.asarray(fit.theta, float)[None],
                 np.asarray([fit.sigma if fit.sigma is not None else np.nan]), phi[None], lmm)
     return row.iloc[0]
+
+
+def select(parm, names: list[str], fixed: list[str]) -> list[str]:
+    """The rows ``parm`` names: None (all of ``names``), a list of names, or lme4's
+    ``"beta_"`` (the fixed effects ``fixed``) or ``"theta_"`` (the other parameters)."""
+    if parm is None:
+        return names
+    if isinstance(parm, str):
+        if parm == "beta_":
+            return [n for n in names if n in fixed]
+        if parm == "theta_":
+            return [n for n in names if n not in fixed]
+        parm = [parm]
+    missing = [p for p in parm if p not in names]
+    if missing:
+        raise ValueError(f"unknown parameter(s) {missing}; the fit has {names}")
+    return list(parm)

@@ -19,6 +19,7 @@ from scipy.stats import t as student_t
 
 from ..formula.parser import parse_formula
 from ..many import refit_many
+from ..methods import get_method
 from ..model import Model
 from .ddf import satterthwaite_many
 
@@ -65,7 +66,7 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
     test = test.lower()
     if test == "satterthwaite" and not (fit.model.family.exact_lmm
-                                        and fit.method in ("reml", "ml")):
+                                        and get_method(fit.method).exact_lmm_only):
         raise ValueError(f"test='satterthwaite' is for linear mixed models fitted by 'reml' "
                          f"or 'ml' (lmerTest's t tests); this is a {fit.model.family.name} "
                          f"{fit.method!r} fit: use 'lrt' or 'wald'")
@@ -102,7 +103,8 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     Y = np.asarray(sim.simulate(n=nsim, seed=seed, re_form="~0"), float).T
     # the LRT and Wald tests by ML (as anova refits REML fits); Satterthwaite's t tests on
     # the fit's own criterion (lmerTest tests REML fits)
-    method = fit.method if test == "satterthwaite" else "ml" if fit.method == "reml" else fit.method
+    method = fit.method if test == "satterthwaite" else \
+        get_method(fit.method).ml_refit or fit.method
     rows = []
     for size, mask in sizes_out:
         w = w0 * mask

@@ -29,6 +29,7 @@ from __future__ import annotations
 import warnings
 
 import jax
+import pandas as pd
 import jax.numpy as jnp
 import numpy as np
 from scipy.interpolate import PchipInterpolator
@@ -39,11 +40,13 @@ from ..core import linalg
 from ..core.laplace import GlmmModel
 from ..core.lmm import lmm_data, marginal_loglik
 from ..fit.aot import AheadOfTime
+from ..fit import cache
 from ..fit.cache import program
 from ..fit.likelihood import COMPILER_OPTIONS
 from ..fit import optimize
-from ..fit.optimize import bfgs_init, bfgs_run
-from .params import of_fit
+from ..methods import METHODS, get_method
+from ..fit.optimize import BACKTRACKING, init as bfgs_init, run as bfgs_run
+from .params import of_fit, select
 
 GRID = np.array([-3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0])
 FAR = (4.5, 7.0, 11.0, 17.0)     # multiples of the SE where the grid does not reach +-z
@@ -52,7 +55,8 @@ MAX_ROUNDS = 8                   # root-finding rounds after the bracketing ones
 COR_EDGE = 1.0 - 1e-9            # a correlation "at" +-1
 SD = ("sd", "sd1")
 GTOL, MAX_BFGS = 1e-8, 400       # each constrained fit's BFGS
-PROFILED = ("ml", "laplace", "agq")
+# the methods profiled as fitted (reml is profiled through its ML refit)
+PROFILED = tuple(m.name for m in METHODS if not m.bayesian and m.ml_refit is None)
 
 
 def _names(fit, lmm: bool):
@@ -161,29 +165,62 @@ def _program(s, family, lmm: bool, n_phi: int, n_agq: int, kinds: tuple):
         def f(z, a):
             return deviance(arrays, jnp.where(onehot, vw, _from_free(kinds, z)), a)
         vg = jax.value_and_grad(f, has_aux=True)
-        state = bfgs_init(vg, z0, aux, gtol=GTOL)
-        # it = 1: the first step is the Newton step of hinv0 (iteration 0 would rescale it)
-        state = bfgs_run(vg, state._replace(Hinv=hinv0, it=jnp.asarray(1)), until, gtol=GTOL)
+        # the first update evaluates z0; the next step is the Newton step of hinv0
+        state = bfgs_run(vg, bfgs_init(z0, aux, Hinv0=hinv0), BACKTRACKING, until, gtol=GTOL)
         return (state.f, jnp.where(onehot, vw, _from_free(kinds, state.x)), state.x, state.aux,
                 state.status, state.it - 1, state.g)
 
     # XLA's backend optimizations off: the batch's graph is loops of small ops, where they
-    # cost most of the compile (sleepstudy: 2.1 s with them, see README)
+    # cost most of the compile (docs/benchmarks.md)
     return program(("profile", s, family, lmm, n_phi, n_agq, kinds), lambda: AheadOfTime(
-        jax.jit(jax.vmap(constrained, in_axes=(None, 0, 0, 0, 0, 0, None)),
+        cache.jit(jax.vmap(constrained, in_axes=(None, 0, 0, 0, 0, 0, None)),
                 compiler_options=COMPILER_OPTIONS)))
+
+
+def _exact(fit) -> bool:
+    """Whether the fit is profiled on the exact LMM deviance; a refusal naming the method
+    when it cannot be profiled."""
+    spec = get_method(fit.method)
+    if spec.bayesian:
+        raise ValueError(f"profile intervals are for likelihood fits ({', '.join(PROFILED)}, "
+                         f"or reml through its ML refit); cannot profile method {fit.method!r}")
+    return bool(fit.model.family.exact_lmm and not spec.quadrature)
 
 
 def _objective(fit):
     """(the fit to profile, lmm, number of AGQ points), or a refusal naming the method."""
-    if fit.method == "reml":
-        fit = fit.model.fit("ml")               # lme4: profiles of the ML refit
-    if fit.method not in PROFILED:
-        raise ValueError(f"profile intervals are for likelihood fits ({', '.join(PROFILED)}, "
-                         f"or reml through its ML refit); cannot profile method {fit.method!r}")
-    lmm = bool(fit.model.family.exact_lmm and fit.method in ("ml", "laplace"))
-    n_agq = int(fit.options.get("agq_points", 25)) if fit.method == "agq" else 1
-    return fit, lmm, n_agq
+    lmm = _exact(fit)
+    refit = get_method(fit.method).ml_refit
+    if refit:
+        fit = fit.model.fit(refit)              # lme4: profiles of the ML refit
+    return fit, lmm, get_method(fit.method).points(fit.options)
+
+
+def profile(fit, parm=None, level: float = 0.95) -> pd.DataFrame:
+    """The likelihood profile of a fit, lme4's ``profile.merMod`` (as
+    ``as.data.frame(profile(fit))``) and MixedModels.jl's ``profile(m)``: one row per
+    profiled point, with columns ``parameter``, ``value`` (on lme4's "sdcor" scale) and
+    ``zeta``, the signed root deviance, followed past the ends of the ``level`` interval.
+
+    ``parm``: as :func:`~jaxglmm.inference.confint.confint`'s (None: every SD, correlation,
+    sigma and fixed effect; the family's own parameters are not profiled).
+    ``attrs["intervals"]`` holds the ``level`` intervals (lower, upper), as
+    ``confint(fit, "profile")``, and ``attrs["estimates"]`` the estimates (of the ML refit
+    for a REML fit, as lme4's)."""
+    if not (isinstance(level, (int, float)) and 0 < level < 1):
+        raise ValueError(f"level must be a probability between 0 and 1, got {level!r}")
+    if getattr(fit, "draws", None) is not None:
+        raise ValueError(f"profile is for likelihood fits; this is a {fit.method!r} fit")
+    profiled = [n for n in _names(fit, _exact(fit))[0] if not n.startswith("_phi")]
+    est = of_fit(fit)
+    wanted = select(parm, [n for n in est.index if n in profiled], list(fit.fixef.index))
+    limits, curves, estimates = profile_intervals(fit, level, wanted)
+    rows = [(n, x, z) for n in wanted for x, z in zip(*curves[n])]
+    out = pd.DataFrame(rows, columns=["parameter", "value", "zeta"])
+    out.attrs["intervals"] = pd.DataFrame([limits[n] for n in wanted], index=wanted,
+                                          columns=["lower", "upper"])
+    out.attrs["estimates"] = pd.Series(estimates)
+    return out
 
 
 def profile_intervals(fit, level: float, names_wanted) -> tuple[dict, dict, dict]:

@@ -19,7 +19,8 @@ Data sources (the ``data`` key, and each entry of ``datasets``):
 The YAML is read by :class:`ConfigLoader`, PyYAML's safe loader with two changes: a key that
 appears twice in one mapping is an error (PyYAML keeps the last), and under ``levels`` the
 column names and the labels keep their text (YAML 1.1 reads ``[no, yes]`` as booleans).
-Method ``options`` are checked by :func:`check_options`, one pydantic model per method.
+Method ``options`` are checked by :func:`check_options`, one pydantic model per method, made
+from the method's option spec (:mod:`jaxglmm.methods`).
 
 Examples
 --------
@@ -38,11 +39,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model,
+                      field_validator, model_validator)
 
 from ..families import get_family
+from ..methods import METHOD_NAMES, METHODS, Method, default_method, get_method
 from .datasets import list_datasets
+from .loader import ConfigLoader, RepeatedKey
 
 __all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "PowerConfig", "ExecutorConfig",
            "FIT_MANY_KEYS", "BootstrapSpec", "PowerSpec",
@@ -53,8 +56,8 @@ __all__ = ["BUNDLED_PREFIX", "FitConfig", "FitManyConfig", "PowerConfig", "Execu
 #: Prefix of a bundled dataset in ``data``: ``bundled:sleepstudy``.
 BUNDLED_PREFIX = "bundled:"
 
-Method = Literal["reml", "ml", "laplace", "agq", "map", "vi", "nuts"]
-BAYES = ("nuts", "vi", "map")
+MethodName = Literal[METHOD_NAMES]
+_LIKELIHOOD = ", ".join(m.name for m in METHODS if not m.bayesian)
 Label = str | int | float | bool
 
 
@@ -81,71 +84,38 @@ def _check_source(source: str) -> str:
 # ----------------------------------------------------------------------------- method options
 class _Options(BaseModel):
     """The options a method takes, with their types.  ``strict``: no int from a float or a
-    bool, no number from a string.  Names a method does not take are let through here and
-    refused by the fitter's own check (``Model.check_method``), which lists what it takes."""
+    bool, no number from a string.  Names a method does not take are refused before, by
+    the method's own check, which lists what it takes."""
 
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
 
-_Init = Literal["centre", "ml"]
+def _options_model(method: Method) -> type[_Options]:
+    """The pydantic model of a method's options, made from its record's option spec."""
+    fields = {o.name: (o.type, Field(o.default, description=o.doc, **o.bounds))
+              for o in method.options}
+    return create_model(f"{method.name.capitalize()}Options", __base__=_Options,
+                        __doc__=f"The options of method {method.name!r} "
+                                "(:mod:`jaxglmm.methods`).", **fields)
 
 
-class _BayesOptions(_Options):
-    draws: int = Field(1000, ge=1)
-    seed: int = Field(0, ge=0)
-    priors: dict[str, str] = {}      # brms-style: {class or name: "normal(0, 5)"}
-    init: _Init = "centre"
-
-
-class NutsOptions(_BayesOptions):
-    """``bayes.drivers.NUTS_OPTIONS`` with the types ``run_nuts`` reads them as."""
-
-    chains: int = Field(4, ge=1)
-    warmup: int = Field(1000, ge=0)
-    target_accept: float = Field(0.8, gt=0, lt=1)
-    max_tree_depth: int = Field(10, ge=1)
-    chain_method: Literal["parallel", "vectorized"] | None = None
-    progress: bool | None = None     # None: a bar only when stderr is a terminal
-    dense_mass: bool = False
-    marginalize: bool | None = None
-
-
-class ViOptions(_BayesOptions):
-    """``bayes.drivers.VI_OPTIONS`` with the types ``run_vi`` reads them as."""
-
-    guide: Literal["meanfield", "lowrank"] = "meanfield"
-    steps: int = Field(20000, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
-    rank: int | None = Field(None, ge=1)
-    progress: bool | None = None     # None: a bar only when stderr is a terminal
-    marginalize: bool | None = None
-
-
-class MapOptions(_BayesOptions):
-    """``bayes.drivers.MAP_OPTIONS`` with the types ``run_map`` reads them as."""
-
-    maxiter: int = Field(500, ge=1)
-    optimizer: Literal["bfgs", "optax"] = "optax"
-
-
-class AgqOptions(_Options):
-    """``agq``'s one option (``fit.likelihood.check_method``)."""
-
-    agq_points: int = Field(25, ge=1)
-
-
-#: The options model of each method that takes options; the others take none.
-METHOD_OPTIONS: dict[str, type[_Options]] = {"nuts": NutsOptions, "vi": ViOptions,
-                                             "map": MapOptions, "agq": AgqOptions}
+#: The options model of each method, made from :data:`jaxglmm.methods.METHODS`.
+METHOD_OPTIONS: dict[str, type[_Options]] = {m.name: _options_model(m) for m in METHODS}
+NutsOptions, ViOptions = METHOD_OPTIONS["nuts"], METHOD_OPTIONS["vi"]
+MapOptions, AgqOptions = METHOD_OPTIONS["map"], METHOD_OPTIONS["agq"]
 
 
 def check_options(method: str, options: dict) -> None:
-    """Check the types of a method's ``options`` (a :class:`ConfigError` naming each bad
-    one, e.g. ``config key 'options.chains': expected an integer, got 'two'``).  Option
-    names the method does not take are left to ``Model.check_method``."""
-    kind = METHOD_OPTIONS.get(method)
-    if kind is None:
-        return
+    """Check a method's ``options``: names the method does not take (worded as
+    :meth:`jaxglmm.methods.Method.check_options` words them), then the types, each bad one
+    named (``config key 'options.chains': expected an integer, got 'two'``); a
+    :class:`ConfigError` either way."""
+    spec = get_method(method)
+    try:
+        spec.check_options(options)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    kind = METHOD_OPTIONS[spec.name]
     try:
         kind.model_validate(options)
     except ValidationError as err:
@@ -192,7 +162,7 @@ class _ModelSpec(BaseModel):
     formula: str
     family: str = "gaussian"
     link: str | None = None
-    method: Method | None = None
+    method: MethodName | None = None
     categorical: list[str] = []
     levels: dict[str, list[Label]] = {}
     weights: str | None = None
@@ -227,13 +197,10 @@ class _ModelSpec(BaseModel):
         if self.link is not None:
             get_family(self.family, self.link)  # ValueError listing the family's links
         exact = get_family(self.family, self.link).exact_lmm
-        # as fit.likelihood.check_method says it, but before the data are read
-        if self.method in ("reml", "ml") and not exact:
-            raise ValueError(f"method {self.method!r} is for gaussian models with the identity "
-                             f"link; use 'laplace' or 'agq' for family {self.family!r}")
-        if self.method == "agq" and exact:
-            raise ValueError("method 'agq' is for non-gaussian families; the gaussian "
-                             "likelihood is exact with 'ml' or 'reml'")
+        # as the method's own check says it, but before the data are read
+        message = self.method and get_method(self.method).refusal(exact, self.family)
+        if message:
+            raise ValueError(message)
         return self
 
     def resolved_method(self) -> str:
@@ -241,7 +208,7 @@ class _ModelSpec(BaseModel):
         gaussian with the identity link, laplace otherwise)."""
         if self.method is not None:
             return self.method
-        return "reml" if self._exact_lmm() else "laplace"
+        return default_method(self._exact_lmm()).name
 
     def _exact_lmm(self) -> bool:
         return get_family(self.family, self.link).exact_lmm and not self.dpars
@@ -303,22 +270,23 @@ class FitConfig(_ModelSpec):
         """What is asked after the fit must suit the method and family, checked before
         anything is fitted (not after the chains)."""
         method = self.resolved_method()
+        spec = get_method(method)
         asked = [f"{key}: {value}" for key, value in (
             ("confint", self.confint), ("bootstrap", self.bootstrap and self.bootstrap.n),
             ("ddf", self.ddf)) if value is not None]
-        if method in BAYES and asked:
+        if spec.bayesian and asked:
             raise ValueError(
                 f"{', '.join(asked)} {'is' if len(asked) == 1 else 'are'} for likelihood fits "
-                f"(reml, ml, laplace, agq), not method {method}: a {method} fit's "
+                f"({_LIKELIHOOD}), not method {method}: a {method} fit's "
                 "uncertainty is its posterior (fit.json's 'posterior' key)")
         if self.ddf is not None:
-            if not self._exact_lmm() or method not in ("reml", "ml"):
+            if not self._exact_lmm() or not spec.exact_lmm_only:
                 what = (f"a {self.family} model" if not self._exact_lmm()
                         else f"method {method}")
                 raise ValueError(f"ddf: {self.ddf}: denominator degrees of freedom are for "
                                  "linear mixed models (gaussian, identity link) fitted by reml "
                                  f"or ml, not {what}; leave ddf out for Wald z tests")
-            if self.ddf == "kenward-roger" and method != "reml":
+            if self.ddf == "kenward-roger" and not spec.reml:
                 raise ValueError("ddf: kenward-roger needs method reml (as pbkrtest), not "
                                  f"{method}; use ddf: satterthwaite")
         return self
@@ -370,14 +338,14 @@ class PowerConfig(FitConfig):
     @model_validator(mode="after")
     def _power_fits_method(self):
         method = self.resolved_method()
-        if method in BAYES:
-            raise ValueError(f"power simulates and refits likelihood fits (reml, ml, laplace, "
-                             f"agq), not method {method}")
+        if get_method(method).bayesian:
+            raise ValueError(f"power simulates and refits likelihood fits ({_LIKELIHOOD}), "
+                             f"not method {method}")
         if self.dpars:
             raise ValueError("power does not handle distributional-parameter formulas "
                              "(dpars) yet")
         if self.power.test == "satterthwaite" and not (self._exact_lmm()
-                                                       and method in ("reml", "ml")):
+                                                       and get_method(method).exact_lmm_only):
             what = f"a {self.family} model" if not self._exact_lmm() else f"method {method}"
             raise ValueError("power.test: satterthwaite is for linear mixed models (gaussian, "
                              f"identity link) fitted by reml or ml, not {what}; use lrt or "
@@ -448,81 +416,6 @@ class FitManyConfig(_ModelSpec):
         return cols + ([("split_by", self.split_by)] if self.split_by else [])
 
 
-# ----------------------------------------------------------------------------- the YAML loader
-_STR, _MERGE = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
-# What YAML 1.2's core schema (unlike YAML 1.1) reads as a boolean or a number: a level
-# written so keeps that type, to match a boolean or numeric column as before (``1.0`` is the
-# label "1" of a float column); anything else (no, yes, on, off, y, 010, 1_000) is text.
-_CORE_12 = {"tag:yaml.org,2002:bool": re.compile(r"true|True|TRUE|false|False|FALSE"),
-            "tag:yaml.org,2002:int": re.compile(r"[-+]?(0|[1-9][0-9]*)"),
-            "tag:yaml.org,2002:float": re.compile(
-                r"[-+]?(\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+(?=[eE]))([eE][-+]?[0-9]+)?")}
-
-
-class _RepeatedKey(Exception):
-    def __init__(self, key: str, first: int, second: int):
-        where = f"line {first}" if first == second else f"lines {first} and {second}"
-        super().__init__(f"key {key!r} appears twice ({where})")
-
-
-class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader for run configs: a key repeated in one mapping (at any depth) is
-    an error instead of the last one silently winning, and under ``levels`` the column
-    names and the level labels keep the text they were written with (YAML 1.1 would read
-    ``[no, yes]`` as booleans, ``[on, off]`` too); see ``_CORE_12`` for what stays a number
-    or a boolean there."""
-
-    def get_single_node(self):
-        node = super().get_single_node()
-        if node is not None:
-            _refuse_repeated_keys(node, (), set())
-            if isinstance(node, yaml.MappingNode):
-                for key, value in node.value:
-                    if isinstance(key, yaml.ScalarNode) and key.value == "levels":
-                        _levels_as_written(value)
-        return node
-
-
-# PyYAML (YAML 1.1) reads 1e-3 and 1.0e+5 as strings (its floats need a dot and an exponent
-# sign); YAML 1.2 reads them as numbers, as a learning rate is usually written.
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
-
-
-def _levels_as_written(node) -> None:
-    if not isinstance(node, yaml.MappingNode):
-        return
-    for column, labels in node.value:
-        if isinstance(column, yaml.ScalarNode):
-            column.tag = _STR
-        for label in labels.value if isinstance(labels, yaml.SequenceNode) else [labels]:
-            if isinstance(label, yaml.ScalarNode) and label.style is None:   # plain, unquoted
-                label.tag = next((tag for tag, form in _CORE_12.items()
-                                  if form.fullmatch(label.value)), _STR)
-
-
-def _refuse_repeated_keys(node, path: tuple[str, ...], done: set) -> None:
-    if id(node) in done:   # an alias of a node already checked
-        return
-    done.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        lines: dict[tuple[str, str], int] = {}
-        for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE:
-                continue
-            line, ident = key.start_mark.line + 1, (key.tag, key.value)
-            if ident in lines:
-                raise _RepeatedKey(".".join(path + (key.value,)), lines[ident], line)
-            lines[ident] = line
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
-            _refuse_repeated_keys(value, path + (name,), done)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _refuse_repeated_keys(item, path + (str(i),), done)
-
-
 # ----------------------------------------------------------------------------- loading
 def load_config(path: str | os.PathLike, kind: type[_ModelSpec] = FitConfig) -> _ModelSpec:
     """Read, validate and resolve a YAML config.
@@ -543,7 +436,7 @@ def load_config(path: str | os.PathLike, kind: type[_ModelSpec] = FitConfig) -> 
         raise FileNotFoundError(f"config file not found: {path}")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ConfigLoader)
-    except _RepeatedKey as err:
+    except RepeatedKey as err:
         raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -618,7 +511,8 @@ def _describe(error: dict, kind: type[BaseModel]) -> str:
     if kind_of == "missing":
         return f"config key {loc!r} is missing"
     if kind_of in _EXPECTED and kind_of != "dict_type":
-        return f"config key {loc!r}: expected {_EXPECTED[kind_of]}, got {_yaml_repr(error['input'])}"
+        return (f"config key {loc!r}: expected {_EXPECTED[kind_of]}, got "
+                f"{_yaml_repr(error['input'])}")
     if kind_of == "extra_forbidden":
         return f"config key {loc!r} is not allowed"
     if kind_of in _BOUNDS:

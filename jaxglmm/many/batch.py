@@ -17,15 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..bayes.drivers import BAYES_METHODS
 from ..core.problem import ProblemArrays
 from ..families import Family, get_family
 from ..fit.batched import fit_batch, prepare_batch, slot_size, typical_member
-from ..fit.cache import relieve_map_pressure
+from ..fit.cache import free_programs_near_map_cap
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
+from ..methods import METHODS, get_method
 from ..model import Model
 from ..results.build import likelihood_result
+from .checkpoint import Checkpoint, saved_chunk_size
 from .chunk import Bucket, ChunkFits, Payload, fit_chunk
 from .executor import run_chunks
 from .plan import warn_failures
@@ -46,6 +47,7 @@ class ManyPlan:
     table: pd.DataFrame                # the long table
     codes: np.ndarray                  # each table row's dataset
     design_seconds: float = 0.0
+    chunk_size: int = 0                # datasets per chunk (the last may hold fewer)
 
     @property
     def method(self) -> str:
@@ -97,7 +99,7 @@ def plan_many(formula: str, data, family: str | Family = "gaussian", method: str
         max(sizes, default=1), len(spec.fixef_names), spec.structure))
     chunks = [np.arange(i, min(i + chunk_size, len(ids))) for i in range(0, len(ids), chunk_size)]
     return ManyPlan(spec, ids, chunks, members, arrays, table, codes,
-                    time.perf_counter() - start)
+                    time.perf_counter() - start, chunk_size)
 
 
 def _chunk_size(value, default: int) -> int:
@@ -262,7 +264,7 @@ class ManyFits:
 
 
 def _varcorr_wide(spec: Spec, theta: np.ndarray, sigma: np.ndarray, index) -> pd.DataFrame:
-    lmm = spec.family.exact_lmm and spec.method in ("reml", "ml", "laplace")
+    lmm = spec.family.exact_lmm and not get_method(spec.method).bayesian
     cols: dict = {}
     s = spec.structure
     for t in s.terms:
@@ -303,31 +305,73 @@ def _match_factors(raw: RawFit, long_structure, alone_structure) -> RawFit:
 # ----------------------------------------------------------------------------- entry points
 def fit_many(formula: str, data, family: str | Family = "gaussian", method: str | None = None,
              link: str | None = None, *, by: str | None = None, chunk_size: int | None = None,
-             executor=None, progress: bool | None = None, **kwargs) -> ManyFits:
+             executor=None, progress: bool | None = None, checkpoint=None,
+             **kwargs) -> ManyFits:
     """Fit one model to many datasets.
 
     ``data`` is one long DataFrame with a dataset column named by ``by`` (the fast path),
-    a list of DataFrames, or a folder or glob of CSV/Parquet files.  The design is built
-    once for all rows; datasets of different sizes are padded into a few shape buckets,
-    and each padded fit equals the dataset fitted alone.  ``chunk_size`` datasets go to
-    the engine at once (default: as many as fit in 1 GiB, at most 16,384); ``executor`` a ``dask.distributed.Client`` sends
-    chunks to its workers; ``progress`` shows a bar over datasets (default: on a
+    a list of DataFrames, a dict of them (its keys label the datasets), or a folder or
+    glob of CSV/Parquet files.  The design is built once for all rows; datasets of
+    different sizes are padded into a few shape buckets, and each padded fit equals the
+    dataset fitted alone.  ``chunk_size`` datasets go to the engine at once (default: as
+    many as fit in 1 GiB, at most 16,384); ``executor`` a ``dask.distributed.Client``
+    sends chunks to its workers; ``progress`` shows a bar over datasets (default: on a
     terminal).
+
+    ``checkpoint`` a folder: each finished chunk is saved there as it finishes
+    (:mod:`jaxglmm.many.checkpoint`), and a call with the same inputs fits only the chunks
+    not saved yet and returns the same fits as a run never stopped (without
+    ``chunk_size``, it goes on with the saved run's).  A folder made for other inputs is
+    refused (ValueError).  The folder is kept: delete it when done.
 
     Examples
     --------
     >>> fits = jg.fit_many("Reaction ~ Days + (Days | Subject)", sims, by="sim")
     >>> fits.table().head()
     """
-    relieve_map_pressure()
+    free_programs_near_map_cap()
+    if checkpoint is not None and chunk_size is None:
+        chunk_size = saved_chunk_size(checkpoint)
     plan = plan_many(formula, data, family, method, link, by=by, chunk_size=chunk_size,
                      **kwargs)
-    payloads = [plan.payload(k) for k in range(len(plan.chunks))]
-    results = run_chunks(fit_chunk, payloads, executor=executor, progress=progress,
-                         sizes=[len(c) for c in plan.chunks])
-    fits = collect(plan, results)
+    store = None if checkpoint is None else Checkpoint(checkpoint, plan)
+    fits = fit_plan(plan, executor=executor, progress=progress, checkpoint=store)
     warn_failures(fits)
     return fits
+
+
+def fit_plan(plan: ManyPlan, *, executor=None, progress: bool | None = None,
+             checkpoint: Checkpoint | None = None) -> ManyFits:
+    """Fit a plan's chunks (with a ``checkpoint``: only those not saved there, each saved
+    as it finishes) and collect them (no warning: the caller says what failed)."""
+    results: list = [None] * len(plan.chunks)
+    todo = list(range(len(plan.chunks)))
+    if checkpoint is not None:
+        todo = checkpoint.missing()
+        for k in checkpoint.saved:
+            results[k] = checkpoint.load(k)
+
+    def done(j: int, fits: ChunkFits) -> None:
+        results[todo[j]] = fits
+        if checkpoint is not None:
+            checkpoint.save(todo[j], fits)
+
+    run_chunks(fit_chunk, _Payloads(plan, todo), executor=executor, progress=progress,
+               done=done, sizes=[len(plan.chunks[k]) for k in todo])
+    return collect(plan, results)
+
+
+class _Payloads:
+    """The payloads of the chunks ``todo``, each built when it is needed."""
+
+    def __init__(self, plan: ManyPlan, todo: list[int]):
+        self.plan, self.todo = plan, todo
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, j: int) -> Payload:
+        return self.plan.payload(self.todo[j])
 
 
 def refit_many(model, responses: np.ndarray, method: str | None = None, *,
@@ -340,7 +384,7 @@ def refit_many(model, responses: np.ndarray, method: str | None = None, *,
     refit starts at its optimum, with its Hessian, as lme4's ``refit`` starts at the fitted
     theta; from a Model, a few responses are fitted first and start the rest."""
     _refuse_bayes(method)
-    relieve_map_pressure()
+    free_programs_near_map_cap()
     spec, model, fit, Y, chunks, start = _refit_setup(model, responses, method, chunk_size,
                                                       options)
     jobs = _RefitJobs(spec, model, Y, start, chunks)
@@ -361,7 +405,8 @@ def prepare_refits(fit, n: int, method: str | None = None, **options):
     spec, model, fit, Y, chunks, start = _refit_setup(
         fit, np.zeros((1, 0)), method, None, options, n_responses=n)
     args, refit, slots = _refit_args(spec, model, Y[chunks[0]], start)
-    return prepare_batch(model.problem, spec.method, spec.options, args, refit, slots)
+    return prepare_batch(model.problem, get_method(spec.method), spec.options, args, refit,
+                         slots)
 
 
 def _refit_setup(model, responses, method, chunk_size, options, n_responses=None):
@@ -391,7 +436,7 @@ def _refit_setup(model, responses, method, chunk_size, options, n_responses=None
     start = _fit_start(fit, method, model.problem.n_params)
     size = _chunk_size(chunk_size, memory_chunk_size(
         model.design.nobs, model.design.n_fixef, model.structure,
-        responses_only=uses_lmm(model.problem, method)))
+        responses_only=uses_lmm(model.problem, get_method(method))))
     chunks = [np.arange(i, min(i + size, Y.shape[0])) for i in range(0, Y.shape[0], size)]
     return spec, model, fit, Y, chunks, start
 
@@ -454,7 +499,7 @@ def _refit_args(spec, model, Y, start):
     k = problem.n_params - (len(spec.fixef_names) + problem.n_phi if problem.exact_lmm else 0)
     x0 = np.full(k, np.nan) if start is None else start[0]
     H0 = np.full((k, k), np.nan) if start is None or start[1] is None else start[1]
-    if uses_lmm(problem, spec.method):
+    if uses_lmm(problem, get_method(spec.method)):
         x0 = np.where(np.isfinite(x0), x0, problem.structure.theta_init())
         # host arrays: the engine hands the slots their members' rows (fit/batched.py)
         args = (model.arrays, Y, jnp.asarray(x0), jnp.asarray(H0))
@@ -474,7 +519,7 @@ def _refit_chunk(job) -> ChunkFits:
     spec, model, Y, start, positions = job
     B, problem = Y.shape[0], model.problem
     args, refit, slots = _refit_args(spec, model, Y, start)
-    raw, times = fit_batch(problem, spec.method, spec.options, args, refit=refit,
+    raw, times = fit_batch(problem, get_method(spec.method), spec.options, args, refit=refit,
                            pilot=start is None, slots=slots)
     verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta,
                           problem.structure.theta_diagonal(), raw.n_iter)
@@ -487,10 +532,12 @@ def _refit_chunk(job) -> ChunkFits:
 
 
 def _refuse_bayes(method: str | None) -> None:
-    if method is not None and method.lower() in BAYES_METHODS:
+    if method is not None and not get_method(method).batchable:
+        batchable = ", ".join(m.name for m in METHODS if m.batchable)
         raise ValueError(f"method {method!r} cannot be batched yet: fit_many and refit_many "
-                         "run likelihood fits (reml, ml, laplace, agq); fit each dataset with "
+                         f"run likelihood fits ({batchable}); fit each dataset with "
                          f"Model(...).fit({method.lower()!r}) instead")
 
 
-__all__ = ["ManyFits", "ManyPlan", "collect", "fit_many", "plan_many", "refit_many"]
+__all__ = ["ManyFits", "ManyPlan", "collect", "fit_many", "fit_plan", "plan_many",
+           "refit_many"]

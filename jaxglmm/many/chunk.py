@@ -22,6 +22,7 @@ from ..core.problem import Problem, ProblemArrays
 from ..fit.batched import fit_batch, slot_size
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
+from ..methods import get_method
 from .plan import Member, Spec, batch_size, bucket_key, padded_structure
 
 
@@ -123,12 +124,19 @@ def _unpad(raw: RawFit, k: int, member: Member, structure) -> RawFit:
 
 
 # ----------------------------------------------------------------------------- one chunk
+def bucket_structure(spec: Spec, members: list[Member]):
+    """The structure a bucket of these members is fitted with: each factor padded to the
+    most levels any of them has."""
+    levels = [max(m.levels[f].size for m in members) for f in range(len(members[0].levels))]
+    return padded_structure(spec.structure, levels)
+
+
 def _bucket_args(spec: Spec, problem: Problem, arrays: ProblemArrays, start, B: int):
     x0, H0 = start if start is not None else (None, None)
     k = spec.structure.n_theta + (0 if problem.exact_lmm else len(spec.fixef_names) + problem.n_phi)
     x0 = jnp.full(k, jnp.nan) if x0 is None else jnp.asarray(x0)
     H0 = jnp.full((k, k), jnp.nan) if H0 is None else jnp.asarray(H0)
-    if uses_lmm(problem, spec.method):
+    if uses_lmm(problem, get_method(spec.method)):
         x0 = jnp.where(jnp.isfinite(x0), x0, jnp.asarray(spec.structure.theta_init()))
         # host arrays: the engine hands the slots their members' rows (fit/batched.py)
         return (arrays, x0, H0)
@@ -161,18 +169,17 @@ def fit_chunk(payload: Payload) -> ChunkFits:
     for positions in groups.values():
         members = [payload.members[k] for k in positions]
         n_pad = max(m.rows.size for m in members)
-        levels = [max(m.levels[f].size for m in members) for f in range(len(members[0].levels))]
         B = len(members)
         # one compiled shape per bucket: the slots of a power-of-two batch (no dummies)
         slots = slot_size(batch_size(B, ndev))
         arrays = _stack_bucket(payload.arrays, members, n_pad)
-        structure = padded_structure(spec.structure, levels)
+        structure = bucket_structure(spec, members)
         shape = SimpleNamespace(n_fixef=len(spec.fixef_names), nobs=n_pad)
         phi_len = np.size(spec.family.init_params(arrays.y[0], arrays.trials[0]))
         problem = Problem(structure, spec.family, None, shape, np.zeros(phi_len))
         args = _bucket_args(spec, problem, arrays, payload.start, B)
-        raw, times = fit_batch(problem, spec.method, spec.options, args, refit=False,
-                               pilot=payload.start is None, slots=slots)
+        raw, times = fit_batch(problem, get_method(spec.method), spec.options, args,
+                               refit=False, pilot=payload.start is None, slots=slots)
         clock["compile"] += times.compile
         verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta,
                               structure.theta_diagonal(), raw.n_iter)

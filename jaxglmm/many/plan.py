@@ -20,13 +20,13 @@ import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..core.resystem import ReStructure
-from ..design import identifiability_problem, single_level_problem
+from ..core.restructure import ReStructure
+from ..design import identifiability_problem, re_term_sizes, single_level_problem
 from ..design.matrices import dense_unique
 from ..families import Family
 from ..fit.convergence import ConvergenceWarning
@@ -99,11 +99,17 @@ def long_table(data, by: str | None) -> tuple[pd.DataFrame, list[str], np.ndarra
         stems = [Path(p).stem for p in paths]
         ids = stems if len(set(stems)) == len(stems) else paths
     else:
-        frames = list(data)
-        ids = [str(k) for k in range(len(frames))]
-        for k, f in enumerate(frames):
+        if isinstance(data, Mapping):       # {label: DataFrame}
+            frames, ids = list(data.values()), [str(k) for k in data]
+            if len(set(ids)) != len(ids):
+                raise ValueError("the datasets' labels (the dict's keys) must differ as "
+                                 "strings")
+        else:
+            frames = list(data)
+            ids = [str(k) for k in range(len(frames))]
+        for label, f in zip(ids, frames):
             if not isinstance(f, pd.DataFrame):
-                raise TypeError(f"dataset {k} is a {type(f).__name__}, not a DataFrame")
+                raise TypeError(f"dataset {label} is a {type(f).__name__}, not a DataFrame")
     if not frames:
         raise ValueError("fit_many needs at least one dataset")
     sizes = [len(f) for f in frames]
@@ -311,7 +317,7 @@ class _Identifiability:
     def __init__(self, model: Model):
         self.position = {f.group: i for i, f in enumerate(model.structure.factors)}
         self.labels = {t.group: t.levels for t in model.design.terms}
-        self.parts = model.re_term_sizes()
+        self.parts = re_term_sizes(model.design)
         self.strict = model.family.residual is not None
 
     def single_level(self, levels) -> str:

@@ -18,9 +18,10 @@ from ..bayes.drivers import BayesRun
 from ..bayes.posterior import named_draws, summarize
 from ..bayes.priors import describe
 from ..core.problem import Problem
-from ..core.resystem import canonical_theta
-from ..fit.convergence import Verdict, judge, judge_posterior
+from ..core.restructure import canonical_theta
+from ..fit.convergence import Verdict, judge
 from ..fit.likelihood import RawFit, uses_lmm
+from ..methods import get_method
 from .result import FitResult
 from .varcorr import varcorr_frame
 
@@ -29,7 +30,7 @@ def likelihood_result(model, problem: Problem, method: str, options: dict, raw: 
                       seconds: float) -> FitResult:
     """The result of a likelihood fit (host arrays of one dataset)."""
     d, s, fam = problem.design, problem.structure, problem.family
-    lmm = uses_lmm(problem, method)
+    lmm = uses_lmm(problem, get_method(method))
     theta = canonical_theta(s, np.asarray(raw.theta, float))
     if lmm:
         sigma, fparams, fparams_se = float(raw.sigma), {}, {}
@@ -83,8 +84,8 @@ def posterior_result(model, problem: Problem, method: str, options: dict,
             fparams[name] = np.array([np.mean(draws[k]) for k in draws if k.startswith(prefix)])
     b = [x.mean(axis=(0, 1)) for x in b_draws]
     b_sd = [x.reshape((-1,) + x.shape[2:]).std(0, ddof=1) for x in b_draws]
-    verdict = judge_posterior(method, float(np.nanmax(summary["rhat"]))
-                              if np.any(np.isfinite(summary["rhat"])) else np.nan, diag)
+    verdict = get_method(method).judge(float(np.nanmax(summary["rhat"]))
+                                       if np.any(np.isfinite(summary["rhat"])) else np.nan, diag)
     return _assemble(model, problem, method, options, run.seconds, verdict,
                      fixef=beta.mean(0), vcov=vcov, varcorr=_posterior_varcorr(bm, draws, sigma),
                      sigma=sigma, family_params=fparams, family_params_se={}, loglik=None,

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +12,17 @@ import numpy as np
 import pandas as pd
 
 from ..core.predictor import fixed_predictor, random_predictor
-from ..core.resystem import term_covariances
-from ..fit.cache import program
-from . import extensions
+from ..core.problem import prediction_arrays
+from ..design import new_design, re_masks, re_terms, used_columns
+from .protocols import FittedModel
+from .simulate import simulate_responses
 from .summary import Summary
+
+# The methods that call jaxglmm.inference's free functions of the same names.  inference sits
+# above this stage, so each imports it when called: the only jaxglmm imports inside
+# functions (tests/test_architecture.py holds this list).
+INFERENCE_METHODS = ("bootstrap", "confint", "power", "influence", "cooks_distance",
+                     "hatvalues", "leave_one_out", "sensitivity", "coef_table")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class FitResult:
         ``grad`` and ``hessian`` at the optimum, ``n_iter``, ``status``.
     """
 
-    model: Any
+    model: FittedModel
     method: str
     fixef: pd.Series
     fixef_se: pd.Series
@@ -185,55 +190,60 @@ class FitResult:
             r = np.sign(y - trials * mu) * np.sqrt(np.clip(w * d, 0.0, None))
         return pd.Series(r, index=index, name="residuals")
 
+    # ------------------------------------------------------------------ inference
+    # one-line conveniences for the free functions of jaxglmm.inference (INFERENCE_METHODS)
     def bootstrap(self, n: int = 1000, statistic=None, seed: int | None = None,
                   use_re: str = "sample", progress: bool | None = None) -> pd.DataFrame:
-        """A parametric bootstrap, lme4's ``bootMer``: ``n`` responses simulated from the
-        fit, refitted in one batch; one row per replicate (see
-        :func:`jaxglmm.inference.bootstrap`)."""
-        return extensions.call("bootstrap", self, n=n, statistic=statistic, seed=seed,
-                               use_re=use_re, progress=progress)
+        """:func:`jaxglmm.bootstrap` of this fit: lme4's ``bootMer``."""
+        from .. import inference
+        return inference.bootstrap(self, n, statistic, seed, use_re, progress)
 
     def confint(self, method: str = "wald", level: float = 0.95, parm=None,
                 **options) -> pd.DataFrame:
-        """Confidence intervals (columns lower, upper), lme4's ``confint.merMod`` (see
-        :func:`jaxglmm.inference.confint`)."""
-        return extensions.call("confint", self, method=method, level=level, parm=parm,
-                               **options)
+        """:func:`jaxglmm.confint` of this fit: lme4's ``confint.merMod``."""
+        from .. import inference
+        return inference.confint(self, method, level, parm, **options)
 
     def power(self, term: str, effect: float | None = None, along: str | None = None,
               sizes=None, nsim: int = 1000, test: str = "lrt", alpha: float = 0.05,
               seed: int | None = None, progress: bool | None = None):
-        """Power by simulation, as simr's ``powerSim``/``powerCurve``: a table of size,
-        power, lower, upper and nsim (see :func:`jaxglmm.inference.power`)."""
-        return extensions.call("power", self, term, effect=effect, along=along, sizes=sizes,
-                               nsim=nsim, test=test, alpha=alpha, seed=seed, progress=progress)
+        """:func:`jaxglmm.power` of this fit: simr's ``powerSim``/``powerCurve``."""
+        from .. import inference
+        return inference.power(self, term, effect, along, sizes, nsim, test, alpha, seed,
+                               progress)
 
     def influence(self, level: str = "obs") -> pd.DataFrame:
-        """First-order deletion diagnostics per observation or per level of a grouping
-        factor: ``dfbeta_<fixed effect>``, ``cooks_distance`` and ``d_<parameter>``, from
-        the fit's implicit derivatives (see :func:`jaxglmm.inference.influence.influence`)."""
-        return extensions.call("influence", self, level=level)
+        """:func:`jaxglmm.influence` of this fit: first-order deletion diagnostics."""
+        from .. import inference
+        return inference.influence(self, level)
 
     def cooks_distance(self, level: str = "obs", exact: bool | None = None) -> pd.Series:
-        """Cook's distances, lme4's ``cooks.distance`` (per observation) or of
-        ``influence(fit, groups=)`` (per level of a grouping factor: from the exact
-        leave-one-level-out refits)."""
-        return extensions.call("cooks_distance", self, level=level, exact=exact)
+        """:func:`jaxglmm.cooks_distance` of this fit: lme4's ``cooks.distance``."""
+        from .. import inference
+        return inference.cooks_distance(self, level, exact)
 
     def hatvalues(self) -> pd.Series:
-        """lme4's ``hatvalues(fit)``: the diagonal of the hat matrix."""
-        return extensions.call("hatvalues", self)
+        """:func:`jaxglmm.hatvalues` of this fit: lme4's ``hatvalues``."""
+        from .. import inference
+        return inference.hatvalues(self)
 
     def leave_one_out(self, group: str) -> pd.DataFrame:
-        """Exact refits without each level of ``group``, run as one batch: one row per
-        left-out level with the fixed effects and variance parameters (lme4's
-        ``influence(fit, groups=)``)."""
-        return extensions.call("leave_one_out", self, group)
+        """:func:`jaxglmm.leave_one_out` of this fit: exact refits without each level of
+        ``group`` (lme4's ``influence(fit, groups=)``)."""
+        from .. import inference
+        return inference.leave_one_out(self, group)
 
     def sensitivity(self, prior: str | None = None) -> pd.DataFrame:
-        """MAP fits: derivatives of the posterior mode in the arguments (location, scale...)
-        of ``prior`` (or of every prior)."""
-        return extensions.call("sensitivity", self, prior=prior)
+        """:func:`jaxglmm.sensitivity` of this MAP fit: derivatives of the mode in the
+        priors' arguments."""
+        from .. import inference
+        return inference.sensitivity(self, prior)
+
+    def coef_table(self, ddf: str | None = None, exponentiate: bool = False) -> pd.DataFrame:
+        """:func:`jaxglmm.coef_table` of this fit: Estimate, Std. Error, (df,) the t or z
+        value and its p-value (``ddf`` as lmerTest's ``summary(fit, ddf=)``)."""
+        from .. import inference
+        return inference.coef_table(self, ddf, exponentiate)
 
     def _scalar_response(self, what: str) -> None:
         fam = self.model.family
@@ -244,17 +254,12 @@ class FitResult:
                              "use predict(type='response') for its probabilities or "
                              "parameters")
 
+    # ------------------------------------------------------------------ summaries
     def summary(self, correlation: bool = True, ddf: str | None = None):
         """lme4's summary as a data object that prints (brms-style for Bayesian fits);
         ``correlation=False`` leaves out the correlation of the fixed effects; ``ddf``
         (``"satterthwaite"`` or ``"kenward-roger"``, LMMs) prints lmerTest's table."""
         return Summary.from_fit(self, correlation=correlation, ddf=ddf)
-
-    def coef_table(self, ddf: str | None = None, exponentiate: bool = False) -> pd.DataFrame:
-        """Estimate, Std. Error, (df,) the t or z value and its p-value; ``ddf``
-        ``"satterthwaite"`` or ``"kenward-roger"`` as lmerTest's ``summary(fit, ddf=)``
-        (see :func:`jaxglmm.inference.ddf.coef_table`)."""
-        return extensions.call("coef_table", self, ddf=ddf, exponentiate=exponentiate)
 
     def __repr__(self) -> str:
         return str(self.summary())
@@ -309,12 +314,13 @@ class FitResult:
         (:mod:`jaxglmm.core.predictor`).  Rows of ``newdata`` with a missing value in a
         column the prediction uses give NaN (lme4's ``na.action = na.pass``)."""
         newdata = _frame(newdata)
-        chosen = self.model.re_terms(re_form)
-        mask = self.model.re_masks(chosen)
+        chosen = re_terms(self.model.design, re_form)
+        mask = re_masks(self.model.design, self.model.structure.factors, chosen)
         if newdata is None:
             return self._eta(self.model.problem.arrays, mask)
         complete = self._complete(newdata, chosen)
-        arrays = self.model.new_arrays(newdata.loc[complete], allow_new_levels, chosen)
+        arrays = prediction_arrays(new_design(self.model.design, newdata.loc[complete],
+                                              allow_new_levels, chosen))
         return _fill(self._eta(arrays, mask), complete)
 
     def predict(self, newdata=None, re_form=None, type: str = "response",
@@ -389,76 +395,7 @@ class FitResult:
         frequency weights, which one simulated response per row cannot honour: they are
         ignored, with a warning (lme4 warns "ignoring prior weights" there too).
         """
-        fam = self.model.family
-        if fam.simulate is None:
-            raise NotImplementedError(f"family {fam.name!r} has no simulator")
-        if self.draws is not None:
-            raise NotImplementedError(
-                f"simulate from a {self.method} fit would draw from the posterior predictive "
-                "distribution (brms's posterior_predict), which is not built yet; simulate "
-                "from a likelihood fit (reml, ml, laplace, agq)")
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2 ** 31))
-        key = jax.random.PRNGKey(seed)
-        design = self.model.design
-        newdata = _frame(newdata)
-        mask = self.model.re_selection(re_form)
-        conditioned = self.linear_predictor(newdata, re_form=re_form)
-        if newdata is None:
-            arrays = self.model.problem.arrays
-            w = np.asarray(design.weights, float)
-            codes = [(np.asarray(i), f.n_levels) for i, f in zip(arrays.index, self.model.structure.factors)]
-            index = design.row_index
-        else:
-            if len(newdata) == 0:
-                raise ValueError("newdata for simulate has no rows")
-            if not self._complete(newdata, True).all():
-                raise ValueError("newdata for simulate has missing values in columns the "
-                                 "model uses (the grouping columns included)")
-            arrays = self.model.new_arrays(newdata, True, True)
-            w = np.ones(len(newdata))
-            codes = [pd.factorize(lv)[0] for lv in self.model.group_labels(newdata)]
-            codes = [(c, int(c.max()) + 1) for c in codes]
-            index = newdata.index
-        if fam.needs_trials and newdata is not None and self._trials_missing(newdata):
-            raise ValueError("simulating a binomial model for new data needs its trials: "
-                             "the columns of cbind(...) or trials(...) (or the weights of a "
-                             "proportion response) must be in newdata")
-        weighted = bool(np.any(w != 1.0))
-        precision = weighted and fam.exact_lmm
-        if weighted and not precision:
-            warnings.warn(f"simulate ignores the prior weights of this {fam.name} model: they "
-                          "are frequency weights, and each row gets one simulated response",
-                          stacklevel=2)
-        draw_all = mask is None or not all(np.all(m == 1) for m in mask)
-        fp = self._natural_family_params()
-        trials = arrays.trials
-        # The n draws at once, from the keys a loop over simulations would use, in one
-        # compiled program per model shape (cbpp, 1,000 simulations: 1.5 s a call as a loop;
-        # 0.05 s warm here, its compile ~1.5 s once)
-        k_re, k_y = _key_chain(key, n)
-        terms = self._term_draws(codes) if draw_all else ()
-        chols = tuple(L for *_, L in terms)
-        spec = tuple((k, col0, levels, q) for k, col0, levels, q, _ in terms)
-        masks = None if mask is None else tuple(jnp.asarray(m) for m in mask)
-        sizes = tuple(levels for _, levels in codes)
-        bound = _trials_bound(fam, trials, n)
-        run = program(("simulate", self.model.structure, fam, spec, sizes, masks is None, bound),
-                      lambda: jax.jit(functools.partial(_simulate, self.model.structure, fam,
-                                                        spec, sizes, bound)))
-        index_arr = tuple(jnp.asarray(c, jnp.int32) for c, _ in codes)
-        Y, eta = run(k_re, k_y, jnp.asarray(conditioned), chols, index_arr, arrays.Z, trials,
-                     fp, masks)
-        Y = np.asarray(Y)
-        eta = np.asarray(eta)
-        if precision:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                Y = np.where(w > 0, eta + (Y - eta) / np.sqrt(w), np.nan)
-        if design.proportion:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                Y = Y / np.asarray(trials)
-        cols = {f"sim_{k + 1}": self._as_labels(Y[k]) for k in range(n)}
-        return pd.DataFrame(cols, index=index)
+        return simulate_responses(self, n, seed, re_form, _frame(newdata))
 
     # ------------------------------------------------------------------ internals
     def _natural_family_params(self) -> dict:
@@ -496,105 +433,15 @@ class FitResult:
         return r[keep]
 
     def _complete(self, newdata: pd.DataFrame, random_effects) -> np.ndarray:
-        cols = [c for c in self.model.used_columns(random_effects) if c in newdata.columns]
+        cols = [c for c in used_columns(self.model.design, random_effects) if c in newdata.columns]
         return newdata[cols].notna().all(axis=1).to_numpy() if cols else \
             np.ones(len(newdata), bool)
-
-    def _trials_missing(self, newdata: pd.DataFrame) -> bool:
-        response = self.model.design.spec.parsed.response
-        if self.model.design.proportion:
-            return self.model.weights not in newdata
-        if response.kind not in ("cbind", "trials"):
-            return False
-        exprs = response.exprs if response.kind == "cbind" else response.exprs[1:]
-        return not all(n in newdata.columns for e in exprs for n in e.names)
 
     def _category_probs(self, eta) -> np.ndarray:
         fam = self.model.family
         probs = fam.category_probs if fam.category_probs is not None else fam.mean
         return _nan_rows(eta, lambda e: probs(e, self._natural_family_params()), rows_2d=True)
 
-    def _as_labels(self, y: np.ndarray):
-        """Category codes -> the response's labels (ordered for ordinal models)."""
-        fam, levels = self.model.family, self.model.design.response_levels
-        if fam.response not in ("ordered", "unordered") or levels is None:
-            return y
-        return pd.Categorical.from_codes(np.asarray(y, int), categories=list(levels),
-                                         ordered=fam.response == "ordered")
-
-    def _term_draws(self, codes) -> list:
-        """Per design term (in the design's order): its factor, first column, number of
-        levels, size and the Cholesky factor of its fitted covariance."""
-        problem = self.model.problem
-        s = problem.structure
-        # Lambda is relative to sigma only for the exact gaussian (LMM) fits
-        scale = self.sigma if problem.exact_lmm else 1.0
-        covs = term_covariances(s, self.theta, scale)
-        where = {(t.label, t.names): (k, t.col0) for k, f in enumerate(s.factors) for t in f.terms}
-        out = []
-        for t in problem.design.terms:
-            k, col0 = where[(t.label, tuple(t.names))]
-            L = np.linalg.cholesky(covs[(t.label, tuple(t.names))] + 1e-12 * np.eye(t.q))
-            out.append((k, col0, codes[k][1], t.q, jnp.asarray(L)))
-        return out
-
-
-def _key_chain(key, n: int):
-    """The keys of n simulations, as a loop of ``key, k_re, k_y = split(key, 3)`` makes
-    them, in one compiled scan (the loop: 0.5 s for 1,000 keys, one dispatch a split)."""
-    def chain(key):
-        def body(k, _):
-            k, a, b = jax.random.split(k, 3)
-            return k, (a, b)
-        return jax.lax.scan(body, key, None, length=n)[1]
-    return program(("simulate-keys", int(n)), lambda: jax.jit(chain))(key)
-
-
-# simulate_bounded draws rows x bound x n uniforms at once: used up to this bound and size
-BOUNDED_MAX_TRIALS = 64
-BOUNDED_MAX_DRAWS = 1 << 26
-
-
-def _trials_bound(fam, trials, n: int) -> int | None:
-    """The static bound on the trials for ``fam.simulate_bounded`` (a power of two), or
-    None to use ``fam.simulate``."""
-    if fam.simulate_bounded is None or trials is None:
-        return None
-    t = np.asarray(trials, float)
-    if t.size == 0 or not np.all(np.isfinite(t)) or np.any(t != np.round(t)) or t.min() < 0:
-        return None
-    bound = 1 << max(0, int(t.max()) - 1).bit_length()
-    if bound > BOUNDED_MAX_TRIALS or t.size * bound * n > BOUNDED_MAX_DRAWS:
-        return None
-    return bound
-
-
-def _simulate(structure, fam, spec, sizes, bound, k_re, k_y, conditioned, chols, index, Z,
-              trials, fp, masks):
-    """Responses (n, rows) and their linear predictors: new random effects drawn from the
-    fitted covariances (``chols``, one draw per term in ``spec`` for each of the n keys
-    ``k_re``; columns ``masks`` conditions on get none) added to ``conditioned``, then the
-    family's draw with the keys ``k_y``."""
-    def one(kr, ky):
-        eta = conditioned
-        if spec:
-            parts = [[None] * f.q for f in structure.factors]
-            key = kr
-            for (k, col0, levels, q), L in zip(spec, chols):
-                key, sub = jax.random.split(key)
-                draw = jax.random.normal(sub, (levels, q)) @ L.T
-                for j in range(q):
-                    parts[k][col0 + j] = draw[:, j]
-            b = [jnp.stack([c if c is not None else jnp.zeros(n) for c in cols], axis=1)
-                 for cols, n in zip(parts, sizes)]
-            if masks is not None:
-                b = [bf * (1.0 - m) for bf, m in zip(b, masks)]
-            eta = eta + random_predictor(structure, b, index, Z)
-        if bound is not None:
-            return fam.simulate_bounded(ky, eta, trials, fp, bound), eta
-        return fam.simulate(ky, eta, trials, fp), eta
-
-    return jax.vmap(one)(k_re, k_y)
 
 
 def _frame(newdata) -> pd.DataFrame | None:

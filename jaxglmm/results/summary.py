@@ -9,14 +9,7 @@ import numpy as np
 import pandas as pd
 from jax.scipy.stats import norm
 
-from . import extensions
-
-METHOD_TITLES = {
-    "reml": "Linear mixed model fit by REML",
-    "ml": "Linear mixed model fit by maximum likelihood",
-    "laplace": "Generalized linear mixed model fit by maximum likelihood (Laplace Approximation)",
-    "agq": "Generalized linear mixed model fit by maximum likelihood (Adaptive Gauss-Hermite Quadrature, nAGQ = {n})",
-}
+from ..methods import get_method
 
 
 class _Rendered:
@@ -64,11 +57,9 @@ class Summary(_Rendered):
                 raise ValueError("ddf is for likelihood fits of linear mixed models")
             return BayesSummary.from_fit(fit)
         design = fit.model.design
-        title = METHOD_TITLES.get(fit.method, f"Mixed model fit by {fit.method}")
-        title = title.format(n=fit.options.get("agq_points", ""))
-        if fit.method == "laplace" and fit.model.family.exact_lmm:
-            title = METHOD_TITLES["ml"]
-        if fit.method == "reml":
+        spec = get_method(fit.method)
+        title = spec.heading(fit.model.family.exact_lmm, fit.options)
+        if spec.reml:
             crit = pd.Series({"REML criterion": -2 * fit.loglik})
         else:
             crit = pd.Series({"AIC": fit.aic, "BIC": fit.bic, "logLik": fit.loglik,
@@ -79,7 +70,7 @@ class Summary(_Rendered):
         z = est / se
         coef = pd.DataFrame({"Estimate": est, "Std. Error": se})
         if ddf is not None:         # lmerTest's table (jaxglmm.inference.ddf)
-            coef = extensions.call("coef_table", fit, ddf=ddf)
+            coef = fit.coef_table(ddf=ddf)
             title += (f". t-tests use {DDF_TITLES.get(str(ddf).lower(), ddf)} method")
         elif fit.model.family.residual is not None:     # an estimated residual scale: t
             coef["t value"] = z
@@ -268,11 +259,6 @@ def _render_random(vc: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-BAYES_TITLES = {"nuts": "Bayesian mixed model fit by NUTS (NumPyro)",
-                "vi": "Bayesian mixed model fit by variational inference (NumPyro SVI)",
-                "map": "Bayesian mixed model: posterior mode with a Laplace approximation"}
-
-
 @dataclass(frozen=True)
 class BayesSummary(_Rendered):
     """brms-style summary of a Bayesian fit, as data; ``str()`` renders it."""
@@ -291,7 +277,7 @@ class BayesSummary(_Rendered):
     @classmethod
     def from_fit(cls, fit) -> "BayesSummary":
         groups = pd.Series({t.group: t.n_levels for t in fit.model.design.terms})
-        return cls(BAYES_TITLES[fit.method], fit.model.formula, fit.family, fit.link, fit.nobs,
+        return cls(get_method(fit.method).title, fit.model.formula, fit.family, fit.link, fit.nobs,
                    groups, tuple(fit.priors), fit.posterior_summary,
                    {k: v for k, v in fit.diagnostics.items() if np.isscalar(v) or isinstance(v, str)},
                    tuple(fit.messages))

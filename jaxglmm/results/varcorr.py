@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..core.resystem import ReStructure, term_covariances
+from ..core.restructure import ReStructure, term_covariances
 
 
 def varcorr_frame(structure: ReStructure, theta, sigma: float | None) -> pd.DataFrame:
