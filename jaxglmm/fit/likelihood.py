@@ -375,9 +375,16 @@ def check_optimizer(problem: Problem, method, name: str | None) -> str:
                             "grouping factors and a large trailing block)")
 
 
+def jit_options(problem: Problem) -> dict:
+    """``cache.jit``'s keyword arguments for a program over ``problem``: the compile options
+    above for a small problem, XLA's defaults for a large one (``problem.large``, so a
+    program's key that uses them holds ``problem.large``)."""
+    return {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
+
+
 def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool = False):
     s, fam = problem.structure, problem.family
-    opts = {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
+    opts = jit_options(problem)
     if lmm:
         one = lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose)
         return program(("lmm", s, reml, problem.large, verbose), lambda: cache.jit(one, **opts))

@@ -25,6 +25,7 @@ from ..core.lmm import lmm_data, refit_data
 from ..design.sparse import sparse_lmm_data
 from ..fit import cache
 from ..fit.cache import program
+from ..fit.likelihood import jit_options
 from ..methods import get_method
 
 DDF = ("satterthwaite", "kenward-roger")
@@ -93,7 +94,7 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
 
         def many(a, Y, phis, l):
             return jax.vmap(one, in_axes=(0, 0, None))(refit_data(s, a, Y), phis, l)
-        return cache.jit(many)
+        return cache.jit(many)       # a batch: XLA's default optimizations (fit/likelihood.py)
 
     run = program(("satterthwaite-many", s, p, reml), build)
     phis = np.column_stack([np.asarray(theta, float), np.asarray(sigma, float)])
@@ -108,8 +109,9 @@ def satterthwaite(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s, p, reml = problem.structure, fit.model.design.n_fixef, get_method(fit.method).reml
     phi = jnp.asarray(np.append(np.asarray(fit.theta, float), fit.sigma))
     L = jnp.asarray(np.atleast_2d(contrasts), dtype=phi.dtype)
-    run = program(("satterthwaite", s, p, reml, _sparse(s)), lambda: cache.jit(
-        lambda d, phi, L: _satterthwaite(*_phi_functions(s, p, d, reml), phi, L)))
+    run = program(("satterthwaite", s, p, reml, _sparse(s), problem.large), lambda: cache.jit(
+        lambda d, phi, L: _satterthwaite(*_phi_functions(s, p, d, reml), phi, L),
+        **jit_options(problem)))
     var, df = run(_lmm_data(problem), phi, L)
     return np.asarray(var), np.asarray(df)
 

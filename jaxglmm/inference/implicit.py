@@ -277,8 +277,8 @@ def map_host(problem, options: dict) -> dict:
     (the :class:`~jaxglmm.bayes.density.BayesModel`, whose spec is static), ``data`` (its
     data other than the arrays: column means, prior arguments and constants) and ``z0``
     (the optimizer's start)."""
-    bm = dn.BayesModel(problem, options.get("priors"))
-    z0 = _starts(bm, options.get("init", "centre"), 1, 0, jitter=False, marginal=True)[0]
+    bm = dn.BayesModel(problem, options["priors"])
+    z0 = _starts(bm, options["init"], 1, 0, jitter=False, marginal=True)[0]
     data = {k: v for k, v in bm.data.items() if k not in ("arrays", "lmm")}
     return {"bm": bm, "data": data, "z0": np.asarray(z0, np.float64)}
 
@@ -322,7 +322,7 @@ def _map(problem, options: dict, host: dict | None = None):
 
     def solve(p):
         fun = lambda v: objective(v, p)        # noqa: E731
-        opt = minimize(fun, z0, maxiter=int(options.get("maxiter", 500)))
+        opt = minimize(fun, z0, maxiter=int(options["maxiter"]))
         return newton_polish(fun, opt.x, opt.value, opt.hessian)
 
     def report(z, p):
@@ -395,6 +395,8 @@ def problem_fn(problem, method: str, case_weights: bool = False, options: dict |
     if unknown:
         raise ValueError(f"unknown option(s) for fit_fn(method={method!r}): {sorted(unknown)}"
                          + (f"; it takes {sorted(allowed)}" if allowed else ""))
+    # the MAP record's defaults for the options fit_fn takes (init, maxiter; priors None)
+    options = {k: v for k, v in spec.settings(options).items() if k in allowed}
     if spec.exact_lmm_only and not problem.exact_lmm:
         raise ValueError(f"method {method!r} is for gaussian models with the identity link; "
                          f"use 'laplace' or 'map' for family {problem.family.name!r}")

@@ -33,7 +33,7 @@ from ..fit import cache
 from ..fit.batched import fit_batch
 from ..fit.cache import program
 from ..fit.convergence import judge_many
-from ..fit.likelihood import uses_lmm
+from ..fit.likelihood import jit_options, uses_lmm
 from ..methods import get_method
 from .implicit import map_host, problem_fn
 from .params import named, variance_names
@@ -108,10 +108,10 @@ def weight_jacobian(fit) -> np.ndarray:
             f = problem_fn(_traced(problem, arrays, phi0), method, case_weights=True)
             return jax.jacrev(lambda c: estimates(s, f(weights=c), lmm))(
                 jnp.ones(arrays.y.shape[0]))
-        return cache.jit(jacobian)
+        return cache.jit(jacobian, **jit_options(problem))
 
     run = program(("influence-weights", s, problem.family, problem.design.n_fixef, method,
-                   lmm), build)
+                   lmm, problem.large), build)
     per_model[fit.method] = out = np.asarray(run(problem.arrays, jnp.asarray(problem.phi0, jnp.float64)))
     return out
 
@@ -287,11 +287,13 @@ def sensitivity(fit, prior: str | None = None) -> pd.DataFrame:
     (a class or name as ``fit.priors`` lists them, e.g. ``"Intercept"``, ``"sd"``,
     ``"b_Days"``) or, with None, of every prior that has arguments.  By the implicit
     function theorem at the mode (:func:`jaxglmm.inference.implicit.fit_fn`)."""
-    if not (get_method(fit.method).bayesian and get_method(fit.method).implicit):
+    spec = get_method(fit.method)
+    if not (spec.bayesian and spec.implicit):
         raise ValueError(f"sensitivity is for MAP fits (method='map'); this is a "
                          f"{fit.method!r} fit")
     problem = fit.model.problem
-    options = {k: v for k, v in (fit.options or {}).items() if k in ("priors", "init", "maxiter")}
+    options = {k: v for k, v in spec.settings(fit.options or {}).items()
+               if k in ("priors", "init", "maxiter")}
     host = map_host(problem, options)
     dists = dict(host["bm"].spec.prior_dists)
     defaults = {k: np.asarray(v, np.float64) for k, v in host["data"]["priors"].items()}
@@ -310,10 +312,10 @@ def sensitivity(fit, prior: str | None = None) -> pd.DataFrame:
             f = problem_fn(_traced(problem, arrays, phi0), "map", options=static,
                            host={"bm": host["bm"], "data": data, "z0": z0})
             return jax.jacfwd(lambda q: estimates(s, f(priors=q), lmm))(pri)
-        return cache.jit(jacobian)
+        return cache.jit(jacobian, **jit_options(problem))
 
     run = program(("sensitivity", host["bm"].spec, lmm, tuple(keys),
-                   tuple(sorted(static.items()))), build)
+                   tuple(sorted(static.items())), problem.large), build)
     jac = run(problem.arrays, jnp.asarray(problem.phi0, jnp.float64), host["data"],
               jnp.asarray(host["z0"]), {k: defaults[k] for k in keys})
     cols = {}
