@@ -151,7 +151,7 @@ _VERBOSE = Option("verbose", bool, False, "print the objective at each evaluatio
 _OPTIMIZER = Option("optimizer", Literal["bfgs", "lbfgsb", "cobyqa"] | None, None,
                     "outer optimizer of a single fit: the compiled BFGS, or (the sparse "
                     "crossed LMM) the host's L-BFGS-B or COBYQA; None: the fit's default "
-                    "(batches always run the compiled BFGS)")
+                    "(fit_many and refit_many run the compiled BFGS and refuse another)")
 _BAYES_COMMON = (
     Option("draws", int, 1000, "posterior draws kept (per chain)", {"ge": 1}),
     Option("seed", int, 0, "random seed", {"ge": 0}),

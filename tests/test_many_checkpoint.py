@@ -130,3 +130,16 @@ def test_bad_checkpoint_arguments_are_one_line(data, saved, tmp_path):
         jg.fit_many(FORMULA, data, by="sim", method="reml", chunk_size=CHUNK,
                     checkpoint=saved)
     assert "\n" not in str(caught.value)
+
+
+def test_a_batch_refuses_a_host_optimizer_rather_than_replacing_it():
+    """fit_many and refit_many run the compiled BFGS for every dataset: a host optimizer
+    named for them is an error, not silently swapped for BFGS."""
+    import jaxglmm as jg
+    df = jg.load_dataset("sleepstudy")
+    long = pd.concat([df.assign(sim=k) for k in range(2)])
+    with pytest.raises(ValueError, match="fit_many fits every dataset with the compiled BFGS"):
+        jg.fit_many("Reaction ~ Days + (1 | Subject)", long, by="sim", optimizer="lbfgsb")
+    model = jg.Model("Reaction ~ Days + (1 | Subject)", df)
+    with pytest.raises(ValueError, match="refit_many fits every dataset"):
+        jg.refit_many(model, np.tile(df.Reaction.to_numpy(), (2, 1)), optimizer="cobyqa")

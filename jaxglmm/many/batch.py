@@ -88,6 +88,7 @@ def plan_many(formula: str, data, family: str | Family = "gaussian", method: str
     checked = get_family(family, link)
     # each dataset's response is checked alone (one the family refuses is flagged)
     model = Model(formula, table, unvalidated(checked), None, **model_kw)
+    _compiled_optimizer_only(kwargs, "fit_many")
     method, options = model.resolve_method(method, kwargs)
     method = model.check_method(method, options)
     members = split_design(model, codes, len(ids), checked.validate)
@@ -409,6 +410,16 @@ def prepare_refits(fit, n: int, method: str | None = None, **options):
                          slots)
 
 
+def _compiled_optimizer_only(options: dict, who: str) -> None:
+    """A batch runs the compiled BFGS for every dataset: a host optimizer named for it is
+    refused rather than replaced."""
+    chosen = options.get("optimizer")
+    if chosen not in (None, "bfgs"):
+        raise ValueError(f"{who} fits every dataset with the compiled BFGS; optimizer="
+                         f"{chosen!r} applies to single fits only (leave it out, or pass "
+                         "optimizer='bfgs')")
+
+
 def _refit_setup(model, responses, method, chunk_size, options, n_responses=None):
     """refit_many's checked inputs: (spec, model, fit, Y, chunks, start).  With
     ``n_responses`` (:func:`prepare_refits`) Y is that many copies of the model's own
@@ -419,6 +430,7 @@ def _refit_setup(model, responses, method, chunk_size, options, n_responses=None
         if not isinstance(model, Model) or not getattr(fit, "optinfo", None):
             raise TypeError("refit_many takes a Model or a likelihood FitResult of one, got "
                             f"{type(fit).__name__}")
+    _compiled_optimizer_only(options, "refit_many")
     method, options = model.resolve_method(method if method is not None or fit is None
                                            else fit.method, options)
     method = model.check_method(method, options)
