@@ -9,7 +9,6 @@ to the one result builder.  Compiled programs are cached by structure, family an
 """
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from typing import Sequence
@@ -28,6 +27,7 @@ from .fit.convergence import ConvergenceWarning
 from .methods import default_method, get_method, resolve
 from .results.build import likelihood_result, posterior_result
 from .results.result import FitResult
+from .results.spec import ModelSpec
 
 MODEL_KEYWORDS = ("categorical", "levels", "weights", "dpars")
 
@@ -62,20 +62,36 @@ class Model:
                  dpars: dict | None = None):
         if not isinstance(data, pd.DataFrame):
             raise TypeError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-        self.formula, self.weights, self.dpars = formula, weights, dict(dpars or {})
         categorical = column_list(categorical, "categorical")
-        # what a related model needs to be built the same way (inference: null models, power)
-        self.data = data
-        self.options = {"family": family, "link": link, "categorical": categorical,
-                        "levels": levels, "weights": weights, "dpars": dpars}
-        self.data_name = data.attrs.get("name") or \
+        name = data.attrs.get("name") or \
             f"DataFrame ({data.shape[0]} rows, {data.shape[1]} columns)"
-        design, self.family = model_design(formula, data, get_family(family, link),
-                                           categorical=categorical, levels=levels,
-                                           weights=weights, dpars=self.dpars)
-        self.problem: Problem = make_problem(design, self.family)
+        # how the model was specified: what its fits keep, with its problem
+        self.spec = ModelSpec(formula, data, name, {
+            "family": family, "link": link, "categorical": categorical, "levels": levels,
+            "weights": weights, "dpars": dpars})
+        design, family = model_design(formula, data, get_family(family, link),
+                                      categorical=categorical, levels=levels,
+                                      weights=weights, dpars=self.spec.dpars)
+        self.problem: Problem = make_problem(design, family)
 
-    # the problem's pieces, as attributes of the model
+    @classmethod
+    def of(cls, problem: Problem, spec: ModelSpec) -> "Model":
+        """The model a fit was made on, from the fit's ``problem`` and ``spec`` (nothing is
+        rebuilt)."""
+        model = cls.__new__(cls)
+        model.spec, model.problem = spec, problem
+        return model
+
+    # the specification's and the problem's pieces, as attributes of the model
+    formula = property(lambda self: self.spec.formula, doc="The model's formula.")
+    data = property(lambda self: self.spec.data, doc="The DataFrame the model was built on.")
+    data_name = property(lambda self: self.spec.data_name, doc="How summaries name the data.")
+    weights = property(lambda self: self.spec.weights, doc="The prior-weights column or None.")
+    dpars = property(lambda self: self.spec.dpars, doc="Family parameters' formulas.")
+    options = property(lambda self: dict(self.spec.arguments),
+                       doc="The model's arguments besides formula and data.")
+    family = property(lambda self: self.problem.family, doc="The response family.")
+
     @property
     def design(self) -> Design:
         return self.problem.design
@@ -91,9 +107,7 @@ class Model:
     def with_response(self, y) -> "Model":
         """The same model with another response vector (same design otherwise): what a
         refit of it describes (lme4's ``refit``)."""
-        other = copy.copy(self)
-        other.problem = self.problem.with_response(y)
-        return other
+        return Model.of(self.problem.with_response(y), self.spec)
 
     # ------------------------------------------------------------------ density
     def init_params(self) -> dict:
@@ -140,24 +154,7 @@ class Model:
         ``priors`` set priors by class or name as brms writes them, e.g.
         ``{"b": "normal(0, 5)", "sd_Subject": "student_t(3, 0, 10)"}``.
         """
-        spec, options = resolve(self.problem, method, options)
-        free_programs_near_map_cap()
-        start = time.perf_counter()
-        raw = spec.runner(self.problem, spec, spec.settings(options))
-        if spec.bayesian:
-            result = posterior_result(self, self.problem, spec.name, options, raw)
-        else:
-            raw = jax.device_get(raw)
-            result = likelihood_result(self, self.problem, spec.name, options, raw,
-                                       time.perf_counter() - start)
-            if not np.isfinite(result.loglik):
-                raise FloatingPointError(
-                    f"the {spec.name} fit ended at a non-finite log-likelihood: no fixed "
-                    "effects were found where every observation has positive likelihood under "
-                    f"the {self.family.name} family's {self.family.link.name} link (for example a "
-                    "log link whose mean passes 1); try another link")
-        warn_of(result, self.problem.design)
-        return result
+        return fit_problem(self.problem, self.spec, method, **options)
 
     def fit_fn(self, method: str | None = None, **options):
         """The fit as a pure JAX function ``f(y=None, weights=None, offset=None,
@@ -170,6 +167,31 @@ class Model:
         return inference.fit_fn(self, method, **options)
 
 
+def fit_problem(problem: Problem, model_spec: ModelSpec, method: str | None = None,
+                **options) -> FitResult:
+    """What :meth:`Model.fit` runs: check the method against the problem, run it, and build
+    the result (which keeps ``problem`` and ``model_spec``); a refit of a result
+    (:func:`jaxglmm.anova`'s ML refits, profiles) calls it with the result's own."""
+    record, options = resolve(problem, method, options)
+    free_programs_near_map_cap()
+    start = time.perf_counter()
+    raw = record.runner(problem, record, record.settings(options))
+    if record.bayesian:
+        result = posterior_result(model_spec, problem, record.name, options, raw)
+    else:
+        raw = jax.device_get(raw)
+        result = likelihood_result(model_spec, problem, record.name, options, raw,
+                                   time.perf_counter() - start)
+        if not np.isfinite(result.loglik):
+            raise FloatingPointError(
+                f"the {record.name} fit ended at a non-finite log-likelihood: no fixed "
+                "effects were found where every observation has positive likelihood under "
+                f"the {problem.family.name} family's {problem.family.link.name} link (for "
+                "example a log link whose mean passes 1); try another link")
+    warn_of(result, problem.design)
+    return result
+
+
 def warn_of(result: FitResult, design: Design) -> None:
     """A :class:`ConvergenceWarning` for each problem of a fit, as lme4 warns: not converged
     (the verdict's messages), a singular fit, a confounded design, predictors on very
@@ -178,7 +200,7 @@ def warn_of(result: FitResult, design: Design) -> None:
         else [m for m in result.messages if m.startswith("boundary (singular) fit")]
     scale = scale_message(design.X)
     for message in tuple(design.warnings) + ((scale,) if scale else ()) + tuple(notes):
-        warnings.warn(message, ConvergenceWarning, stacklevel=3)
+        warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
 
 def fit(formula: str, data: pd.DataFrame, family: str | Family = "gaussian",

@@ -194,6 +194,21 @@ def test_model_is_a_thin_front():
     assert size <= 200, f"Model is {size} lines; move data handling into design/"
 
 
+
+def test_a_result_holds_its_problem_and_spec_not_the_model():
+    """A FitResult keeps a typed reference to what it needs (the problem and the model's
+    specification); the model it came from is rebuilt from them without a design pass."""
+    import dataclasses
+
+    from jaxglmm.core.problem import Problem
+    from jaxglmm.results import FitResult
+    from jaxglmm.results.spec import ModelSpec
+
+    hints = {f.name: f.type for f in dataclasses.fields(FitResult)}
+    assert "model" not in hints
+    assert hints["problem"] in (Problem, "Problem") and hints["spec"] in (ModelSpec, "ModelSpec")
+
+
 # Fitting methods are values (jaxglmm/methods.py), as families are: outside that table no code
 # tests a method's name.  A name test is a comparison (==, !=, in, not in) of something named
 # *method (a name, an attribute, a ["method"] key, or one of those .lower()-ed) with a fitting

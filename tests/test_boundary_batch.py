@@ -66,7 +66,7 @@ def split(df):
 
 
 def singular(fit) -> bool:
-    diag = fit.model.structure.theta_diagonal()
+    diag = fit.problem.structure.theta_diagonal()
     return bool(np.min(np.abs(np.asarray(fit.optinfo["x"])[:diag.size][diag])) < 1e-4)
 
 
@@ -100,7 +100,7 @@ def run_all_paths(df, formula, family, yname, n_boot, seed):
     else:                                    # x differs per dataset: simulate from the fit
         Y = np.asarray(base.simulate(n=len(datas), seed=seed), float).T
     rm = jg.refit_many(base, Y, progress=False)
-    check_not_below(rm.loglik.to_numpy(), single_logliks(base.model, Y, base.method),
+    check_not_below(rm.loglik.to_numpy(), single_logliks(jg.Model.of(base.problem, base.spec), Y, base.method),
                     "refit_many")
     assert rm.converged.all()
     assert (~rm.singular).sum() >= 0.1 * len(Y)      # some refits left the fit's zero
@@ -108,7 +108,7 @@ def run_all_paths(df, formula, family, yname, n_boot, seed):
     bt = base.bootstrap(n=n_boot, seed=seed + 1, statistic=lambda r: {"loglik": r.loglik},
                         progress=False)
     Yb = np.asarray(base.simulate(n=n_boot, seed=seed + 1, re_form="~0"), float).T
-    check_not_below(bt["loglik"].to_numpy(), single_logliks(base.model, Yb, base.method),
+    check_not_below(bt["loglik"].to_numpy(), single_logliks(jg.Model.of(base.problem, base.spec), Yb, base.method),
                     "bootstrap")
 
 
@@ -236,7 +236,7 @@ def test_no_batched_fit_ends_below_its_single_fit(seed, sd0, sd1):
     base = singles[0]
     Y = np.asarray(base.simulate(n=B, seed=seed), float).T
     rm = jg.refit_many(base, Y, progress=False)
-    check_not_below(rm.loglik.to_numpy(), single_logliks(base.model, Y, "ml"), "refit_many")
+    check_not_below(rm.loglik.to_numpy(), single_logliks(jg.Model.of(base.problem, base.spec), Y, "ml"), "refit_many")
 
 
 def test_verdict_refuses_a_zero_the_deviance_decreases_from():

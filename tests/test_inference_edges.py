@@ -176,12 +176,12 @@ def crossed():
 def test_sparse_satterthwaite_equals_dense_on_penicillin():
     fit = jg.Model("diameter ~ 1 + (1 | plate) + (1 | sample)",
                    jg.load_dataset("penicillin")).fit("reml")
-    s, p = fit.model.structure, 1
+    s, p = fit.problem.structure, 1
     phi = jnp.asarray(np.append(fit.theta, fit.sigma))
     L = jnp.eye(1)
-    sparse = ddf._satterthwaite(*ddf._phi_functions(s, p, ddf._lmm_data(fit.model.problem),
+    sparse = ddf._satterthwaite(*ddf._phi_functions(s, p, ddf._lmm_data(fit.problem),
                                                     True), phi, L)
-    dense = ddf._satterthwaite(*ddf._phi_functions(s, p, lmm_data(s, fit.model.arrays), True),
+    dense = ddf._satterthwaite(*ddf._phi_functions(s, p, lmm_data(s, fit.problem.arrays), True),
                                phi, L)
     np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), rtol=1e-10)
 

@@ -81,8 +81,8 @@ def test_first_order_influence(sleep_fit):
     (loosely) against the exact deletion, which it only approximates."""
     inf = sleep_fit.influence("Subject")
     loo = sleep_fit.leave_one_out("Subject")
-    f = jax.jit(sleep_fit.model.fit_fn("reml", case_weights=True))
-    idx = np.asarray(sleep_fit.model.arrays.index[0])
+    f = jax.jit(jg.Model.of(sleep_fit.problem, sleep_fit.spec).fit_fn("reml", case_weights=True))
+    idx = np.asarray(sleep_fit.problem.arrays.index[0])
     h = 1e-4
     for g in (0, 7):
         e = jnp.asarray((idx == g).astype(float))

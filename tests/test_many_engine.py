@@ -303,4 +303,4 @@ def test_a_response_the_family_refuses_is_flagged_in_its_row():
     assert "not fitted" in fits.messages.iloc[1] and "poisson" in fits.messages.iloc[1]
     alone = jg.fit("y ~ x + (1 | g)", frames[2].drop(columns="sim"), family="poisson")
     np.testing.assert_allclose(fits.fixef.iloc[2], alone.fixef, rtol=1e-5)
-    assert fits.spec.family == alone.model.family      # the family, checking included
+    assert fits.spec.family == alone.problem.family      # the family, checking included

@@ -238,7 +238,7 @@ def check_fits(family: str, seed: int = 0):
     if family == "cumulative":
         values0 = values0 + C       # the thresholds shift by +C
     else:
-        idx = intercepts(fc.model)
+        idx = intercepts(jg.Model.of(fc.problem, fc.spec))
         expected.iloc[idx] = expected.iloc[idx] - C
     np.testing.assert_allclose(fc.fixef, expected, rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(_family_values(fc), values0, rtol=1e-5, atol=2e-6)

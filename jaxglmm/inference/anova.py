@@ -8,6 +8,7 @@ import pandas as pd
 from scipy.stats import chi2
 
 from ..methods import get_method
+from ..model import fit_problem
 
 COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
 
@@ -42,7 +43,7 @@ def anova(*fits, names=None, refit: bool = True, **named) -> pd.DataFrame:
     if len(names) != len(fits) or len(set(names)) != len(names):
         raise ValueError(f"names must be {len(fits)} distinct labels, got {names}")
     for name, f in zip(names, fits):
-        if not hasattr(f, "model") or not hasattr(f, "loglik"):
+        if not hasattr(f, "problem") or not hasattr(f, "loglik"):
             raise TypeError(f"{name} is not a fit (got {type(f).__name__})")
         if getattr(f, "draws", None) is not None or f.loglik is None:
             raise ValueError(f"{name} is a {f.method!r} fit: anova compares likelihood fits "
@@ -51,7 +52,7 @@ def anova(*fits, names=None, refit: bool = True, **named) -> pd.DataFrame:
     reml = [get_method(f.method).reml for f in fits]
     if any(reml) and refit:
         warnings.warn("refitting model(s) with ML (instead of REML)", UserWarning, stacklevel=2)
-        fits = tuple(f.model.fit(get_method(f.method).ml_refit) if r else f
+        fits = tuple(fit_problem(f.problem, f.spec, get_method(f.method).ml_refit) if r else f
                      for f, r in zip(fits, reml))
     elif any(reml):
         _reml_comparable(fits, names, reml)
@@ -78,7 +79,7 @@ def anova(*fits, names=None, refit: bool = True, **named) -> pd.DataFrame:
                           "BIC": [f.bic for f in fits], "logLik": ll, "deviance": -2.0 * ll,
                           "Chisq": chisq, "Df": df, "Pr(>Chisq)": p},
                          index=pd.Index(names), columns=COLUMNS)
-    table.attrs["formulas"] = {n: f.model.formula for n, f in zip(names, fits)}
+    table.attrs["formulas"] = {n: f.spec.formula for n, f in zip(names, fits)}
     table.attrs["notes"] = notes
     table.attrs["refit"] = bool(refit and any(reml))
     return table
@@ -91,9 +92,9 @@ def _reml_comparable(fits, names, reml) -> None:
         raise ValueError(f"refit=False compares fits as fitted, but {ml} are not REML fits "
                          "while others are: a REML criterion and a likelihood are not "
                          "comparable (use refit=True)")
-    X0 = np.asarray(fits[0].model.design.X, float)
+    X0 = np.asarray(fits[0].problem.design.X, float)
     for name, f in zip(names[1:], fits[1:]):
-        X = np.asarray(f.model.design.X, float)
+        X = np.asarray(f.problem.design.X, float)
         if X.shape != X0.shape or not (_spans(X, X0) and _spans(X0, X)):
             raise ValueError(f"refit=False: {names[0]} and {name} have different fixed "
                              "effects, and REML criteria compare only fits with the same "
@@ -101,7 +102,7 @@ def _reml_comparable(fits, names, reml) -> None:
 
 
 def _other_family(a, b) -> str:
-    fa, fb = a.model.family, b.model.family
+    fa, fb = a.problem.family, b.problem.family
     if (fa.name, fa.link.name) != (fb.name, fb.link.name):
         return (f"they are of different families or links ({fa.name}({fa.link.name}) and "
                 f"{fb.name}({fb.link.name}))")
@@ -109,9 +110,9 @@ def _other_family(a, b) -> str:
 
 
 def _same_rows(fits, names) -> None:
-    d0 = fits[0].model.design
+    d0 = fits[0].problem.design
     for name, f in zip(names[1:], fits[1:]):
-        d = f.model.design
+        d = f.problem.design
         if d.nobs != d0.nobs:
             raise ValueError(f"models were not all fitted to the same rows: {names[0]} has "
                              f"{d0.nobs} observations, {name} {d.nobs}")
@@ -138,7 +139,7 @@ def _not_nested(small, big, both: bool = True) -> str:
     """Why ``small`` is not a special case of ``big`` ("" when it is): its fixed-effect
     columns must lie in ``big``'s, and each random term's columns in those of ``big``'s
     terms on the same grouping factor (per level)."""
-    ds, db = small.model.design, big.model.design
+    ds, db = small.problem.design, big.problem.design
     if not _spans(np.asarray(db.X, float), np.asarray(ds.X, float)):
         return "its fixed effects are not within the other's"
     for t in ds.terms:

@@ -59,17 +59,17 @@ def bootstrap(fit, n: int = 1000, statistic: Callable | None = None, seed: int |
     simulated = time.perf_counter() - start
     compiled = compiling.result()   # its errors are the refits' own: raised here, not lost
     fits = refit_many(fit, Y, progress=progress)
-    model, problem = fit.model, fit.model.problem
-    lmm = model.family.exact_lmm and not get_method(fit.method).bayesian
-    k = problem.n_params - problem.structure.n_theta - model.design.n_fixef
+    problem = fit.problem
+    lmm = problem.family.exact_lmm and not get_method(fit.method).bayesian
+    k = problem.n_params - problem.structure.n_theta - problem.design.n_fixef
     phi = fits._stacked("family_params", (k,)) if not lmm and k else np.zeros((n, 0))
     beta = fits.fixef.to_numpy(float)
     sigma = fits.sigma.to_numpy(float)
     if statistic is None:
-        out = named(problem.structure, model.family, list(fit.fixef.index), beta, fits.theta,
+        out = named(problem.structure, problem.family, list(fit.fixef.index), beta, fits.theta,
                     sigma, phi, lmm)
     else:
-        fp = jax.vmap(model.family.natural_params)(jnp.asarray(phi)) if phi.shape[1] else {}
+        fp = jax.vmap(problem.family.natural_params)(jnp.asarray(phi)) if phi.shape[1] else {}
         rec = Replicates(jnp.asarray(beta), jnp.asarray(fits.theta), jnp.asarray(sigma), fp,
                          jnp.asarray(fits.loglik.to_numpy(float)))
         out = _table(jax.vmap(statistic)(rec), n)

@@ -105,8 +105,8 @@ def satterthwaite_many(model, method: str, Y: np.ndarray, theta: np.ndarray,
 
 def satterthwaite(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(variance, df) of ``contrasts @ beta`` for each row of ``contrasts`` (k, p)."""
-    problem = fit.model.problem
-    s, p, reml = problem.structure, fit.model.design.n_fixef, get_method(fit.method).reml
+    problem = fit.problem
+    s, p, reml = problem.structure, fit.problem.design.n_fixef, get_method(fit.method).reml
     phi = jnp.asarray(np.append(np.asarray(fit.theta, float), fit.sigma))
     L = jnp.asarray(np.atleast_2d(contrasts), dtype=phi.dtype)
     run = program(("satterthwaite", s, p, reml, _sparse(s), problem.large), lambda: cache.jit(
@@ -162,17 +162,17 @@ def coef_table(fit, ddf: str | None = None, exponentiate: bool = False) -> pd.Da
     out = pd.DataFrame({"Estimate": est, "Std. Error": se}, index=names)
     stat = est / se
     if ddf is None:
-        if fit.model.family.residual is not None:
+        if fit.problem.family.residual is not None:
             out["t value"] = stat
         else:
             out["z value"] = stat
             out["Pr(>|z|)"] = 2.0 * norm.sf(np.abs(stat))
     else:
         ddf = ddf.lower()
-        lmm = fit.model.family.exact_lmm and get_method(fit.method).exact_lmm_only
+        lmm = fit.problem.family.exact_lmm and get_method(fit.method).exact_lmm_only
         if not lmm:
             raise ValueError(f"denominator degrees of freedom are for linear mixed models "
-                             f"fitted by 'reml' or 'ml'; this is a {fit.model.family.name} "
+                             f"fitted by 'reml' or 'ml'; this is a {fit.problem.family.name} "
                              f"{fit.method!r} fit (use ddf=None: Wald z tests)")
         if ddf == "kenward-roger":
             var, df = kenward_roger(fit, np.eye(len(names)))
@@ -203,7 +203,7 @@ def kenward_roger(fit, contrasts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("Kenward-Roger degrees of freedom need a REML fit (as pbkrtest); "
                          f"this fit is by {fit.method!r}: refit with method='reml' or use "
                          "ddf='satterthwaite'")
-    design, s = fit.model.design, fit.model.problem.structure
+    design, s = fit.problem.design, fit.problem.structure
     n = design.nobs
     if n > KR_MAX_ROWS:
         raise ValueError(f"Kenward-Roger here builds dense {n} x {n} matrices (as pbkrtest); "

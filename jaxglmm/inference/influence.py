@@ -54,13 +54,13 @@ def _likelihood_fit(fit, what: str) -> None:
 
 
 def _lmm(fit) -> bool:
-    return bool(fit.model.problem.exact_lmm and get_method(fit.method).implicit)
+    return bool(fit.problem.exact_lmm and get_method(fit.method).implicit)
 
 
 def estimate_names(fit) -> list[str]:
     """Names of :func:`estimates`' entries: fixed effects, then brms's ``sd_*``, ``cor_*``,
     ``sigma`` and family parameters (as ``fit.confint`` and ``fit.bootstrap`` name them)."""
-    return list(fit.fixef.index) + variance_names(fit.model.structure, _lmm(fit),
+    return list(fit.fixef.index) + variance_names(fit.problem.structure, _lmm(fit),
                                                   {} if _lmm(fit) else fit.family_params)
 
 
@@ -97,10 +97,10 @@ def weight_jacobian(fit) -> np.ndarray:
     compiled reverse pass per estimate through the implicit derivatives.  The program is
     cached by the model's shape, with the data as its arguments; the Jacobian per fit."""
     _likelihood_fit(fit, "influence")
-    per_model = _CACHE.setdefault(fit.model, {})
+    per_model = _CACHE.setdefault(fit.problem, {})
     if fit.method in per_model:
         return per_model[fit.method]
-    problem, method, lmm = fit.model.problem, fit.method, _lmm(fit)
+    problem, method, lmm = fit.problem, fit.method, _lmm(fit)
     s = problem.structure
 
     def build():
@@ -117,7 +117,7 @@ def weight_jacobian(fit) -> np.ndarray:
 
 
 def _factor(fit, group: str) -> int:
-    groups = [f.group for f in fit.model.structure.factors]
+    groups = [f.group for f in fit.problem.structure.factors]
     if group not in groups:
         raise ValueError(f"{group!r} is not a grouping factor of the model; its grouping "
                          f"factors are {groups}")
@@ -126,7 +126,7 @@ def _factor(fit, group: str) -> int:
 
 def _levels(fit, group: str, k: int):
     frame = fit.ranef.get(group) if isinstance(fit.ranef, dict) else None
-    n = fit.model.structure.factors[k].n_levels
+    n = fit.problem.structure.factors[k].n_levels
     if frame is not None and len(frame.index) == n:
         return list(frame.index)
     return list(range(n))
@@ -155,12 +155,12 @@ def influence(fit, level: str = "obs") -> pd.DataFrame:
     p = len(fit.fixef)
     if level == "obs":
         delta = -J.T
-        index = fit.model.design.row_index
+        index = fit.problem.design.row_index
         cooks = cooks_distance(fit, "obs").to_numpy()
     else:
         k = _factor(fit, level)
-        idx = np.asarray(fit.model.arrays.index[k])
-        G = fit.model.structure.factors[k].n_levels
+        idx = np.asarray(fit.problem.arrays.index[k])
+        G = fit.problem.structure.factors[k].n_levels
         member = (idx[None, :] == np.arange(G)[:, None]).astype(float)
         delta = -member @ J.T
         index = pd.Index(_levels(fit, level, k), name=level)
@@ -180,8 +180,8 @@ def hatvalues(fit) -> pd.Series:
     prior weights (LMM) or the working weights at the mode (GLMM, where lme4 warns that it
     may not make sense) and ``w`` the prior weights (binomial: the trials)."""
     _likelihood_fit(fit, "hatvalues")
-    model = fit.model
-    problem, s, fam = model.problem, model.structure, model.family
+    problem = fit.problem
+    s, fam = problem.structure, problem.family
     a = problem.arrays
     x = jnp.asarray(fit.optinfo["x"], jnp.float64)
     p = a.X.shape[1]
@@ -201,7 +201,7 @@ def hatvalues(fit) -> pd.Series:
     M = V.T @ (W[:, None] * V)
     M[:s.n_u, :s.n_u] += np.eye(s.n_u)
     h = prior * np.einsum("ij,ji->i", V, np.linalg.solve(M, V.T))
-    return pd.Series(h, index=model.design.row_index, name="hatvalues")
+    return pd.Series(h, index=problem.design.row_index, name="hatvalues")
 
 
 def cooks_distance(fit, level: str = "obs", exact: bool | None = None) -> pd.Series:
@@ -220,11 +220,11 @@ def cooks_distance(fit, level: str = "obs", exact: bool | None = None) -> pd.Ser
         h = hatvalues(fit).to_numpy()
         r = fit.residuals(type="pearson").to_numpy(float)
         sigma = fit.sigma if fit.sigma is not None else 1.0
-        rank = np.linalg.matrix_rank(np.asarray(fit.model.design.X, float))
+        rank = np.linalg.matrix_rank(np.asarray(fit.problem.design.X, float))
         with np.errstate(divide="ignore", invalid="ignore"):
             d = np.square(r / (1.0 - h)) * h / (sigma ** 2 * rank)
         d[np.isinf(d)] = np.nan
-        return pd.Series(d, index=fit.model.design.row_index, name="cooks_distance")
+        return pd.Series(d, index=fit.problem.design.row_index, name="cooks_distance")
     if exact is False:
         raise ValueError("a grouping factor's Cook's distances are lme4's, from exact "
                          "leave-one-level-out refits; the first-order approximation is "
@@ -245,8 +245,8 @@ def leave_one_out(fit, group: str) -> pd.DataFrame:
     compiled program; each starts at the fit's optimum, as lme4's does."""
     _likelihood_fit(fit, "leave_one_out")
     k = _factor(fit, group)
-    model = fit.model
-    problem, s = model.problem, model.structure
+    problem = fit.problem
+    s = problem.structure
     a = problem.arrays
     idx = np.asarray(a.index[k])
     G = s.factors[k].n_levels
@@ -265,9 +265,9 @@ def leave_one_out(fit, group: str) -> pd.DataFrame:
         phi0 = np.broadcast_to(np.asarray(problem.phi0, float), (G, problem.n_phi))
         args = (stacked, phi0, jnp.asarray(x0), jnp.asarray(Hinv))
     raw, times = fit_batch(problem, get_method(fit.method), {}, args, refit=False)
-    phi = np.asarray(raw.x)[:, s.n_theta + model.design.n_fixef:] if not lmm \
+    phi = np.asarray(raw.x)[:, s.n_theta + problem.design.n_fixef:] if not lmm \
         else np.zeros((G, 0))
-    out = named(s, model.family, list(fit.fixef.index), np.asarray(raw.beta),
+    out = named(s, problem.family, list(fit.fixef.index), np.asarray(raw.beta),
                 np.asarray(raw.theta), np.asarray(raw.sigma), phi, lmm)
     verdicts = judge_many(raw.status, raw.grad, raw.hessian, raw.theta, s.theta_diagonal(),
                           raw.n_iter)
@@ -291,7 +291,7 @@ def sensitivity(fit, prior: str | None = None) -> pd.DataFrame:
     if not (spec.bayesian and spec.implicit):
         raise ValueError(f"sensitivity is for MAP fits (method='map'); this is a "
                          f"{fit.method!r} fit")
-    problem = fit.model.problem
+    problem = fit.problem
     options = {k: v for k, v in spec.settings(fit.options or {}).items()
                if k in ("priors", "init", "maxiter")}
     host = map_host(problem, options)

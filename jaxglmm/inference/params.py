@@ -68,11 +68,11 @@ def named(structure, family, fixef_names, beta, theta, sigma, phi, lmm: bool) ->
 
 def of_fit(fit) -> pd.Series:
     """A likelihood FitResult's named parameters (one row of :func:`named`)."""
-    problem = fit.model.problem
-    lmm = fit.model.family.exact_lmm and not get_method(fit.method).bayesian
-    phi = np.asarray(fit.optinfo["x"], float)[problem.structure.n_theta + fit.model.design.n_fixef:] \
+    problem = fit.problem
+    lmm = fit.problem.family.exact_lmm and not get_method(fit.method).bayesian
+    phi = np.asarray(fit.optinfo["x"], float)[problem.structure.n_theta + fit.problem.design.n_fixef:] \
         if not lmm else np.zeros(0)
-    row = named(problem.structure, fit.model.family, list(fit.fixef.index),
+    row = named(problem.structure, fit.problem.family, list(fit.fixef.index),
                 fit.fixef.to_numpy(float)[None], np.asarray(fit.theta, float)[None],
                 np.asarray([fit.sigma if fit.sigma is not None else np.nan]), phi[None], lmm)
     return row.iloc[0]

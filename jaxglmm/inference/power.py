@@ -65,23 +65,23 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     if not isinstance(test, str) or test.lower() not in TESTS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
     test = test.lower()
-    if test == "satterthwaite" and not (fit.model.family.exact_lmm
+    if test == "satterthwaite" and not (fit.problem.family.exact_lmm
                                         and get_method(fit.method).exact_lmm_only):
         raise ValueError(f"test='satterthwaite' is for linear mixed models fitted by 'reml' "
-                         f"or 'ml' (lmerTest's t tests); this is a {fit.model.family.name} "
+                         f"or 'ml' (lmerTest's t tests); this is a {fit.problem.family.name} "
                          f"{fit.method!r} fit: use 'lrt' or 'wald'")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha!r}")
     nsim = int(nsim)
     if nsim < 1:
         raise ValueError(f"nsim must be a positive number of simulations, got {nsim}")
-    model = fit.model
-    if model.dpars:
+    spec = fit.spec
+    if spec.dpars:
         raise ValueError("power does not handle distributional-parameter formulas yet")
     full_names = list(fit.fixef.index)
-    null_formula = drop_term(model.formula, term)
-    data, sizes_out = _data(model, along, sizes)
-    opts = dict(model.options)
+    null_formula = drop_term(spec.formula, term)
+    data, sizes_out = _data(fit, along, sizes)
+    opts = dict(spec.arguments)
     w0 = (np.ones(len(data)) if opts.get("weights") is None
           else np.asarray(data[opts["weights"]], float))
     opts["weights"] = WEIGHT
@@ -89,7 +89,7 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     null = build(null_formula, w0)
     dropped = [n for n in full_names if n not in null.design.fixef_names]
     if not dropped:
-        raise ValueError(f"{term!r} is not a fixed-effect term of {model.formula!r} (its "
+        raise ValueError(f"{term!r} is not a fixed-effect term of {spec.formula!r} (its "
                          f"fixed effects are {full_names})")
     beta = fit.fixef.copy()
     if effect is not None:
@@ -98,8 +98,8 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
                              f"{dropped}")
         beta[dropped[0]] = float(effect)
     start = time.perf_counter()
-    full = build(model.formula, w0)
-    sim = _at(fit, Model(model.formula, data, **model.options), beta)
+    full = build(spec.formula, w0)
+    sim = _at(fit, Model(spec.formula, data, **spec.arguments), beta)
     Y = np.asarray(sim.simulate(n=nsim, seed=seed, re_form="~0"), float).T
     # the LRT and Wald tests by ML (as anova refits REML fits); Satterthwaite's t tests on
     # the fit's own criterion (lmerTest tests REML fits)
@@ -108,7 +108,7 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     rows = []
     for size, mask in sizes_out:
         w = w0 * mask
-        full_k = full if mask.all() else build(model.formula, w)
+        full_k = full if mask.all() else build(spec.formula, w)
         fits_full = refit_many(full_k, Y, method, progress=progress)
         if test == "lrt":
             null_k = null if mask.all() else build(null_formula, w)
@@ -159,18 +159,19 @@ def drop_term(formula: str, term: str) -> str:
 
 def _at(fit, model, beta):
     """The fit's parameters on another model of the same formula (to simulate from)."""
-    return dataclasses.replace(fit, model=model, fixef=beta.rename("fixef"), b=(), b_factors=())
+    return dataclasses.replace(fit, problem=model.problem, spec=model.spec,
+                               fixef=beta.rename("fixef"), b=(), b_factors=())
 
 
-def _data(model, along, sizes):
+def _data(fit, along, sizes):
     """The data to simulate (the original, or extended along a grouping column to the
     largest size) and per size its row mask."""
-    data = model.data
+    data = fit.spec.data
     if along is None:
         if sizes is not None:
             raise ValueError("sizes needs along=, the grouping column whose number of levels "
                              "they set")
-        return data, [(int(model.design.nobs), np.ones(len(data), bool))]
+        return data, [(int(fit.problem.design.nobs), np.ones(len(data), bool))]
     if along not in data.columns:
         raise ValueError(f"along={along!r} is not a column of the model's data")
     levels = pd.unique(data[along].dropna())

@@ -45,6 +45,7 @@ from ..fit.cache import program
 from ..fit.likelihood import COMPILER_OPTIONS
 from ..fit import optimize
 from ..methods import METHODS, get_method
+from ..model import fit_problem
 from ..fit.optimize import BACKTRACKING, init as bfgs_init, run as bfgs_run
 from .params import of_fit, select
 
@@ -61,7 +62,7 @@ PROFILED = tuple(m.name for m in METHODS if not m.bayesian and m.ml_refit is Non
 
 def _names(fit, lmm: bool):
     """(names, kinds, n_phi): the profiled parameters, their kinds, the family parameters."""
-    s = fit.model.problem.structure
+    s = fit.problem.structure
     names, kinds = [], []
     for t in s.terms:
         for r, c in zip(t.theta_rows, t.theta_cols):
@@ -184,7 +185,7 @@ def _exact(fit) -> bool:
     if spec.bayesian:
         raise ValueError(f"profile intervals are for likelihood fits ({', '.join(PROFILED)}, "
                          f"or reml through its ML refit); cannot profile method {fit.method!r}")
-    return bool(fit.model.family.exact_lmm and not spec.quadrature)
+    return bool(fit.problem.family.exact_lmm and not spec.quadrature)
 
 
 def _objective(fit):
@@ -192,7 +193,7 @@ def _objective(fit):
     lmm = _exact(fit)
     refit = get_method(fit.method).ml_refit
     if refit:
-        fit = fit.model.fit(refit)              # lme4: profiles of the ML refit
+        fit = fit_problem(fit.problem, fit.spec, refit)  # lme4: profiles of the ML refit
     return fit, lmm, get_method(fit.method).points(fit.options)
 
 
@@ -230,7 +231,7 @@ def profile_intervals(fit, level: float, names_wanted) -> tuple[dict, dict, dict
     if not fit.converged:
         warnings.warn("profiling a fit that did not converge: the intervals may be off",
                       UserWarning, stacklevel=3)
-    problem = fit.model.problem
+    problem = fit.problem
     s = problem.structure
     names, kinds, n_phi = _names(fit, lmm)
     est = of_fit(fit)
@@ -249,7 +250,7 @@ def profile_intervals(fit, level: float, names_wanted) -> tuple[dict, dict, dict
     # every round is padded to one shape (one fit per end of every parameter): one compile
     # for any parameters wanted
     size = 2 * k
-    batch = _program(s, fit.model.family, lmm, n_phi, n_agq, kinds)
+    batch = _program(s, fit.problem.family, lmm, n_phi, n_agq, kinds)
     arrays = problem.arrays
     aux_b = jnp.broadcast_to(aux0, (size,) + aux0.shape)
     eye = jnp.broadcast_to(jnp.eye(k), (size, k, k))

@@ -176,7 +176,7 @@ class ManyFits:
                           **self.spec.model_kw)
             raw = _match_factors(raw, self.spec.structure, model.structure)
         per_fit = (self.seconds["compile"] + self.seconds["run"]) / max(len(self), 1)
-        return likelihood_result(model, model.problem, self.method, self.spec.options, raw,
+        return likelihood_result(model.spec, model.problem, self.method, self.spec.options, raw,
                                  per_fit)
 
     __getitem__ = result
@@ -426,10 +426,11 @@ def _refit_setup(model, responses, method, chunk_size, options, n_responses=None
     response, for the shapes alone."""
     fit = None
     if not isinstance(model, Model):
-        fit, model = model, getattr(model, "model", None)
-        if not isinstance(model, Model) or not getattr(fit, "optinfo", None):
+        fit = model
+        if not hasattr(fit, "problem") or not getattr(fit, "optinfo", None):
             raise TypeError("refit_many takes a Model or a likelihood FitResult of one, got "
                             f"{type(fit).__name__}")
+        model = Model.of(fit.problem, fit.spec)
     _compiled_optimizer_only(options, "refit_many")
     method, options = model.resolve_method(method if method is not None or fit is None
                                            else fit.method, options)

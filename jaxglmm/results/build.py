@@ -23,10 +23,11 @@ from ..fit.convergence import Verdict, judge
 from ..fit.likelihood import RawFit, uses_lmm
 from ..methods import get_method
 from .result import FitResult
+from .spec import ModelSpec
 from .varcorr import varcorr_frame
 
 
-def likelihood_result(model, problem: Problem, method: str, options: dict, raw: RawFit,
+def likelihood_result(spec: ModelSpec, problem: Problem, method: str, options: dict, raw: RawFit,
                       seconds: float) -> FitResult:
     """The result of a likelihood fit (host arrays of one dataset)."""
     d, s, fam = problem.design, problem.structure, problem.family
@@ -55,14 +56,14 @@ def likelihood_result(model, problem: Problem, method: str, options: dict, raw: 
                "hessian": np.asarray(raw.hessian), "n_iter": np.asarray(raw.n_iter),
                "status": np.asarray(raw.status), "objective0": np.asarray(raw.objective0),
                "u": np.asarray(raw.u), "objective": np.asarray(raw.deviance)}
-    return _assemble(model, problem, method, options, seconds, verdict,
+    return _assemble(spec, problem, method, options, seconds, verdict,
                      fixef=np.asarray(raw.beta, float), vcov=vcov, varcorr=vc, sigma=sigma,
                      family_params=fparams, family_params_se=fparams_se,
                      loglik=float(raw.loglik), theta=theta, n_iter=int(raw.n_iter),
                      b=b, b_sd=b_sd, optinfo=optinfo)
 
 
-def posterior_result(model, problem: Problem, method: str, options: dict,
+def posterior_result(spec: ModelSpec, problem: Problem, method: str, options: dict,
                      run: BayesRun) -> FitResult:
     """The result of a Bayesian fit: posterior means and SDs in the usual accessors."""
     bm, diag = run.bm, run.diag
@@ -86,7 +87,7 @@ def posterior_result(model, problem: Problem, method: str, options: dict,
     b_sd = [x.reshape((-1,) + x.shape[2:]).std(0, ddof=1) for x in b_draws]
     verdict = get_method(method).judge(float(np.nanmax(summary["rhat"]))
                                        if np.any(np.isfinite(summary["rhat"])) else np.nan, diag)
-    return _assemble(model, problem, method, options, run.seconds, verdict,
+    return _assemble(spec, problem, method, options, run.seconds, verdict,
                      fixef=beta.mean(0), vcov=vcov, varcorr=_posterior_varcorr(bm, draws, sigma),
                      sigma=sigma, family_params=fparams, family_params_se={}, loglik=None,
                      theta=np.full(s.n_theta, np.nan), n_iter=0, b=b, b_sd=b_sd, optinfo={},
@@ -94,13 +95,13 @@ def posterior_result(model, problem: Problem, method: str, options: dict,
                      diagnostics=diag, fixef_se=beta.std(0, ddof=1))
 
 
-def _assemble(model, problem: Problem, method: str, options: dict, seconds: float,
+def _assemble(spec, problem: Problem, method: str, options: dict, seconds: float,
               verdict: Verdict, *, fixef, vcov, b, b_sd, fixef_se=None, **fields) -> FitResult:
     names = list(problem.design.fixef_names)
     if fixef_se is None:
         fixef_se = np.sqrt(np.diag(vcov.to_numpy()))
     ranef, b_terms = _ranef_frames(problem, b, b_sd)
-    return FitResult(model=model, method=method,
+    return FitResult(problem=problem, spec=spec, method=method,
                      fixef=pd.Series(fixef, index=names, name="fixef"),
                      fixef_se=pd.Series(fixef_se, index=names, name="fixef_se"), fixef_vcov=vcov,
                      df=problem.n_params, ranef=ranef, converged=verdict.converged,

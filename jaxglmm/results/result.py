@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from ..core.predictor import fixed_predictor, random_predictor
-from ..core.problem import prediction_arrays
+from ..core.problem import Problem, prediction_arrays
 from ..design import new_design, re_masks, re_terms, used_columns
-from .protocols import FittedModel
+from .spec import ModelSpec
 from .simulate import simulate_responses
 from .summary import Summary
 
@@ -31,6 +31,9 @@ class FitResult:
 
     Attributes
     ----------
+    problem: the :class:`~jaxglmm.core.problem.Problem` fitted (structure, family, device
+        arrays, design); spec: the :class:`~jaxglmm.results.spec.ModelSpec` (formula, data,
+        the model's arguments); ``jaxglmm.Model.of(fit.problem, fit.spec)`` is the model.
     fixef, fixef_se: Series of fixed effects and their standard errors (posterior means and
         SDs for ``nuts``/``vi``/``map``).
     fixef_vcov: DataFrame, covariance of the fixed effects (:meth:`vcov` returns a copy).
@@ -52,7 +55,8 @@ class FitResult:
         ``grad`` and ``hessian`` at the optimum, ``n_iter``, ``status``.
     """
 
-    model: FittedModel
+    problem: Problem
+    spec: ModelSpec
     method: str
     fixef: pd.Series
     fixef_se: pd.Series
@@ -90,7 +94,7 @@ class FitResult:
     # ------------------------------------------------------------------ information criteria
     @property
     def nobs(self) -> int:
-        return self.model.design.nobs
+        return self.problem.design.nobs
 
     @property
     def aic(self) -> float | None:
@@ -102,11 +106,11 @@ class FitResult:
 
     @property
     def family(self) -> str:
-        return self.model.family.name
+        return self.problem.family.name
 
     @property
     def link(self) -> str:
-        return self.model.family.link.name
+        return self.problem.family.link.name
 
     # ------------------------------------------------------------------ lme4's accessors
     def vcov(self) -> pd.DataFrame:
@@ -144,22 +148,22 @@ class FitResult:
         sigma is not defined here."""
         types = ("response", "pearson", "deviance", "working")
         if type is None:
-            type = "response" if self.model.family.exact_lmm else "deviance"
+            type = "response" if self.problem.family.exact_lmm else "deviance"
         if type not in types:
             raise ValueError(f"type must be one of {types}, got {type!r}")
         self._scalar_response("residuals()")
         if scaled:
-            fam = self.model.family
+            fam = self.problem.family
             if self.sigma is None and self.family_params:
                 raise ValueError(f"scaled=True divides by lme4's sigma(fit), which for the "
                                  f"{fam.name} family (parameters {sorted(self.family_params)}) "
                                  "is not defined here; use scaled=False")
             r = self.residuals(type)
             return r / (float(self.sigma) if self.sigma is not None else 1.0)
-        fam, design = self.model.family, self.model.design
+        fam, design = self.problem.family, self.problem.design
         mu = self.fitted().to_numpy(float)
         y = np.asarray(design.y, float)
-        trials = np.asarray(self.model.problem.arrays.trials, float)
+        trials = np.asarray(self.problem.arrays.trials, float)
         w = np.asarray(design.weights, float)
         index = design.row_index
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,9 +250,9 @@ class FitResult:
         return inference.coef_table(self, ddf, exponentiate)
 
     def _scalar_response(self, what: str) -> None:
-        fam = self.model.family
-        if fam.per_category or fam.category_probs is not None or self.model.dpars:
-            kind = ("a categorical or ordinal response" if not self.model.dpars
+        fam = self.problem.family
+        if fam.per_category or fam.category_probs is not None or self.spec.dpars:
+            kind = ("a categorical or ordinal response" if not self.spec.dpars
                     else "a model with distributional-parameter formulas")
             raise ValueError(f"{what} needs one mean per row, which {kind} does not have; "
                              "use predict(type='response') for its probabilities or "
@@ -274,8 +278,8 @@ class FitResult:
         fp = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v))
               for k, v in self.family_params.items()}
         out = {
-            "formula": self.model.formula, "family": self.family, "link": self.link,
-            **({"dpars": dict(self.model.dpars)} if self.model.dpars else {}),
+            "formula": self.spec.formula, "family": self.family, "link": self.link,
+            **({"dpars": dict(self.spec.dpars)} if self.spec.dpars else {}),
             "method": self.method, "nobs": self.nobs,
             "fixef": {k: _num(v) for k, v in self.fixef.items()},
             "fixef_se": {k: _num(v) for k, v in self.fixef_se.items()},
@@ -314,12 +318,12 @@ class FitResult:
         (:mod:`jaxglmm.core.predictor`).  Rows of ``newdata`` with a missing value in a
         column the prediction uses give NaN (lme4's ``na.action = na.pass``)."""
         newdata = _frame(newdata)
-        chosen = re_terms(self.model.design, re_form)
-        mask = re_masks(self.model.design, self.model.structure.factors, chosen)
+        chosen = re_terms(self.problem.design, re_form)
+        mask = re_masks(self.problem.design, self.problem.structure.factors, chosen)
         if newdata is None:
-            return self._eta(self.model.problem.arrays, mask)
+            return self._eta(self.problem.arrays, mask)
         complete = self._complete(newdata, chosen)
-        arrays = prediction_arrays(new_design(self.model.design, newdata.loc[complete],
+        arrays = prediction_arrays(new_design(self.problem.design, newdata.loc[complete],
                                               allow_new_levels, chosen))
         return _fill(self._eta(arrays, mask), complete)
 
@@ -345,9 +349,9 @@ class FitResult:
             raise ValueError(f"type must be 'link', 'response' or 'mean', got {type!r}")
         newdata = _frame(newdata)
         eta = self.linear_predictor(newdata, re_form, allow_new_levels)
-        index = newdata.index if newdata is not None else self.model.design.row_index
-        fam = self.model.family
-        levels = self.model.design.response_levels
+        index = newdata.index if newdata is not None else self.problem.design.row_index
+        fam = self.problem.family
+        levels = self.problem.design.response_levels
         if type == "link":
             out = eta
         elif fam.category_probs is not None or (fam.per_category and type == "response"):
@@ -357,7 +361,7 @@ class FitResult:
             values = _numeric_labels(levels)
             if values is None:
                 raise ValueError(f"type='mean' needs numeric category labels; the levels of "
-                                 f"{self.model.design.response_name!r} are {list(levels)}: "
+                                 f"{self.problem.design.response_name!r} are {list(levels)}: "
                                  "use type='response' for their probabilities")
             out = probs @ values
         elif fam.per_category:
@@ -368,7 +372,7 @@ class FitResult:
             out = _nan_rows(eta, lambda e: mean(e, self._natural_family_params()))
         if np.ndim(out) == 2:
             if levels is None:      # a parameter formula: the mean's and the parameter's
-                cols = ["mu"] + list(self.model.dpars)
+                cols = ["mu"] + list(self.spec.dpars)
             else:
                 cols = list(levels) if out.shape[1] == len(levels) else list(levels[1:])
             return pd.DataFrame(out, index=index, columns=cols)
@@ -401,11 +405,11 @@ class FitResult:
     def _natural_family_params(self) -> dict:
         fp = {k: jnp.asarray(v) for k, v in self.family_params.items()}
         if self.sigma is not None:
-            fp[self.model.family.residual] = jnp.asarray(self.sigma)
+            fp[self.problem.family.residual] = jnp.asarray(self.sigma)
         return fp
 
     def _eta(self, arrays, mask):
-        problem = self.model.problem
+        problem = self.problem
         beta = jnp.asarray(self.fixef.to_numpy(float))
         eta = fixed_predictor(problem.structure, arrays, beta)
         if mask is not None:
@@ -418,12 +422,12 @@ class FitResult:
         ``sqrt(w) (y - E[y]) / sd(y)`` (the residual SD included, so for an LMM the
         residuals are scaled by sigma); None for an unordered categorical response, which
         has no scalar residual, and for Bayesian fits."""
-        fam, design = self.model.family, self.model.design
+        fam, design = self.problem.family, self.problem.design
         if fam.per_category or fam.variance is None or self.draws is not None:
             return None
         eta = jnp.asarray(self.linear_predictor())
         fp = self._natural_family_params()
-        trials = np.asarray(self.model.problem.arrays.trials)
+        trials = np.asarray(self.problem.arrays.trials)
         mean = np.asarray((fam.mean or fam.link.linkinv)(eta, fp)) * trials
         var = np.asarray(fam.variance(eta, fp)) * trials
         w = np.asarray(design.weights, float)
@@ -433,12 +437,12 @@ class FitResult:
         return r[keep]
 
     def _complete(self, newdata: pd.DataFrame, random_effects) -> np.ndarray:
-        cols = [c for c in used_columns(self.model.design, random_effects) if c in newdata.columns]
+        cols = [c for c in used_columns(self.problem.design, random_effects) if c in newdata.columns]
         return newdata[cols].notna().all(axis=1).to_numpy() if cols else \
             np.ones(len(newdata), bool)
 
     def _category_probs(self, eta) -> np.ndarray:
-        fam = self.model.family
+        fam = self.problem.family
         probs = fam.category_probs if fam.category_probs is not None else fam.mean
         return _nan_rows(eta, lambda e: probs(e, self._natural_family_params()), rows_2d=True)
 

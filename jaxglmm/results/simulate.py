@@ -28,8 +28,8 @@ def simulate_responses(fit, n: int, seed: int | None, re_form, newdata: pd.DataF
                        ) -> pd.DataFrame:
     """:meth:`FitResult.simulate <jaxglmm.results.FitResult.simulate>` of ``fit`` (its
     docstring says what is drawn); ``newdata`` a DataFrame or None."""
-    model = fit.model
-    fam = model.family
+    problem = fit.problem
+    fam = problem.family
     if fam.simulate is None:
         raise NotImplementedError(f"family {fam.name!r} has no simulator")
     if fit.draws is not None:
@@ -40,13 +40,13 @@ def simulate_responses(fit, n: int, seed: int | None, re_form, newdata: pd.DataF
     if seed is None:
         seed = int(np.random.default_rng().integers(2 ** 31))
     key = jax.random.PRNGKey(seed)
-    design = model.design
-    mask = re_selection(model.design, model.structure.factors, re_form)
+    design = problem.design
+    mask = re_selection(problem.design, problem.structure.factors, re_form)
     conditioned = fit.linear_predictor(newdata, re_form=re_form)
     if newdata is None:
-        arrays = model.problem.arrays
+        arrays = problem.arrays
         w = np.asarray(design.weights, float)
-        codes = [(np.asarray(i), f.n_levels) for i, f in zip(arrays.index, model.structure.factors)]
+        codes = [(np.asarray(i), f.n_levels) for i, f in zip(arrays.index, problem.structure.factors)]
         index = design.row_index
     else:
         if len(newdata) == 0:
@@ -54,10 +54,10 @@ def simulate_responses(fit, n: int, seed: int | None, re_form, newdata: pd.DataF
         if not fit._complete(newdata, True).all():
             raise ValueError("newdata for simulate has missing values in columns the "
                              "model uses (the grouping columns included)")
-        arrays = prediction_arrays(new_design(model.design, newdata))
+        arrays = prediction_arrays(new_design(problem.design, newdata))
         w = np.ones(len(newdata))
-        codes = [pd.factorize(lv)[0] for lv in group_labels(model.design, newdata,
-                                                                 model.structure.factors)]
+        codes = [pd.factorize(lv)[0] for lv in group_labels(problem.design, newdata,
+                                                            problem.structure.factors)]
         codes = [(c, int(c.max()) + 1) for c in codes]
         index = newdata.index
     if fam.needs_trials and newdata is not None and _trials_missing(fit, newdata):
@@ -80,7 +80,7 @@ def simulate_responses(fit, n: int, seed: int | None, re_form, newdata: pd.DataF
     masks = None if mask is None else tuple(jnp.asarray(m) for m in mask)
     sizes = tuple(levels for _, levels in codes)
     bound = trials_bound(fam, trials, n)
-    structure = model.structure
+    structure = problem.structure
     run = program(("simulate", structure, fam, spec, sizes, masks is None, bound),
                   lambda: cache.jit(functools.partial(_simulate, structure, fam, spec, sizes,
                                                       bound)))
@@ -100,10 +100,10 @@ def simulate_responses(fit, n: int, seed: int | None, re_form, newdata: pd.DataF
 
 
 def _trials_missing(fit, newdata: pd.DataFrame) -> bool:
-    design = fit.model.design
+    design = fit.problem.design
     response = design.spec.parsed.response
     if design.proportion:
-        return fit.model.weights not in newdata
+        return fit.spec.weights not in newdata
     if response.kind not in ("cbind", "trials"):
         return False
     exprs = response.exprs if response.kind == "cbind" else response.exprs[1:]
@@ -112,7 +112,7 @@ def _trials_missing(fit, newdata: pd.DataFrame) -> bool:
 
 def _as_labels(fit, y: np.ndarray):
     """Category codes -> the response's labels (ordered for ordinal models)."""
-    fam, levels = fit.model.family, fit.model.design.response_levels
+    fam, levels = fit.problem.family, fit.problem.design.response_levels
     if fam.response not in ("ordered", "unordered") or levels is None:
         return y
     return pd.Categorical.from_codes(np.asarray(y, int), categories=list(levels),
@@ -122,7 +122,7 @@ def _as_labels(fit, y: np.ndarray):
 def _term_draws(fit, codes) -> list:
     """Per design term (in the design's order): its factor, first column, number of
     levels, size and the Cholesky factor of its fitted covariance."""
-    problem = fit.model.problem
+    problem = fit.problem
     s = problem.structure
     # Lambda is relative to sigma only for the exact gaussian (LMM) fits
     scale = fit.sigma if problem.exact_lmm else 1.0

@@ -56,9 +56,9 @@ class Summary(_Rendered):
             if ddf is not None:
                 raise ValueError("ddf is for likelihood fits of linear mixed models")
             return BayesSummary.from_fit(fit)
-        design = fit.model.design
+        design = fit.problem.design
         spec = get_method(fit.method)
-        title = spec.heading(fit.model.family.exact_lmm, fit.options)
+        title = spec.heading(fit.problem.family.exact_lmm, fit.options)
         if spec.reml:
             crit = pd.Series({"REML criterion": -2 * fit.loglik})
         else:
@@ -72,18 +72,18 @@ class Summary(_Rendered):
         if ddf is not None:         # lmerTest's table (jaxglmm.inference.ddf)
             coef = fit.coef_table(ddf=ddf)
             title += (f". t-tests use {DDF_TITLES.get(str(ddf).lower(), ddf)} method")
-        elif fit.model.family.residual is not None:     # an estimated residual scale: t
+        elif fit.problem.family.residual is not None:     # an estimated residual scale: t
             coef["t value"] = z
         else:
             coef["z value"] = z
             coef["Pr(>|z|)"] = 2 * np.asarray(norm.sf(np.abs(z.to_numpy())))
         groups = pd.Series({t.group: t.n_levels for t in design.terms})
         note = None
-        if design.response_levels is not None and fit.model.family.response == "binary":
+        if design.response_levels is not None and fit.problem.family.response == "binary":
             note = (f"response '{design.response_name}': modelling P({design.response_levels[1]!r})"
                     f" against {design.response_levels[0]!r}")
-        formula = fit.model.formula
-        for name, text in fit.model.dpars.items():
+        formula = fit.spec.formula
+        for name, text in fit.spec.dpars.items():
             formula += f"\n         {name} ~ {text.split('~', 1)[-1].strip()}"
         resid = fit._pearson_residuals()
         quartiles = None if resid is None else pd.Series(
@@ -96,7 +96,7 @@ class Summary(_Rendered):
             cor = pd.DataFrame(v / np.outer(d, d), index=cov.index, columns=cov.columns)
         return cls(title, formula, fit.family, fit.link, note, crit, vc, fit.nobs,
                    groups, coef, dict(fit.family_params), tuple(fit.messages),
-                   dict(fit.family_params_se), fit.model.data_name, quartiles, cor)
+                   dict(fit.family_params_se), fit.spec.data_name, quartiles, cor)
 
     def __str__(self) -> str:
         out = [self.title]
@@ -276,8 +276,8 @@ class BayesSummary(_Rendered):
 
     @classmethod
     def from_fit(cls, fit) -> "BayesSummary":
-        groups = pd.Series({t.group: t.n_levels for t in fit.model.design.terms})
-        return cls(get_method(fit.method).title, fit.model.formula, fit.family, fit.link, fit.nobs,
+        groups = pd.Series({t.group: t.n_levels for t in fit.problem.design.terms})
+        return cls(get_method(fit.method).title, fit.spec.formula, fit.family, fit.link, fit.nobs,
                    groups, tuple(fit.priors), fit.posterior_summary,
                    {k: v for k, v in fit.diagnostics.items() if np.isscalar(v) or isinstance(v, str)},
                    tuple(fit.messages))
