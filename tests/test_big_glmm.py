@@ -172,8 +172,9 @@ def test_verbose_prints_the_objective_at_each_evaluation(capfd):
     jax.block_until_ready(fit)
     lines = [ln for ln in capfd.readouterr().out.splitlines() if ln.startswith("laplace: deviance")]
     # every optimizer evaluation, then the 2k finite-difference Hessian's
-    assert len(lines) == int(fit.n_iter) + 2 * fit.x.shape[0], lines
-    last = lines[int(fit.n_iter) - 1]        # the last optimizer evaluation: the optimum
+    # the start's evaluation, n_iter updates, then the Hessian's 2k
+    assert len(lines) == 1 + int(fit.n_iter) + 2 * fit.x.shape[0], lines
+    last = lines[int(fit.n_iter)]            # the last optimizer evaluation: the optimum
     assert abs(float(last.split()[2]) - float(fit.deviance)) <= 1e-9 * abs(float(fit.deviance))
 
 

@@ -69,51 +69,22 @@ def fd_hessian(grad_fn: Callable, x: jnp.ndarray, rel_step: float = 1e-4) -> jnp
     return 0.5 * (H + H.T)
 
 
-def fd_hessian_newton(vg: Callable, x: jnp.ndarray, f, g, aux, rel_step: float = 1e-4):
-    """:func:`fd_hessian` at the optimizer's stop ``(x, f, g, aux)``, then one guarded
-    Newton step with it: ``(H, x, f, g, aux)``, the step's point where it was taken.
+def newton_step(H: jnp.ndarray, x: jnp.ndarray, g: jnp.ndarray):
+    """``(x - H^-1 g, H positive definite)``, by :mod:`jaxglmm.core.linalg`'s Cholesky (never
+    a batched LAPACK kernel under vmap); the step is 0 where ``H`` is not positive definite.
 
     The optimizer stops at a gradient tolerance, some 1e-9 short of the stationary point by
     an amount that varies with the data, so finite differences of refits pick up the
     derivative of that gap (cbpp Laplace, d estimates / d weights: errors ~1e-3 relative).
     One Newton step with a Hessian good to ~1e-8 lands on the stationary point to rounding,
-    as :func:`jaxglmm.inference.implicit.newton_polish` does for ``fit_fn``.  Taken only where
-    ``H`` is positive definite, the step finite and the objective not raised (beyond
-    rounding).  ``vg`` is ``(x, aux) -> ((value, aux), grad)``; the 2k gradients and the
-    step's evaluation are the one loop's 2k + 1 iterations, so the compiled program holds
-    the objective's graph at one more call site only (as :func:`fd_hessian` alone)."""
+    as :func:`jaxglmm.inference.implicit.newton_polish` does for ``fit_fn``
+    (:func:`run_then_hessian`'s ``polish``)."""
     k = x.shape[0]
-    h = rel_step * (1.0 + jnp.abs(x))
-    E = jnp.eye(k, dtype=x.dtype) * h
-    pts = jnp.concatenate([x[None, :] + E, x[None, :] - E])
-
-    def hessian(G):
-        H = (G[:k] - G[k:]) / (2.0 * h[:, None])
-        return 0.5 * (H + H.T)
-
-    def step(H):        # core.linalg: never a batched LAPACK kernel under vmap
-        L = linalg.chol(H)
-        pd = jnp.all(jnp.isfinite(L))
-        L = jnp.where(pd, L, jnp.eye(k, dtype=x.dtype))
-        dx = linalg.solve_upper_t(L, linalg.solve_lower(L, g[:, None]))[:, 0]
-        return x - dx, pd
-
-    def body(i, c):
-        G, _, _, _ = c
-        xn, _ = step(hessian(G))
-        z = jnp.where(i < 2 * k, pts[jnp.minimum(i, 2 * k - 1)], xn)
-        (fz, az), gz = vg(z, aux)
-        G = jnp.where(i < 2 * k, G.at[jnp.minimum(i, 2 * k - 1)].set(gz), G)
-        return G, fz, gz, az
-
-    G0 = jnp.zeros((2 * k, k), x.dtype)
-    G, fn, gn, auxn = jax.lax.fori_loop(0, 2 * k + 1, body, (G0, f, g, aux))
-    H = hessian(G)
-    xn, pd = step(H)
-    ok = pd & jnp.all(jnp.isfinite(xn)) & jnp.isfinite(fn) & jnp.all(jnp.isfinite(gn)) & \
-        (fn <= f + 1e-12 * (1.0 + jnp.abs(f)))
-    pick = lambda a, b: jnp.where(ok, a, b)     # noqa: E731
-    return H, pick(xn, x), pick(fn, f), pick(gn, g), jax.tree.map(pick, auxn, aux)
+    L = linalg.chol(H)
+    pd = jnp.all(jnp.isfinite(L))
+    L = jnp.where(pd, L, jnp.eye(k, dtype=x.dtype))
+    dx = linalg.solve_upper_t(L, linalg.solve_lower(L, g[:, None]))[:, 0]
+    return x - jnp.where(pd, dx, 0.0), pd
 
 
 # ----------------------------------------------------------------------------- the core
@@ -238,8 +209,31 @@ class OneTrial:
         return Trial(c.t, ft, gt, auxt, ok, jnp.ones_like(c.nev))
 
 
+@dataclass(frozen=True)
+class StepHalving(OneTrial):
+    """:class:`Backtracking`'s steps, one evaluation per update: each direction is tried
+    from a step of 1, and a rejected point halves the step for the next update, 60 times at
+    most (a search that fails stalls, as Backtracking's).  Single fits: their loop then
+    holds the objective at one call site (:func:`run_then_hessian`), and the steps are
+    Backtracking's (no step bound, so a one-parameter variance is not walked towards zero
+    from lme4's start in half steps: a weighted LMM whose first steps were bounded ended on
+    the stationary point at zero)."""
+
+    max_rejections: int = 60
+    failure_stalls = True
+
+    def first_step(self, d):
+        return jnp.ones((), d.dtype)
+
+    next_step = first_step
+
+    def shorter(self, c: BfgsState, ft):
+        return 0.5 * c.t
+
+
 BACKTRACKING = Backtracking()
 ONE_TRIAL = OneTrial()
+STEP_HALVING = StepHalving()
 
 
 def init(x0: jnp.ndarray, aux0=None, Hinv0=None) -> BfgsState:
@@ -348,62 +342,71 @@ def run(vg: Callable, state: BfgsState, search=BACKTRACKING, until=None,
     return jax.lax.while_loop(cond, lambda c: update(vg, c, search, **options), state)
 
 
-def result(vg: Callable, state: BfgsState, hessian: bool = True,
-           polish: bool = False) -> OptResult:
-    """The run's result (``n_iter``: updates after the start's); ``hessian``: central
-    differences of the exact gradient at the end; ``polish`` (with ``hessian``): then one
-    guarded Newton step (:func:`fd_hessian_newton`; the Hessian stays the one at the
-    optimizer's stop)."""
-    status = jnp.where(state.status < 0, MAXITER, state.status)
-    n_iter = jnp.maximum(state.it - 1, 0)
+def result(state: BfgsState) -> OptResult:
+    """A run's result without a Hessian (NaN); ``n_iter`` and ``n_evals`` as
+    :func:`hessian_result`'s."""
     k = state.x.shape[0]
-    if hessian and polish:
-        H, x, f, g, aux = fd_hessian_newton(vg, state.x, state.f, state.g, state.aux)
-        return OptResult(x, f, g, H, aux, n_iter, state.nev, status, state.x0, state.f0)
-    if hessian:
-        H = fd_hessian(lambda z: vg(z, state.aux)[1], state.x)
-    else:
-        H = jnp.full((k, k), jnp.nan)
-    return OptResult(state.x, state.f, state.g, H, state.aux, n_iter, state.nev, status,
-                     state.x0, state.f0)
+    status = jnp.where(state.status < 0, MAXITER, state.status)
+    return OptResult(state.x, state.f, state.g, jnp.full((k, k), jnp.nan, state.x.dtype),
+                     state.aux, jnp.maximum(state.it - 1, 0), state.nev, status, state.x0,
+                     state.f0)
 
 
 # ----------------------------------------------------------------------------- + Hessian
 class HessianRun(NamedTuple):
     """A BFGS run followed, in the same loop, by the finite-difference Hessian at its
-    optimum (:func:`run_then_hessian`)."""
+    optimum and optionally one Newton step with it (:func:`run_then_hessian`)."""
 
     opt: BfgsState
-    phase: jnp.ndarray      # Hessian evaluations made (of 2k or k)
+    phase: jnp.ndarray      # Hessian evaluations made (of 2k or k), then the Newton step's
     hess_g: jnp.ndarray     # (2k, k) gradients at x + h e_j, then x - h e_j; (k, k) forward
+    newton: tuple | None    # polish: (x, f, g, aux) at the Newton step's point, else None
 
 
-def hessian_run(state: BfgsState, sides: int = 2) -> HessianRun:
+def hessian_run(state: BfgsState, sides: int = 2, polish: bool = False) -> HessianRun:
     """``state`` with room for its Hessian: ``sides`` 2, central differences (2k
     gradients, error O(h^2)); 1, forward differences from the optimum's own gradient (k
-    gradients, error O(h)).  The choice is read from ``hess_g``'s shape."""
+    gradients, error O(h)).  The choice is read from ``hess_g``'s shape.  ``polish``: then
+    one guarded Newton step with that Hessian (:func:`newton_step`)."""
     if sides not in (1, 2):
         raise ValueError(f"sides must be 1 (forward) or 2 (central differences), got {sides!r}")
     k = state.x.shape[0]
-    return HessianRun(state, jnp.asarray(0), jnp.zeros((sides * k, k), state.x.dtype))
+    newton = (state.x, state.f, state.g, state.aux) if polish else None
+    return HessianRun(state, jnp.asarray(0), jnp.zeros((sides * k, k), state.x.dtype), newton)
+
+
+def _fd_matrix(G: jnp.ndarray, x: jnp.ndarray, g: jnp.ndarray, rel_step: float):
+    """The symmetrized Hessian from the gradients ``G`` at ``x +- h e_j`` (or ``x + h e_j``
+    with ``g`` the gradient at ``x``)."""
+    k = x.shape[0]
+    h = rel_step * (1.0 + jnp.abs(x))
+    if G.shape[0] == k:
+        H = (G - g[None, :]) / h[:, None]
+    else:
+        H = (G[:k] - G[k:]) / (2.0 * h[:, None])
+    return 0.5 * (H + H.T)
 
 
 def run_then_hessian(vg: Callable, c: HessianRun, search=ONE_TRIAL, until=None, *,
                      rel_step: float = 1e-4, **options) -> HessianRun:
     """:func:`run` with a search of one evaluation per update, going on once the optimizer
     stops to evaluate the gradient at ``x +- h e_j`` (``h = rel_step (1 + |x_j|)``, as
-    :func:`fd_hessian`, with the optimum's aux; or at ``x + h e_j`` only), so the loop
-    evaluates the objective at one call site for both.  Loop iterations (``opt.it + phase``)
-    run until ``until`` (traced: a batch's rounds compile once)."""
+    :func:`fd_hessian`, with the optimum's aux; or at ``x + h e_j`` only), and, with
+    ``polish``, at the Newton step's point, so the loop evaluates the objective at one call
+    site for all: the compiled program holds the objective's graph once (cbpp's Laplace
+    fit compiles in about half the time of a backtracking loop plus a separate Hessian
+    loop).  Loop iterations (``opt.it + phase``) run until ``until`` (traced: a batch's
+    rounds compile once)."""
     if search.evals_per_update != 1:
         raise ValueError("run_then_hessian needs a line search of one evaluation per update "
                          "(OneTrial)")
     k = c.opt.x.shape[0]
     n_hess = c.hess_g.shape[0]
+    n_total = n_hess + (c.newton is not None)
     eye = jnp.eye(k, dtype=c.opt.x.dtype)
 
     def cond(c: HessianRun):
-        more = (c.opt.status < 0) | (c.phase < n_hess)
+        more = (c.opt.status < 0) | (c.phase < n_total)
         return more if until is None else more & (c.opt.it + c.phase < until)
 
     def body(c: HessianRun):
@@ -412,31 +415,44 @@ def run_then_hessian(vg: Callable, c: HessianRun, search=ONE_TRIAL, until=None, 
         j = c.phase % k
         h = rel_step * (1.0 + jnp.abs(o.x[j]))
         point = o.x + jnp.where(c.phase < k, h, -h) * eye[j]
+        if c.newton is not None:
+            stepped, _ = newton_step(_fd_matrix(c.hess_g, o.x, o.g, rel_step), o.x, o.g)
+            point = jnp.where(c.phase < n_hess, point, stepped)
         tr = search.trial(lambda z, aux: vg(jnp.where(hess, point, z), aux), o)
         moved = accept(o, tr, search, **options)
         stored = c.hess_g.at[jnp.minimum(c.phase, n_hess - 1)].set(tr.g.astype(c.hess_g.dtype))
+        newton = c.newton
+        if newton is not None:
+            last = hess & (c.phase == n_hess)
+            newton = jax.tree.map(lambda a, b: jnp.where(last, a, b),
+                                  (point, tr.f.astype(o.f.dtype), tr.g.astype(o.g.dtype),
+                                   tr.aux), newton)
         return HessianRun(jax.tree.map(lambda a, b: jnp.where(hess, a, b), o, moved),
                           jnp.where(hess, c.phase + 1, c.phase),
-                          jnp.where(hess, stored, c.hess_g))
+                          jnp.where(hess & (c.phase < n_hess), stored, c.hess_g), newton)
 
     return jax.lax.while_loop(cond, body, c)
 
 
 def hessian_result(c: HessianRun, rel_step: float = 1e-4) -> OptResult:
     """The run's result, its Hessian from the run's own finite-difference evaluations (NaN
-    where they were not all made); ``n_iter`` and ``n_evals``: the optimizer's evaluations,
-    the start's included."""
+    where they were not all made); ``n_iter``: the optimizer's updates after the start's
+    evaluation, ``n_evals``: its evaluations (the Hessian's not counted).  With ``polish``, the Newton step's point where it was taken:
+    ``H`` positive definite, the point finite and its objective not above the optimizer's
+    (beyond rounding); the Hessian stays the one at the optimizer's stop."""
     o = c.opt
-    k = o.x.shape[0]
-    h = rel_step * (1.0 + jnp.abs(o.x))
     G = c.hess_g
-    if G.shape[0] == k:         # forward differences from the optimum's gradient
-        H = (G - o.g[None, :]) / h[:, None]
-    else:
-        H = (G[:k] - G[k:]) / (2.0 * h[:, None])
-    H = jnp.where(c.phase >= G.shape[0], 0.5 * (H + H.T), jnp.nan)
+    H = jnp.where(c.phase >= G.shape[0], _fd_matrix(G, o.x, o.g, rel_step), jnp.nan)
     status = jnp.where(o.status < 0, MAXITER, o.status)
-    return OptResult(o.x, o.f, o.g, H, o.aux, o.it, o.nev, status, o.x0, o.f0)
+    x, f, g, aux = o.x, o.f, o.g, o.aux
+    if c.newton is not None:
+        xn, fn, gn, auxn = c.newton
+        ok = (c.phase > G.shape[0]) & jnp.all(jnp.isfinite(H)) & \
+            jnp.all(jnp.isfinite(linalg.chol(H))) & jnp.all(jnp.isfinite(xn)) & \
+            jnp.isfinite(fn) & jnp.all(jnp.isfinite(gn)) & (fn <= f + 1e-12 * (1.0 + jnp.abs(f)))
+        pick = lambda a, b: jnp.where(ok, a, b)     # noqa: E731
+        x, f, g, aux = pick(xn, x), pick(fn, f), pick(gn, g), jax.tree.map(pick, auxn, aux)
+    return OptResult(x, f, g, H, aux, jnp.maximum(o.it - 1, 0), o.nev, status, o.x0, o.f0)
 
 
 # ----------------------------------------------------------------------------- drivers
@@ -451,23 +467,31 @@ def value_and_grad(fun: Callable, has_aux: bool = False, aux0=None):
 
 def minimize(fun: Callable, x0: jnp.ndarray, *, has_aux: bool = False, maxiter: int = 500,
              gtol: float = 1e-8, ftol: float = 1e-15, hessian: bool = True,
-             aux0=None, polish: bool = False, search=BACKTRACKING) -> OptResult:
-    """Minimize ``fun`` (``x -> value`` or ``x -> (value, aux)``) from a flat vector ``x0``.
+             aux0=None, polish: bool = False) -> OptResult:
+    """Minimize ``fun`` (``x -> value`` or ``x -> (value, aux)``) from a flat vector ``x0``,
+    by BFGS with one evaluation per update (:data:`STEP_HALVING`).
 
     With ``aux0`` given, ``fun`` is ``(x, aux) -> (value, aux)``: each evaluation receives
     the aux of the current point (a warm start, e.g. the previous conditional mode of the
     random effects) and returns the new one.
 
-    Stops as :func:`accept` says, or at ``maxiter`` iterations (updates after the start's).
-    ``polish`` (with ``hessian``): then one guarded Newton step with the finite-difference
-    Hessian (:func:`fd_hessian_newton`), so the result is the stationary point to rounding
-    rather than to the gradient tolerance.
+    Stops as :func:`accept` says, or at ``maxiter`` updates (evaluations).  ``hessian``:
+    central differences of the exact gradient at the end, in the same loop
+    (:func:`run_then_hessian`); ``polish`` (with ``hessian``): then one guarded Newton step
+    with it, so the result is the stationary point to rounding rather than to the gradient
+    tolerance.
     """
     vg = value_and_grad(fun, has_aux, aux0)
     if aux0 is None and has_aux:        # the carried aux's shape, for the loop's state
         aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(fun, x0)[1])
-    state = run(vg, init(x0, aux0), search, maxiter + 1, gtol=gtol, ftol=ftol)
-    return result(vg, state, hessian, polish=polish)
+    state = init(x0, aux0)
+    if not hessian:
+        return result(run(vg, state, STEP_HALVING, maxiter, gtol=gtol, ftol=ftol))
+    start = hessian_run(state, polish=polish)
+    k = x0.shape[0]
+    done = run_then_hessian(vg, start, STEP_HALVING, maxiter + 2 * k + 1, maxiter=maxiter,
+                            gtol=gtol, ftol=ftol)
+    return hessian_result(done)
 
 
 def minimize_optax(fun: Callable, x0: jnp.ndarray, *, maxiter: int = 500, gtol: float = 1e-8,

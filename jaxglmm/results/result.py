@@ -14,6 +14,8 @@ import pandas as pd
 from ..core.predictor import fixed_predictor, random_predictor
 from ..core.problem import Problem, prediction_arrays
 from ..design import new_design, re_masks, re_terms, used_columns
+from ..fit import cache
+from ..fit.likelihood import COMPILER_OPTIONS
 from .spec import ModelSpec
 from .simulate import simulate_responses
 from .summary import Summary
@@ -172,7 +174,9 @@ class FitResult:
                 r = obs - mu
                 if type == "working":
                     eta = jnp.asarray(self.linear_predictor(), jnp.float64)
-                    r = r / np.asarray(jax.vmap(jax.grad(fam.link.linkinv))(eta), float)
+                    dmu = _on_device(("dmu/deta", fam.link),
+                                     lambda e: jax.vmap(jax.grad(fam.link.linkinv))(e), eta)
+                    r = r / np.asarray(dmu, float)
                 return pd.Series(r, index=index, name="residuals")
             if type == "pearson":
                 if fam.variance is None:
@@ -180,7 +184,7 @@ class FitResult:
                                      "variance, which it does not define")
                 eta = jnp.asarray(self.linear_predictor())
                 fp = self._natural_family_params()
-                var = np.asarray(fam.variance(eta, fp), float)
+                var = np.asarray(_on_device(("variance", fam), fam.variance, eta, fp), float)
                 if fam.residual is not None:        # lme4's: unscaled by sigma
                     var = var / np.square(float(np.asarray(fp[fam.residual])))
                 r = np.sqrt(w * trials) * (y / np.where(trials > 0, trials, 1.0) - mu) / np.sqrt(var)
@@ -190,7 +194,7 @@ class FitResult:
                                  "family (R has no dev.resids for it); use type='pearson' "
                                  "or 'response'")
             fp = {k: np.asarray(v) for k, v in self._natural_family_params().items()}
-            d = np.asarray(fam.unit_deviance(y, mu, trials, fp), float)
+            d = np.asarray(fam.unit_deviance(y, mu, trials, fp), float)    # host numpy
             r = np.sign(y - trials * mu) * np.sqrt(np.clip(w * d, 0.0, None))
         return pd.Series(r, index=index, name="residuals")
 
@@ -369,7 +373,8 @@ class FitResult:
                              "response; use type='response' for the category probabilities")
         else:
             mean = fam.mean or fam.link.linkinv
-            out = _nan_rows(eta, lambda e: mean(e, self._natural_family_params()))
+            fp = self._natural_family_params()
+            out = _nan_rows(eta, lambda e: _on_device(("mean", fam), mean, e, fp))
         if np.ndim(out) == 2:
             if levels is None:      # a parameter formula: the mean's and the parameter's
                 cols = ["mu"] + list(self.spec.dpars)
@@ -409,13 +414,19 @@ class FitResult:
         return fp
 
     def _eta(self, arrays, mask):
-        problem = self.problem
-        beta = jnp.asarray(self.fixef.to_numpy(float))
-        eta = fixed_predictor(problem.structure, arrays, beta)
-        if mask is not None:
-            b = [bf * m for bf, m in zip(self.b_factors, mask)]
-            eta = eta + random_predictor(problem.structure, b, arrays.index, arrays.Z)
-        return np.asarray(eta)
+        s = self.problem.structure
+
+        def eta(arrays, beta, b_factors, mask):
+            out = fixed_predictor(s, arrays, beta)
+            if mask is not None:
+                b = [bf * m for bf, m in zip(b_factors, mask)]
+                out = out + random_predictor(s, b, arrays.index, arrays.Z)
+            return out
+
+        mask = None if mask is None else tuple(jnp.asarray(m) for m in mask)
+        return np.asarray(_on_device(("eta", s, mask is None), eta, arrays,
+                                     jnp.asarray(self.fixef.to_numpy(float)),
+                                     tuple(self.b_factors), mask))
 
     def _pearson_residuals(self) -> np.ndarray | None:
         """lme4's ``residuals(fit, type = "pearson", scaled = TRUE)`` of the training rows:
@@ -428,8 +439,9 @@ class FitResult:
         eta = jnp.asarray(self.linear_predictor())
         fp = self._natural_family_params()
         trials = np.asarray(self.problem.arrays.trials)
-        mean = np.asarray((fam.mean or fam.link.linkinv)(eta, fp)) * trials
-        var = np.asarray(fam.variance(eta, fp)) * trials
+        mean, var = _on_device(("moments", fam), lambda e, fp: (
+            (fam.mean or fam.link.linkinv)(e, fp), fam.variance(e, fp)), eta, fp)
+        mean, var = np.asarray(mean) * trials, np.asarray(var) * trials
         w = np.asarray(design.weights, float)
         keep = w > 0
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -444,7 +456,8 @@ class FitResult:
     def _category_probs(self, eta) -> np.ndarray:
         fam = self.problem.family
         probs = fam.category_probs if fam.category_probs is not None else fam.mean
-        return _nan_rows(eta, lambda e: probs(e, self._natural_family_params()), rows_2d=True)
+        fp = self._natural_family_params()
+        return _nan_rows(eta, lambda e: _on_device(("probs", fam), probs, e, fp), rows_2d=True)
 
 
 
@@ -465,6 +478,15 @@ def _fill(eta: np.ndarray, complete: np.ndarray) -> np.ndarray:
     out = np.full((complete.size,) + eta.shape[1:], np.nan)
     out[complete] = eta
     return out
+
+
+def _on_device(key: tuple, fn, *args):
+    """``fn(*args)`` as one small compiled program kept under ``("result", *key)`` (``key``
+    holds what ``fn`` closes over).  Run eagerly, each jax.numpy operation of a result's
+    row-wise work compiles a program of its own: about 20 of them, 0.6 s, for a
+    sleepstudy summary, against one or two here."""
+    return cache.program(("result",) + key, lambda: cache.jit(
+        fn, compiler_options=COMPILER_OPTIONS))(*args)
 
 
 def _nan_rows(eta, fn, rows_2d: bool = False) -> np.ndarray:
