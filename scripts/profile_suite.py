@@ -10,6 +10,12 @@ then the table, slowest modules first (a second folder adds a before/after compa
 
     python scripts/profile_suite.py /tmp/suite [/tmp/suite-before]
 
+``--weights`` writes each module's wall seconds to tests/data/module_seconds.json, from which
+tests/conftest.py starts the slowest modules first (xdist then ends with short modules on
+both workers instead of one long module on one)::
+
+    python scripts/profile_suite.py /tmp/suite --weights
+
 The suite is compile-bound (docs/benchmarks.md): this is how its compile work was found and
 cut, and how to find the next.
 """
@@ -74,7 +80,16 @@ def _cells(row: dict) -> str:
             f"{row.get(EVENTS['compile'] + '#n', 0):6d}")
 
 
+WEIGHTS = Path(__file__).resolve().parent.parent / "tests" / "data" / "module_seconds.json"
+
+
 def main(argv: list[str]) -> None:
+    if "--weights" in argv:
+        argv = [a for a in argv if a != "--weights"]
+        rows = load(argv[0])
+        WEIGHTS.write_text(json.dumps({m: round(r.get("wall", 0.0), 1) for m, r in
+                                       sorted(rows.items())}, indent=1) + "\n")
+        print(f"wrote {WEIGHTS}")
     after = load(argv[0])
     before = load(argv[1]) if len(argv) > 1 else None
     head = "   wall  trace  lower compile  n_cmp"

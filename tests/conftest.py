@@ -70,6 +70,24 @@ def pytest_configure(config):
                                 f"sees {jax.device_count()} (XLA_FLAGS={flags!r})")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The slowest modules first (their wall seconds measured by scripts/profile_suite.py,
+    in tests/data/module_seconds.json; a module not listed counts as quick), each module's
+    tests in their own order: pytest-xdist hands modules out in this order (--dist loadfile),
+    so the last ones to start are short and the two workers end together.  The order is
+    the same in every process, as xdist requires."""
+    path = Path(__file__).parent / "data" / "module_seconds.json"
+    if not path.exists():
+        return
+    import json
+    seconds = json.loads(path.read_text())
+    first = {}
+    for k, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], k)
+    items.sort(key=lambda item: (-seconds.get(item.nodeid.split("::")[0], 0.0),
+                                 first[item.nodeid.split("::")[0]]))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     np.random.seed(20261125)
