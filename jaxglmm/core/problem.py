@@ -86,9 +86,8 @@ def make_problem(design: Design, family) -> Problem:
     """The problem of a model's assembled design (:func:`jaxglmm.design.model_design`): the
     random-effect structure built from its terms, with its linear predictors (channels), and
     its arrays on the device."""
-    structure, index, Z = build_structure(design.terms)
-    structure = replace(structure, n_channels=design.n_channels,
-                        fixef_channels=design.fixef_channels)
+    structure, index, Z = build_structure(design.terms, design.n_channels,
+                                          design.fixef_channels)
     trials = design.trials if design.trials is not None else np.ones_like(design.y)
     arrays = _device_arrays(design, design.y, design.weights, trials, index, Z)
     phi0 = np.asarray(family.init_params(design.y, design.trials), np.float64)

@@ -92,12 +92,17 @@ class ReStructure:
         return self.theta_diagonal().astype(float)
 
 
-def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+def build_structure(terms: Sequence, n_channels: int | None = None,
+                    fixef_channels: tuple[int, ...] = ()
+                    ) -> tuple[ReStructure, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """Group design terms into factors.
 
     Parameters
     ----------
     terms: sequence of :class:`jaxglmm.design.RandomTerm`.
+    n_channels: the model's linear predictors (a design's ``n_channels``); by default one
+        more than the highest channel a term enters.
+    fixef_channels: the channel of each fixed-effect coefficient (empty: all in channel 0).
 
     Returns
     -------
@@ -140,8 +145,10 @@ def build_structure(terms: Sequence) -> tuple[ReStructure, tuple[np.ndarray, ...
                                   tuple(channels)))
         index.append(np.asarray(bucket[0].group_index, np.int32))
         Z.append(np.concatenate([np.asarray(t.Z, float) for t in bucket], axis=1))
-    n_channels = 1 + max(c for f in factors for c in f.channels)
-    return ReStructure(tuple(factors), theta_pos, n_channels), tuple(index), tuple(Z)
+    if n_channels is None:
+        n_channels = 1 + max(c for f in factors for c in f.channels)
+    return (ReStructure(tuple(factors), theta_pos, n_channels, tuple(fixef_channels)),
+            tuple(index), tuple(Z))
 
 
 def lambdas(structure: ReStructure, theta: jnp.ndarray) -> list[jnp.ndarray]:
