@@ -70,7 +70,8 @@ if pytest is not None and __name__ != "__main__":
 def load(folder: str) -> dict:
     rows: dict = {}
     for path in Path(folder).glob("*.json"):
-        rows.update(json.loads(path.read_text()))
+        rows.update({k: v for k, v in json.loads(path.read_text()).items()
+                     if isinstance(v, dict)})      # a process's other notes are not modules
     return rows
 
 

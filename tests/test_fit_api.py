@@ -117,6 +117,19 @@ def test_simulate_has_the_fitted_moments(reference_fit):
     assert abs(sd - expected) / expected < 0.1
 
 
+def test_simulate_counts_share_one_program(reference_fit):
+    """simulate(n) runs the program compiled for n's bucket (the first n keys of a longer
+    chain): 300 and 400 simulations share it and draw the same first 300 columns."""
+    from jaxglmm.fit import cache
+    fit, _ = reference_fit("sleepstudy_reml")
+    full = fit.simulate(400, seed=3)
+    before = cache.n_compiled()
+    part = fit.simulate(300, seed=3)
+    assert cache.n_compiled() == before
+    assert list(part.columns) == [f"sim_{k}" for k in range(1, 301)]
+    pd.testing.assert_frame_equal(part, full.iloc[:, :300])
+
+
 def test_log_density_is_the_joint_density(small_binary):
     import jax
     model = jg.Model("y ~ x + (1 | g)", small_binary, "bernoulli")

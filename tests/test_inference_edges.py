@@ -2,21 +2,20 @@
 (scripts/inference_edges_reference.R -> tests/data/inference_edges_reference.json):
 anova with refit=False, non-nested and other-link comparisons, rows named by keyword;
 residuals(type="working") and scaled=True; Cook's distance of leave-one-group-out refits;
-implicit weight gradients against central differences of refits; Satterthwaite's df on a
-crossed LMM of 7,500 rows through the sparse system."""
+Satterthwaite's df on a crossed LMM of 7,500 rows through the sparse system.  (The implicit
+weight gradients against central differences of refits are test_differentiable.py's, in the
+one compiled JVP program that checks y, the weights and the offset.)"""
 import json
 import time
 import warnings
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
 
 import jaxglmm as jg
-from jaxglmm.fit.likelihood import COMPILER_OPTIONS
 from jaxglmm.core.lmm import lmm_data
 from jaxglmm.inference import ddf
 
@@ -142,28 +141,6 @@ def test_group_cooks_distance_from_refits_matches_lme4(fm):
                                np.array(ref["fixed_effects_deleted"]), rtol=1e-6)
     with pytest.raises(ValueError, match="from exact leave-one-level-out refits"):
         fit.cooks_distance("Subject", exact=False)
-
-
-@pytest.mark.slow
-def test_weight_gradients_match_refits_binomial_laplace():
-    """Implicit derivatives in the prior weights against central differences of refits
-    (fit_fn's forward fit: the library's fit Newton-polished to the optimum), to 1e-6."""
-    model = jg.Model(CBPP, jg.load_dataset("cbpp"), family="binomial")
-    f = model.fit_fn("laplace")
-    w0 = model.arrays.weights
-    v = jnp.asarray(0.2 * np.random.default_rng(3).standard_normal(model.design.nobs))
-    # one program, compiled with the library's small-fit options: the refits are its primal
-    # outputs at the moved weights
-    jvp = jax.jit(lambda w, t: jax.jvp(lambda w: f(weights=w), (w,), (t,)),
-                  compiler_options=COMPILER_OPTIONS)
-    tan = jvp(w0, v)[1]
-    fit = lambda w: jvp(w, v)[0]        # noqa: E731
-    for step in (1e-3, 1e-4):
-        up, down = fit(w0 + step * v), fit(w0 - step * v)
-        for field in ("beta", "theta", "se"):
-            fd = (np.asarray(getattr(up, field)) - np.asarray(getattr(down, field))) / (2 * step)
-            err = np.max(np.abs(np.asarray(getattr(tan, field)) - fd)) / np.max(np.abs(fd))
-            assert err < 1e-6, (step, field, err)
 
 
 @pytest.fixture(scope="module")

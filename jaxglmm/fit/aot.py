@@ -12,12 +12,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import jax
 import numpy as np
 
-_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxglmm-compile")
+from .cache import CPU_OPTIONS
 
-# On the CPU, XLA's older (non-MLIR) fusion emitters compile the samplers in about 60% of
-# the time and CPU of the default ones, and run them as fast (sleepstudy NUTS: 2.7 s -> 1.8 s
-# compile, 0.6 s run either way; scripts/bench_nuts.py).
-CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxglmm-compile")
 
 
 def _compile(lowered):

@@ -22,8 +22,7 @@ from ..core.problem import LARGE_N, Problem, ProblemArrays
 from ..design.sparse import (lapack_cholesky_inverse, sparse_lmm_data, sparse_pattern,
                              sparse_theta_start)
 from . import cache
-from .aot import CPU_OPTIONS
-from .cache import program
+from .cache import CPU_OPTIONS, program
 from .host import (choose_optimizer, fd_derivatives, fd_points, minimize_host,
                    minimize_host_gradient)
 from .optimize import ONE_TRIAL, hessian_result, hessian_run, init, minimize, run_then_hessian
@@ -35,7 +34,7 @@ from .optimize import ONE_TRIAL, hessian_result, hessian_run, init, minimize, ru
 # bernoulli, (1 + x | g): 29 s vs 79 s warm).  The batch engine (fit/batched.py) keeps XLA's
 # default optimizations too: fusing the vmapped elementwise work matters there (cbpp, 1,000
 # refits: 0.4 s vs 1.4 s warm at level 0, for 1.5 s vs 2.8 s of compile).
-# XLA's older (non-MLIR) CPU fusion emitters too (fit.aot.CPU_OPTIONS; an xla_cpu_ debug
+# XLA's older (non-MLIR) CPU fusion emitters too (fit.cache.CPU_OPTIONS; an xla_cpu_ debug
 # option, not yet checked on a GPU backend): a REML fit of one q = 5 block on 300 groups
 # compiles in 3.8 s instead of 10.4 s.
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, **CPU_OPTIONS}
