@@ -21,7 +21,7 @@ from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_profiled_parts
 from ..core.problem import LARGE_N, Problem, ProblemArrays
 from ..design.sparse import (lapack_cholesky_inverse, sparse_lmm_data, sparse_pattern,
                              sparse_theta_start)
-from . import cache
+from . import buckets, cache
 from .cache import CPU_OPTIONS, program
 from .host import (choose_optimizer, fd_derivatives, fd_points, minimize_host,
                    minimize_host_gradient)
@@ -108,6 +108,8 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
 _SPARSE_DATA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # the sparse Laplace Hessian's pattern of each crossed GLMM fitted (core.glmm_sparse)
 _SPARSE_PATTERN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# the padded problem each problem fitted is run as (fit.buckets), and its own levels
+_PADDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def uses_sparse_lmm(problem: Problem, method) -> bool:
@@ -397,13 +399,14 @@ def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool 
                    lambda: cache.jit(one, **opts))
 
 
-def run(problem: Problem, method, options: dict) -> RawFit:
+def run(problem: Problem, method, options: dict, pad: bool = True) -> RawFit:
     """Fit ``method`` (a :class:`jaxglmm.methods.Method`) to the problem's arrays (one
     dataset; many datasets go through the batch engine, :mod:`jaxglmm.fit.batched`).
-    Returns device arrays."""
+    Returns device arrays.  ``pad``: run the program of the problem's shape bucket
+    (:mod:`jaxglmm.fit.buckets`; False: of its own shapes, the same fit)."""
     check_optimizer(problem, method, options.get("optimizer"))
     return _run(problem, uses_lmm(problem, method), method.reml, method.points(options),
-                bool(options.get("verbose")), options.get("optimizer"))
+                bool(options.get("verbose")), options.get("optimizer"), pad)
 
 
 def run_ml(problem: Problem) -> RawFit:
@@ -413,15 +416,21 @@ def run_ml(problem: Problem) -> RawFit:
 
 
 def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
-         optimizer: str | None = None) -> RawFit:
+         optimizer: str | None = None, pad: bool = True) -> RawFit:
     if lmm and _sparse_pays(problem):
         return fit_lmm_sparse(problem, reml, verbose=verbose, optimizer=optimizer)
-    fn = _program(problem, lmm, reml, n_agq, verbose=verbose)
+    bucketed, levels = _PADDED.get(problem, (None, None)) if pad else (problem, None)
+    if bucketed is None:       # once per problem: a warm refit transfers nothing
+        bucketed, levels = _PADDED[problem] = buckets.padded(problem)
+    fn = _program(bucketed, lmm, reml, n_agq, verbose=verbose)
     theta0, phi_start = problem.starts
-    if not lmm and n_agq == 1 and uses_sparse_blocks(problem.structure):
-        pattern = _SPARSE_PATTERN.get(problem)
+    if not lmm and n_agq == 1 and uses_sparse_blocks(bucketed.structure):
+        pattern = _SPARSE_PATTERN.get(problem) if pad else None
         if pattern is None:     # once per dataset, as the sparse LMM's system
-            pattern = _SPARSE_PATTERN[problem] = sparse_pattern(problem.structure,
-                                                                problem.arrays)
-        return fn(problem.arrays, phi_start, pattern)
-    return fn(problem.arrays, theta0 if lmm else phi_start)
+            pattern = sparse_pattern(bucketed.structure, bucketed.arrays)
+            if pad:
+                _SPARSE_PATTERN[problem] = pattern
+        raw = fn(bucketed.arrays, phi_start, pattern)
+    else:
+        raw = fn(bucketed.arrays, theta0 if lmm else phi_start)
+    return buckets.cut(raw, bucketed.structure, levels)

@@ -273,8 +273,9 @@ def accept(c: BfgsState, tr: Trial, search, *, gtol: float = 1e-8, ftol: float =
 
     Accepted: the BFGS update (none at the start) and the next direction; rejected: the
     search's shorter step, or the run's end.  Stops when ``max|grad| <= gtol * (1 + |f|)``,
-    when three accepted steps in a row lower f by less than ``ftol`` (relative), when the
-    search gives up, or (``maxiter``) at that many updates.
+    when three accepted steps in a row lower f by less than ``ftol`` (relative) or predict
+    a decrease within the objective's rounding, when the search gives up, or (``maxiter``)
+    at that many updates.
 
     ``damped``: Powell's damped update (Nocedal & Wright 18.2): where the curvature along a
     step is negative or small (``s'y < s'Bs / 5``; the deviance is not convex between
@@ -303,7 +304,13 @@ def accept(c: BfgsState, tr: Trial, search, *, gtol: float = 1e-8, ftol: float =
     H = jnp.where(learn, V @ H @ V.T + rho * jnp.outer(s, s), H)
     H, d_new = _direction(H, gt)
     t_new = jnp.where(fresh & ~c.scaled, search.first_step(d_new), search.next_step(d_new))
-    small = ~fresh & ((c.f - ft) <= ftol * (1.0 + jnp.abs(ft)))
+    # a step lowering f by under ftol, or one whose predicted decrease is within 10x the
+    # objective's rounding, makes no progress: near the optimum of an objective whose
+    # rounding is larger than F_ROUNDING (an LMM whose y'y dwarfs its residual sum of
+    # squares: pastes' ML deviance rounds at 1e-12), such steps otherwise go on for ever,
+    # lowering and raising f by its rounding
+    in_noise = -jnp.dot(c.g, s) <= 10.0 * F_ROUNDING * (1.0 + jnp.abs(c.f))
+    small = ~fresh & (((c.f - ft) <= ftol * (1.0 + jnp.abs(ft))) | in_noise)
     stall = jnp.where(small, c.stall + 1, 0)
     done = jnp.where(_converged(ft, gt, gtol) | (stall >= 3), CONVERGED, -1)
     nback = jnp.where(ok, 0, c.nback + 1)

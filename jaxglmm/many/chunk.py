@@ -20,10 +20,11 @@ import pandas as pd
 
 from ..core.problem import Problem, ProblemArrays
 from ..fit.batched import fit_batch, slot_size
+from ..fit.buckets import cut, with_levels
 from ..fit.convergence import judge_many
 from ..fit.likelihood import RawFit, uses_lmm
 from ..methods import get_method
-from .plan import Member, Spec, batch_size, bucket_key, padded_structure
+from .plan import Member, Spec, batch_size, bucket_key
 
 
 @dataclass
@@ -113,14 +114,7 @@ def _stack_bucket(a: ProblemArrays, members: list[Member], n: int) -> ProblemArr
 def _unpad(raw: RawFit, k: int, member: Member, structure) -> RawFit:
     """Dataset k's row of a stacked bucket fit, cut to its own numbers of levels."""
     row = jax.tree.map(lambda v: np.asarray(v)[k], raw)
-    sizes = [lv.size for lv in member.levels]
-    b = tuple(bf[:g] for bf, g in zip(row.b, sizes))
-    bcov = tuple(c[:g] for c, g in zip(row.b_cov, sizes))
-    u, pos = [], 0
-    for f, g in zip(structure.factors, sizes):
-        u.append(row.u[pos:pos + g * f.q])
-        pos += f.n_levels * f.q
-    return row._replace(b=b, b_cov=bcov, u=np.concatenate(u))
+    return cut(row, structure, [lv.size for lv in member.levels])
 
 
 # ----------------------------------------------------------------------------- one chunk
@@ -128,7 +122,7 @@ def bucket_structure(spec: Spec, members: list[Member]):
     """The structure a bucket of these members is fitted with: each factor padded to the
     most levels any of them has."""
     levels = [max(m.levels[f].size for m in members) for f in range(len(members[0].levels))]
-    return padded_structure(spec.structure, levels)
+    return with_levels(spec.structure, levels)
 
 
 def _bucket_args(spec: Spec, problem: Problem, arrays: ProblemArrays, start, B: int):

@@ -29,6 +29,7 @@ from ..core.restructure import ReStructure
 from ..design import identifiability_problem, re_term_sizes, single_level_problem
 from ..design.matrices import dense_unique
 from ..families import Family
+from ..fit.buckets import bucket_size
 from ..fit.convergence import ConvergenceWarning
 from ..formula.tokens import FormulaError, tokenize
 from ..model import MODEL_KEYWORDS, Model
@@ -339,21 +340,8 @@ class _Identifiability:
         return ""
 
 
-def bucket_size(n: int) -> int:
-    """A padded size: at most four sizes an octave, so padding wastes under a quarter."""
-    if n <= 8:
-        return n
-    step = 1 << (int(n).bit_length() - 3)
-    return -(-n // step) * step
-
-
 def bucket_key(m: Member) -> tuple:
     return (bucket_size(m.rows.size),) + tuple(bucket_size(lv.size) for lv in m.levels)
-
-
-def padded_structure(structure: ReStructure, levels: Sequence[int]) -> ReStructure:
-    factors = tuple(replace(f, n_levels=int(g)) for f, g in zip(structure.factors, levels))
-    return replace(structure, factors=factors)
 
 
 def batch_size(count: int, n_devices: int) -> int:
@@ -384,4 +372,4 @@ def model_keywords(kwargs: dict) -> dict:
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "NOT_FITTED", "RANK_DEFICIENT", "failures_message", "warn_failures", "STATEFUL", "Member", "Spec", "batch_size", "bucket_key",
            "bucket_size", "long_table", "memory_chunk_size", "model_keywords",
-           "padded_structure", "refuse_stateful", "split_design", "unvalidated"]
+           "refuse_stateful", "split_design", "unvalidated"]
