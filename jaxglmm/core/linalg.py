@@ -189,7 +189,8 @@ def _eigh_batch(A):
     f = _lapack_eigh
     for _ in range(A.ndim - 2):
         f = jax.vmap(f)
-    return f(A)
+    w, V = f(A)
+    return w, V         # a tuple, as the JVP rule's primal output
 
 
 @_eigh_batch.defjvp

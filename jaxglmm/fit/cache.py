@@ -38,12 +38,17 @@ _PROGRAMS: dict = {}
 CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def jit(fn: Callable, **options):
-    """``jax.jit(fn, **options)``: the library's one call of ``jax.jit``.  Call it only
-    inside the ``build`` of :func:`program`, so that every compiled program is kept (and
-    freed) here and same-shape data reuse it.  On the CPU, a program given no compiler
-    options compiles with :data:`CPU_OPTIONS`."""
-    if "compiler_options" not in options and jax.default_backend() == "cpu":
+def jit(fn: Callable, nested: bool = False, **options):
+    """``jax.jit(fn, **options)``: the library's one call of ``jax.jit``.  Call it inside
+    the ``build`` of :func:`program`, so that every compiled program is kept (and freed)
+    here and same-shape data reuse it.  On the CPU, a program given no compiler options
+    compiles with :data:`CPU_OPTIONS`.  ``nested``: a function users may call inside
+    their own ``jit``, ``grad`` or ``vmap`` (``fit_fn``'s), which JAX refuses to give
+    compiler options: it takes none."""
+    if nested:
+        if "compiler_options" in options:
+            raise ValueError("a nested jit takes no compiler options (JAX refuses them)")
+    elif "compiler_options" not in options and jax.default_backend() == "cpu":
         options["compiler_options"] = CPU_OPTIONS
     return jax.jit(fn, **options)
 
