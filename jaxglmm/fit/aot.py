@@ -17,11 +17,11 @@ from .cache import CPU_OPTIONS
 _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxglmm-compile")
 
 
-def _compile(lowered):
+def _compile(lowered, options: dict | None = None):
     if jax.default_backend() != "cpu":
         return lowered.compile()
     try:
-        return lowered.compile(CPU_OPTIONS)
+        return lowered.compile(options or CPU_OPTIONS)
     except Exception as e:        # an XLA without the option: compile as usual
         if "compile option" not in str(e):
             raise
@@ -48,8 +48,11 @@ def shape_key(args) -> tuple:
 class AheadOfTime:
     """A jitted (or pmapped) function's executables, one per argument shapes and dtypes."""
 
-    def __init__(self, fn):
+    def __init__(self, fn, options=None):
+        """``options``: a function of the arguments (their shapes) giving the CPU compile
+        options (default :data:`~jaxglmm.fit.cache.CPU_OPTIONS`)."""
         self.fn = fn
+        self.options = options
         self.compiled: dict[tuple, Future] = {}
         self.lowered: dict[tuple, object] = {}      # lowered, not yet compiled
         self.outputs: dict[tuple, object] = {}      # output shapes, by argument shapes
@@ -73,11 +76,12 @@ class AheadOfTime:
         with self.lock:
             if key not in self.compiled:
                 lowered = self.lowered.pop(key, None) or self.fn.lower(*args)
+                options = self.options(*args) if self.options is not None else None
                 if background:
-                    self.compiled[key] = _POOL.submit(_compile, lowered)
+                    self.compiled[key] = _POOL.submit(_compile, lowered, options)
                 else:
                     done = Future()
-                    done.set_result(_compile(lowered))
+                    done.set_result(_compile(lowered, options))
                     self.compiled[key] = done
             return self.compiled[key]
 

@@ -31,9 +31,10 @@ from .optimize import ONE_TRIAL, hessian_result, hessian_run, init, minimize, ru
 # where optimization level 0 halves compile time and changes run time little (measured on
 # sleepstudy: 2.2 s vs 3.5 s cold, 1.0 ms vs 0.7 ms warm).  Small problems only: from
 # core.problem.LARGE_N rows on, run time dominates and XLA's fusion pays (200k-row
-# bernoulli, (1 + x | g): 29 s vs 79 s warm).  The batch engine (fit/batched.py) keeps XLA's
-# default optimizations too: fusing the vmapped elementwise work matters there (cbpp, 1,000
-# refits: 0.4 s vs 1.4 s warm at level 0, for 1.5 s vs 2.8 s of compile).
+# bernoulli, (1 + x | g): 29 s vs 79 s warm).  The batch engine (fit/batched.py) does the
+# same by the size of a batch's arguments (SMALL_BATCH): fusing the vmapped elementwise work
+# matters in a large batch (cbpp, 1,000 refits: 0.4 s vs 1.4 s warm at level 0, for 1.5 s
+# vs 2.8 s of compile).
 # XLA's older (non-MLIR) CPU fusion emitters too (fit.cache.CPU_OPTIONS; an xla_cpu_ debug
 # option, not yet checked on a GPU backend): a REML fit of one q = 5 block on 300 groups
 # compiles in 3.8 s instead of 10.4 s.
