@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 from .design import Design, RandomTerm, build_design  # noqa: E402
 from .families import Family, get_family, register_family  # noqa: E402
-from .fit.cache import clear_caches, enable_compilation_cache  # noqa: E402
+from .fit.cache import (clear_caches, default_compilation_cache,  # noqa: E402
+                        enable_compilation_cache)
 from .fit.convergence import ConvergenceWarning  # noqa: E402
 from .formula import FormulaError  # noqa: E402
 from .inference import (anova, bootstrap, coef_table, confint, cooks_distance,  # noqa: E402
@@ -26,6 +27,10 @@ from .io.datasets import list_datasets, load_dataset, read_table  # noqa: E402
 from .many import ManyFits, fit_many, refit_many  # noqa: E402
 from .model import Model, fit  # noqa: E402
 from .results import FitResult  # noqa: E402
+
+# Compiled programs persist on disk (~/.cache/jaxglmm/xla, or JAXGLMM_CACHE_DIR;
+# JAXGLMM_NO_CACHE=1 turns it off): a new process loads them instead of compiling.
+default_compilation_cache()
 
 __all__ = [
     "Model", "fit", "fit_many", "refit_many", "FitResult", "ManyFits", "Design", "RandomTerm",

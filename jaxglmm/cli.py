@@ -38,7 +38,6 @@ import pandas as pd
 import yaml
 
 from . import __version__
-from .fit.cache import enable_compilation_cache
 from .fit.convergence import ConvergenceWarning
 from .io.datasets import load_dataset, read_table
 from .many.batch import fit_plan, plan_many
@@ -86,11 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--verbose", action="store_true",
                            help="print the objective at each outer iteration of a likelihood fit")
     args = parser.parse_args(argv)
-    if not os.environ.get("JAXGLMM_NO_CACHE"):
-        try:
-            enable_compilation_cache()
-        except OSError:   # an unwritable home: run without the cache
-            pass
     run = {"fit": _run_fit, "fit-many": _run_fit_many, "power": _run_power}[args.command]
     extra = {"verbose": True} if getattr(args, "verbose", False) else {}
     with _warnings_on_stderr():

@@ -67,11 +67,20 @@ if pytest is not None and __name__ != "__main__":
         (folder / f"{worker}-{os.getpid()}.json").write_text(json.dumps(_ROWS, indent=1))
 
 
-def load(folder: str) -> dict:
+def load(folder: str, workers_only: bool = False) -> dict:
+    """Each module's row, summed over the processes that ran it (``workers_only``: the
+    xdist workers' files alone, where there are any: not a second pytest call's)."""
+    paths = sorted(Path(folder).glob("*.json"))
+    if workers_only and any(p.name.startswith("gw") for p in paths):
+        paths = [p for p in paths if p.name.startswith("gw")]
     rows: dict = {}
-    for path in Path(folder).glob("*.json"):
-        rows.update({k: v for k, v in json.loads(path.read_text()).items()
-                     if isinstance(v, dict)})      # a process's other notes are not modules
+    for path in paths:
+        for module, row in json.loads(path.read_text()).items():
+            if not isinstance(row, dict):       # a process's other notes are not modules
+                continue
+            into = rows.setdefault(module, {})
+            for k, v in row.items():
+                into[k] = into.get(k, 0) + v
     return rows
 
 
@@ -87,7 +96,7 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "tests" / "data" / "module_se
 def main(argv: list[str]) -> None:
     if "--weights" in argv:
         argv = [a for a in argv if a != "--weights"]
-        rows = load(argv[0])
+        rows = load(argv[0], workers_only=True)
         WEIGHTS.write_text(json.dumps({m: round(r.get("wall", 0.0), 1) for m, r in
                                        sorted(rows.items())}, indent=1) + "\n")
         print(f"wrote {WEIGHTS}")

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The CLI's persistent cache (~/.cache/jaxglmm) stays off, in this process and in the CLI
+# The default disk cache (~/.cache/jaxglmm) stays off, in this process and in the CLI
 # subprocesses some tests start; this process uses the session's own cache (pytest_configure).
 os.environ.setdefault("JAXGLMM_NO_CACHE", "1")
 sys.path.insert(0, str(Path(__file__).parent))

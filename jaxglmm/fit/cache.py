@@ -98,18 +98,41 @@ def n_compiled() -> int:
     return _state["compiles"]
 
 
+# Programs that compile faster than this are not written to disk (reading one back costs
+# a few milliseconds).  The folder is not size-capped: JAX's cap
+# (jax_compilation_cache_max_size) needs the filelock package.
+MIN_CACHED_COMPILE_SECONDS = 0.05
+
+
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     """Keep compiled programs on disk (``~/.cache/jaxglmm/xla`` or ``JAXGLMM_CACHE_DIR``).
 
-    A fit is compiled once per model shape; with the cache a later process loads it instead
-    of compiling again.  This sets JAX's process-wide cache directory.
+    A fit is compiled once per shape bucket; with the cache a later process loads it
+    instead of compiling again.  This sets JAX's process-wide cache directory.  jaxglmm
+    turns it on when imported (:func:`default_compilation_cache`).  A stale or corrupt
+    entry is not trusted: JAX warns and compiles again.
     """
     folder = Path(path or os.environ.get("JAXGLMM_CACHE_DIR")
                   or Path.home() / ".cache" / "jaxglmm" / "xla")
     folder.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_SECONDS)
     return folder
+
+
+def default_compilation_cache() -> Path | None:
+    """The disk cache jaxglmm turns on when imported: :func:`enable_compilation_cache`'s
+    folder, unless ``JAXGLMM_NO_CACHE`` is set or JAX already has a cache directory (the
+    user's own).  An unwritable folder leaves it off, with a warning."""
+    if os.environ.get("JAXGLMM_NO_CACHE") or jax.config.jax_compilation_cache_dir:
+        return None
+    try:
+        return enable_compilation_cache()
+    except OSError as e:
+        warnings.warn(f"jaxglmm runs without its disk cache of compiled programs: {e} "
+                      "(set JAXGLMM_CACHE_DIR to a writable folder, or JAXGLMM_NO_CACHE=1)",
+                      RuntimeWarning, stacklevel=2)
+        return None
 
 
 def clear_caches() -> None:
