@@ -16,13 +16,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-import optax
-from numpyro.distributions import constraints
-from numpyro.infer import SVI, Trace_ELBO
-from numpyro.infer.hmc import hmc
-from numpyro.optim import optax_to_numpyro
 
 from ..core.laplace import GlmmModel
 from ..fit import likelihood
@@ -122,6 +115,8 @@ def _runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool, margin
 def _build_runner(bm: BayesModel, settings: tuple, chains: int, parallel: bool, marginal: bool):
     warmup, draws, accept, depth, dense, progress = settings
     spec = bm.spec
+    # numpyro and optax load on a Bayesian fit's first run, not with jaxglmm (import time)
+    from numpyro.infer.hmc import hmc
     init_kernel, sample_kernel = hmc(
         potential_fn_gen=lambda data: lambda z: -log_posterior(spec, z, data, marginal),
         algo="NUTS")
@@ -189,11 +184,15 @@ def run_nuts(problem, options: dict):
 
 # --------------------------------------------------------------------------- VI
 def _vi_model(spec, marginal, data, z0):
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.distributions import constraints
     z = numpyro.sample("z", dist.ImproperUniform(constraints.real_vector, (), z0.shape))
     numpyro.factor("log_posterior", log_posterior(spec, z, data, marginal))
 
 
 def _guide_dist(kind: str, params: dict):
+    import numpyro.distributions as dist
     scale = params["scale"]
     if kind == "meanfield":
         return dist.Normal(params["loc"], scale).to_event(1)
@@ -204,6 +203,8 @@ def _guide_dist(kind: str, params: dict):
 def _vi_guide(kind: str, rank: int, spec, data, z0):
     """numpyro's AutoNormal / AutoLowRankMultivariateNormal on the flat vector, started at
     ``z0`` with scale 0.01."""
+    import numpyro
+    from numpyro.distributions import constraints
     params = {"loc": numpyro.param("loc", z0),
               "scale": numpyro.param("scale", jnp.full(z0.shape, 0.01),
                                      constraint=constraints.softplus_positive)}
@@ -222,6 +223,10 @@ def _vi_runner(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, prog
 
 def _build_vi(bm: BayesModel, kind: str, rank: int, steps: int, lr: float, progress: bool,
               marginal: bool):
+    # numpyro and optax load on a Bayesian fit's first run, not with jaxglmm (import time)
+    import optax
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.optim import optax_to_numpyro
     svi = SVI(partial(_vi_model, bm.spec, marginal), partial(_vi_guide, kind, rank, bm.spec),
               optax_to_numpyro(optax.adam(lr)), Trace_ELBO())
     bar, tick = _progress_bar(steps, progress, "VI")

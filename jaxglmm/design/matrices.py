@@ -21,8 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from formulae import design_matrices
-from formulae.environment import Environment
 
 from ..formula.terms import Atom, PyExpr, Term, column_name, term_key
 from .collation import r_sort_key
@@ -276,6 +274,8 @@ class ModelMatrix:
         rhs = " + ".join(["1" if intercept else "0"] + [
             ":".join(_formulae_text(placeholders[a.key]) for a in term) for term in terms])
         data = _placeholder_frame(states, frame, check_levels=False)
+        from formulae import design_matrices  # loads when first used (import time)
+        from formulae.environment import Environment
         dm = design_matrices(rhs, data, na_action="error", env=Environment([{}]))
         matrix = dm.common
         _cross_check(matrix, terms, intercept, placeholders, rhs)

@@ -5,7 +5,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import chi2
 
 from ..methods import get_method
 from ..model import fit_problem
@@ -74,6 +73,7 @@ def anova(*fits, names=None, refit: bool = True, **named) -> pd.DataFrame:
     df = np.concatenate([[np.nan], np.diff(npar).astype(float)])
     chisq, df = np.where(tested, chisq, np.nan), np.where(tested, df, np.nan)
     with np.errstate(invalid="ignore"):
+        from scipy.stats import chi2  # loads when first used (import time)
         p = np.where(df > 0, chi2.sf(chisq, np.where(df > 0, df, 1)), np.nan)
     table = pd.DataFrame({"npar": npar, "AIC": [f.aic for f in fits],
                           "BIC": [f.bic for f in fits], "logLik": ll, "deviance": -2.0 * ll,

@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
 
 from .bootstrap import bootstrap
 from .params import of_fit, select
@@ -49,6 +48,7 @@ def confint(fit, method: str = "wald", level: float = 0.95, parm=None, **options
     fixed = list(fit.fixef.index)
     lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
     if method == "wald":
+        from scipy.stats import norm  # loads when first used (import time)
         z = norm.ppf(hi)
         se = fit.fixef_se.reindex(est.index).to_numpy(float)
         lower = np.where(est.index.isin(fixed), est.to_numpy() - z * se, np.nan)

@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
-from scipy.stats import t as student_t
 
 from ..core import blocked, linalg, restructure as rs, sparse as sps
 from ..core.lmm import lmm_data, refit_data
@@ -159,6 +157,7 @@ def coef_table(fit, ddf: str | None = None, exponentiate: bool = False) -> pd.Da
     est = fit.fixef.to_numpy(float)
     se = fit.fixef_se.to_numpy(float)
     names = list(fit.fixef.index)
+    from scipy.stats import norm, t as student_t  # loads when first used (import time)
     out = pd.DataFrame({"Estimate": est, "Std. Error": se}, index=names)
     stat = est / se
     if ddf is None:

@@ -13,9 +13,6 @@ import time
 
 import numpy as np
 import pandas as pd
-from scipy.stats import beta as beta_dist
-from scipy.stats import chi2, norm
-from scipy.stats import t as student_t
 
 from ..formula.parser import parse_formula
 from ..many import refit_many
@@ -105,6 +102,7 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
     # the fit's own criterion (lmerTest tests REML fits)
     method = fit.method if test == "satterthwaite" else \
         get_method(fit.method).ml_refit or fit.method
+    from scipy.stats import chi2, norm, t as student_t  # loads when first used (import time)
     rows = []
     for size, mask in sizes_out:
         w = w0 * mask
@@ -196,6 +194,7 @@ def _data(fit, along, sizes):
 def _clopper_pearson(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
     if n == 0:
         return np.nan, np.nan
+    from scipy.stats import beta as beta_dist  # loads when first used (import time)
     a = (1 - level) / 2
     lo = beta_dist.ppf(a, hits, n - hits + 1) if hits > 0 else 0.0
     hi = beta_dist.ppf(1 - a, hits + 1, n - hits) if hits < n else 1.0

@@ -32,9 +32,6 @@ import jax
 import pandas as pd
 import jax.numpy as jnp
 import numpy as np
-from scipy.interpolate import PchipInterpolator
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 from ..core import linalg
 from ..core.laplace import GlmmModel
@@ -286,6 +283,7 @@ def profile_intervals(fit, level: float, names_wanted) -> tuple[dict, dict, dict
         Hw[np.ix_(rest, rest)] = H_pd[np.ix_(rest, rest)]
         hinv[w] = np.linalg.inv(Hw)
         path[w, rest] = -np.linalg.solve(H_pd[np.ix_(rest, rest)], H_pd[rest, w])
+    from scipy.stats import norm  # loads when first used (import time)
     zcrit = norm.ppf(1 - (1 - level) / 2)
     todo = [names.index(n) for n in names_wanted if n in names]
     points = {w: [(v_hat[w], 0.0)] for w in todo}
@@ -443,6 +441,8 @@ def _crossing(points, x_hat, target):
     keep = np.concatenate([[True], np.diff(X) > 0])
     X, Zs = X[keep], Zs[keep]
     lo, hi = min(x_in, x_out), max(x_in, x_out)
+    from scipy.interpolate import PchipInterpolator  # loads when first used (import time)
+    from scipy.optimize import brentq
     try:
         f = PchipInterpolator(X, Zs - target)
         if f(lo) * f(hi) > 0:

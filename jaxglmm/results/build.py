@@ -9,12 +9,13 @@ for both.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ..bayes.drivers import BayesRun
 from ..bayes.posterior import named_draws, summarize
 from ..bayes.priors import describe
 from ..core.problem import Problem
@@ -25,6 +26,9 @@ from ..methods import get_method
 from .result import FitResult
 from .spec import ModelSpec
 from .varcorr import varcorr_frame
+
+if TYPE_CHECKING:       # numpyro loads with the drivers, on a Bayesian fit's first run
+    from ..bayes.drivers import BayesRun
 
 
 def likelihood_result(spec: ModelSpec, problem: Problem, method: str, options: dict, raw: RawFit,
