@@ -1,29 +1,34 @@
 """Terms: the atoms a formula is made of, and how they become model-matrix columns.
 
 The formula reader (:mod:`jaxglmm.formula`) produces :class:`Atom` and :class:`PyExpr`
-records; this module evaluates them on data.  It is the bridge between a :class:`~jaxglmm.formula.ParsedFormula` and NumPy arrays.  It
-uses :mod:`formulae` for what formulae does well -- treatment coding, interactions, column
-names, orthogonal polynomials -- and does the rest itself, because formulae 0.9 gets it wrong:
+records; this module evaluates them on data.  It is the bridge between a :class:`~jaxglmm.formula.ParsedFormula` and NumPy arrays.  Every atom of a term is
+evaluated here (with its training state kept for new data), because formulae 0.9 gets some
+atoms wrong:
 
 * ``scale(x)`` divides by the population SD; R divides by the sample SD (``ddof=1``).
 * ``I(-x**2)`` evaluates to ``x**2``; its own expression parser drops the unary minus.
 * An unordered pandas Categorical is re-sorted alphabetically, losing the level order.
 
-So every atom of a term is evaluated here (with its training state kept for new data) and
-handed to formulae as a plain placeholder column; formulae only sees names, ordered
-categoricals and ``poly()``.  The placeholders are renamed back in the column labels.
+The atoms' values are then combined into columns (treatment coding, interactions, column
+names) by :mod:`.coding` in NumPy, as formulae combines them.  What :mod:`.coding` does not
+reproduce (``poly()``, a factor with one level, terms formulae would add) is handed to
+:mod:`formulae` as plain placeholder columns: formulae only sees names, ordered categoricals
+and ``poly()``, and the placeholders are renamed back in the column labels.
 """
 from __future__ import annotations
 
 import ast
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 from ..formula.terms import Atom, PyExpr, Term, column_name, term_key
+from .coding import ColumnPlan, build_columns, plan_columns
 from .collation import r_sort_key
+from .frame import DataColumns, as_columns, is_numeric, numeric_values
 
 __all__ = ["PyExpr", "Atom", "Term", "term_key", "FactorCoding", "ModelMatrix",
            "GroupingFactor", "evaluate_expr", "format_label", "factor_levels",
@@ -50,18 +55,22 @@ def format_label(value) -> str:
     return str(value)
 
 
-def is_numeric(series: pd.Series) -> bool:
-    """Numbers or booleans (a boolean column is 0/1, as formulae treats it)."""
-    return (pd.api.types.is_numeric_dtype(series.dtype)
-            and not isinstance(series.dtype, pd.CategoricalDtype))
+def _numeric_column(frame, name: str) -> np.ndarray:
+    if isinstance(frame, DataColumns):
+        return frame.numeric(name)
+    return numeric_values(frame[name], name)
 
 
-def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
-    series = frame[name]
-    if not is_numeric(series):
-        raise ValueError(f"column {name!r} is not numeric (dtype {series.dtype}); it cannot "
-                         "be used in arithmetic")
-    return series.to_numpy(dtype=float)
+@lru_cache(maxsize=4096)
+def _tree(expr: PyExpr) -> ast.Expression:
+    """An expression's parsed code, parsed once (``PyExpr.tree`` parses on every call)."""
+    return expr.tree
+
+
+@lru_cache(maxsize=4096)
+def atom_key(atom: Atom) -> tuple:
+    """``atom.key``, computed once per atom (it parses and dumps the code)."""
+    return atom.key
 
 
 def evaluate_expr(expr: PyExpr, frame: pd.DataFrame) -> np.ndarray:
@@ -107,7 +116,7 @@ def evaluate_expr(expr: PyExpr, frame: pd.DataFrame) -> np.ndarray:
         raise ValueError(f"cannot evaluate {expr.source!r}")
 
     with np.errstate(all="ignore"):
-        return np.asarray(ev(expr.tree), dtype=float)
+        return np.asarray(ev(_tree(expr)), dtype=float)
 
 
 def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True,
@@ -142,14 +151,26 @@ def factor_levels(series: pd.Series, given=None, *, observed_only: bool = True,
 _ONE_LABEL_KINDS = ("string", "integer", "floating", "mixed-integer-float", "boolean", "empty")
 
 
+_SHORT = 10_000       # rows up to which a string column is factorized as a numpy copy
+
+
 def _label_codes(values) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, labels)``: each value's label is ``labels[codes[i]]``.  Labels are made once
     per distinct value, not once per row; an object array mixing kinds (where True == 1
-    would merge two labels) is labelled row by row.  A pandas string column is factorized as
-    it is stored, without a numpy copy (timings: docs/benchmarks.md)."""
-    if isinstance(values, pd.Series) and pd.api.types.is_string_dtype(values.dtype) \
-            and values.dtype != object:
-        codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    would merge two labels) is labelled row by row.  A long pandas string column is
+    factorized as it is stored, without a numpy copy (timings: docs/benchmarks.md); one of
+    at most ``_SHORT`` rows through a numpy copy, which is quicker there."""
+    if isinstance(values, pd.Series) and (
+            isinstance(values.dtype, pd.StringDtype)
+            or pd.api.types.is_string_dtype(values.dtype) and values.dtype != object):
+        array = values.array
+        if len(array) <= _SHORT and not array.isna().any():
+            # a short column: a numpy copy and a hash table beat Arrow's dictionary
+            # encoding (cbpp's herd, 56 rows: 21 us against 36 us)
+            return pd.factorize(np.asarray(array, dtype=object))
+        codes, uniques = pd.factorize(array, use_na_sentinel=False)
+        if not uniques.isna().any():    # distinct strings are distinct labels: no merging
+            return codes, np.asarray(uniques, dtype=object)
         return _merge_labels(codes, uniques)
     arr = np.asarray(values)
     if arr.dtype == object and pd.api.types.infer_dtype(arr, skipna=False) not in _ONE_LABEL_KINDS:
@@ -169,6 +190,23 @@ def _merge_labels(codes, uniques):
 def _labels(values) -> np.ndarray:
     codes, labels = _label_codes(values)
     return labels[codes]
+
+
+def _column_label_codes(frame, name) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_label_codes` of a column, made once per :class:`~.frame.DataColumns`."""
+    if isinstance(frame, DataColumns):
+        return frame.memo(("labels", name), lambda: _label_codes(frame[name]))
+    return _label_codes(frame[name])
+
+
+def _level_codes(label_codes, levels) -> np.ndarray:
+    """Each value's position in ``levels`` (-1 where its label is not one of them), from
+    its :func:`_label_codes`."""
+    codes, labels = label_codes
+    if not len(labels):
+        return np.zeros(0, np.int64)
+    position = {label: k for k, label in enumerate(levels)}
+    return np.array([position.get(label, -1) for label in labels], dtype=np.int64)[codes]
 
 
 def dense_unique(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
@@ -234,9 +272,10 @@ class ModelMatrix:
     """
 
     def __init__(self, terms, intercept: bool, states: list[_AtomState], matrix, values,
-                 names):
+                 names, plan: ColumnPlan | None = None):
         self.terms, self.intercept, self.states = tuple(terms), intercept, states
         self._matrix, self.values, self.names = matrix, values, tuple(names)
+        self._plan = plan           # NumPy columns (.coding); else formulae's ``matrix``
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -256,85 +295,132 @@ class ModelMatrix:
             Whether to add an ``Intercept`` column (it also decides factor coding: without
             one the first factor is coded in full, as in R).
         frame:
-            Complete-case training data.
+            Complete-case training data (a DataFrame or :class:`~.frame.DataColumns`).
         coding:
             Which columns are factors and their level order.
         """
-        states: dict = {}
+        frame = as_columns(frame)
+        fitted: dict = {}
         for term in terms:
             for atom in term:
-                if atom.key not in states:
-                    states[atom.key] = _fit_atom(atom, frame, coding,
-                                                 _PLACEHOLDER.format(len(states)))
-        states = list(states.values())
+                key = atom_key(atom)
+                if key not in fitted:
+                    fitted[key] = _fit_atom(atom, frame, coding,
+                                            _PLACEHOLDER.format(len(fitted)))
+        states = [state for state, _ in fitted.values()]
         n = len(frame)
         if not terms and not intercept:
             return cls(terms, intercept, states, None, np.zeros((n, 0)), ())
-        placeholders = {s.atom.key: s for s in states}
+        values = _atom_arrays(states, frame, False, [v for _, v in fitted.values()])
+        # NumPy columns (.coding), not formulae: sleepstudy's matrices 2.3 -> 0.05 ms, no import
+        plan = None if _FORMULAE_ONLY else _numpy_plan(terms, intercept, states, list(fitted))
+        displays = tuple(s.atom.display for s in states)
+        if plan is not None:
+            return cls(terms, intercept, states, None, build_columns(plan, values, n),
+                       _rename(plan.labels, displays), plan)
+        placeholders = {atom_key(s.atom): s for s in states}
         rhs = " + ".join(["1" if intercept else "0"] + [
-            ":".join(_formulae_text(placeholders[a.key]) for a in term) for term in terms])
-        data = _placeholder_frame(states, frame, check_levels=False)
+            ":".join(_formulae_text(placeholders[atom_key(a)]) for a in term)
+            for term in terms])
+        data = _placeholder_frame(states, values, n)
         from formulae import design_matrices  # loads when first used (import time)
         from formulae.environment import Environment
         dm = design_matrices(rhs, data, na_action="error", env=Environment([{}]))
         matrix = dm.common
         _cross_check(matrix, terms, intercept, placeholders, rhs)
-        names = [_rename(c, states) for c in matrix.as_dataframe().columns]
+        names = _rename(tuple(matrix.as_dataframe().columns), displays)
         values = np.asarray(matrix.design_matrix, dtype=float).reshape(n, len(names))
         return cls(terms, intercept, states, matrix, values, names)
 
     def evaluate(self, frame: pd.DataFrame) -> np.ndarray:
         """The same columns for new data (float64, shape ``(len(frame), len(names))``)."""
+        frame = as_columns(frame)
         n = len(frame)
-        if self._matrix is None:
+        if self._matrix is None and self._plan is None:
             return np.zeros((n, 0))
-        data = _placeholder_frame(self.states, frame, check_levels=True)
-        out = self._matrix.evaluate_new_data(data)
+        values = _atom_arrays(self.states, frame, True)
+        if self._plan is not None:
+            return build_columns(self._plan, values, n)
+        out = self._matrix.evaluate_new_data(_placeholder_frame(self.states, values, n))
         return np.asarray(out.design_matrix, dtype=float).reshape(n, len(self.names))
 
 
-def _fit_atom(atom: Atom, frame: pd.DataFrame, coding: FactorCoding, placeholder: str
-              ) -> _AtomState:
+# True: every model matrix is built by formulae (tests compare the two paths with it).
+_FORMULAE_ONLY = False
+
+
+def _numpy_plan(terms, intercept: bool, states, keys) -> ColumnPlan | None:
+    """How :mod:`.coding` builds the matrix in NumPy, or None where formulae must build it
+    (``poly()``, and what :func:`~.coding.plan_columns` leaves to it).  ``keys``: the
+    atoms' keys, in the order of ``states``."""
+    if any(s.atom.kind == "poly" for s in states):
+        return None
+    index = {key: k for k, key in enumerate(keys)}
+    return plan_columns(tuple(tuple(index[atom_key(a)] for a in term) for term in terms),
+                        bool(intercept), tuple(s.levels if s.is_factor else None for s in states),
+                        tuple(s.placeholder for s in states))
+
+
+def _fit_atom(atom: Atom, frame, coding: FactorCoding, placeholder: str):
+    """``(state, values)``: what the atom learns from the training data, and the values
+    worked out on the way (a factor's level codes, ``scale``'s unscaled values), or None."""
     expr = atom.expr
     if atom.kind == "factor" or (atom.kind == "column"
                                  and coding.is_factor(frame[expr.column], expr.column)):
-        source = frame[expr.column] if expr.column else pd.Series(evaluate_expr(expr, frame),
-                                                                   name=atom.display)
-        return _AtomState(atom, placeholder, True,
-                          factor_levels(source, coding.given(expr.column)))
+        if expr.column:
+            source = frame[expr.column]
+            label_codes = _column_label_codes(frame, expr.column)
+        else:
+            source = pd.Series(evaluate_expr(expr, frame), name=atom.display)
+            label_codes = _label_codes(source)
+        levels = factor_levels(source, coding.given(expr.column), codes=label_codes)
+        return _AtomState(atom, placeholder, True, levels), _level_codes(label_codes, levels)
     if atom.kind in ("scale", "center"):
         value = evaluate_expr(expr, frame)
         sd = float(np.std(value, ddof=1)) if atom.kind == "scale" else 1.0
         if not sd > 0:
             raise ValueError(f"{atom.display}: the values have no spread, so they cannot be "
                              "scaled")
-        return _AtomState(atom, placeholder, center=float(np.mean(value)), scale=sd)
-    return _AtomState(atom, placeholder)
+        return _AtomState(atom, placeholder, center=float(np.mean(value)), scale=sd), value
+    return _AtomState(atom, placeholder), None
 
 
-def _atom_values(state: _AtomState, frame: pd.DataFrame, check_levels: bool):
-    atom = state.atom
-    if state.is_factor:
-        raw = (frame[atom.expr.column] if atom.expr.column is not None
-               else evaluate_expr(atom.expr, frame))
-        labels = _labels(raw)
-        if check_levels:
-            _check_known_levels(labels, state.levels, atom.display)
-        return pd.Categorical(labels, categories=list(state.levels), ordered=True)
-    value = evaluate_expr(atom.expr, frame)
-    if atom.kind in ("scale", "center"):
-        value = (value - state.center) / state.scale
-    return value
+def _atom_arrays(states, frame, check_levels: bool, fitted=None) -> list[np.ndarray]:
+    """Each atom's values: a factor's level codes, a number's float64 values (``scale``
+    and ``center`` with the training mean and SD).  ``fitted``: values :func:`_fit_atom`
+    worked out, not evaluated again.  Non-finite numbers are an error."""
+    out = []
+    for k, state in enumerate(states):
+        atom = state.atom
+        value = fitted[k] if fitted is not None else None
+        if state.is_factor:
+            if value is None:
+                column = atom.expr.column
+                label_codes = (_column_label_codes(frame, column) if column is not None
+                               else _label_codes(evaluate_expr(atom.expr, frame)))
+                value = _level_codes(label_codes, state.levels)
+                if check_levels:
+                    _check_known_levels(label_codes[1], state.levels, atom.display)
+        else:
+            if value is None:
+                value = evaluate_expr(atom.expr, frame)
+            if atom.kind in ("scale", "center"):
+                value = (value - state.center) / state.scale
+        out.append(value)
+    for state, value in zip(states, out):
+        if not state.is_factor and not np.isfinite(value).all():
+            bad = int(np.sum(~np.isfinite(value)))
+            raise ValueError(f"{state.atom.display!r} has {bad} non-finite value(s) (for "
+                             "example the log of zero or of a negative number)")
+    return out
 
 
-def _placeholder_frame(states, frame: pd.DataFrame, check_levels: bool) -> pd.DataFrame:
-    data = {s.placeholder: _atom_values(s, frame, check_levels) for s in states}
-    for s in states:
-        if not s.is_factor and not np.all(np.isfinite(data[s.placeholder])):
-            bad = int(np.sum(~np.isfinite(data[s.placeholder])))
-            raise ValueError(f"{s.atom.display!r} has {bad} non-finite value(s) (for example "
-                             "the log of zero or of a negative number)")
-    return pd.DataFrame(data, index=range(len(frame)))
+def _placeholder_frame(states, values, n: int) -> pd.DataFrame:
+    """The atoms' values as formulae's data: placeholder columns, factors as ordered
+    categoricals of their levels."""
+    data = {s.placeholder: pd.Categorical.from_codes(v, categories=list(s.levels), ordered=True)
+            if s.is_factor else v for s, v in zip(states, values)}
+    return pd.DataFrame(data, index=range(n))
 
 
 def _formulae_text(state: _AtomState) -> str:
@@ -344,21 +430,23 @@ def _formulae_text(state: _AtomState) -> str:
     return state.placeholder
 
 
-def _rename(label: str, states: list[_AtomState]) -> str:
-    """Placeholders back to what the user wrote; poly() columns numbered from 1, as R's
-    ``poly(x, 2)1``, ``poly(x, 2)2`` (formulae numbers them from 0)."""
+@lru_cache(maxsize=256)
+def _rename(labels: tuple[str, ...], displays: tuple[str, ...]) -> tuple[str, ...]:
+    """Placeholders back to what the user wrote (``displays``: per atom); poly() columns
+    numbered from 1, as R's ``poly(x, 2)1``, ``poly(x, 2)2`` (formulae numbers them from
+    0)."""
     def display(m):
         if m.group(1) is not None:
-            text = states[int(m.group(1))].atom.display
+            text = displays[int(m.group(1))]
             return text if m.group(2) is None else f"{text}[{int(m.group(2)) + 1}]"
-        return states[int(m.group(3))].atom.display
-    return _PLACEHOLDER_RE.sub(display, label)
+        return displays[int(m.group(3))]
+    return tuple(_PLACEHOLDER_RE.sub(display, label) for label in labels)
 
 
 def _cross_check(matrix, terms, intercept, placeholders, rhs) -> None:
     """formulae must have built exactly the terms it was given (nothing silently dropped)."""
     built = [t for name, t in matrix.terms.items() if name != "Intercept"]
-    expected = [{placeholders[a.key].placeholder for a in term} for term in terms]
+    expected = [{placeholders[atom_key(a)].placeholder for a in term} for term in terms]
     got = [set(getattr(t, "var_names", ())) - {""} for t in built]  # poly() adds ''.
     if got != expected or intercept != ("Intercept" in matrix.terms):
         raise RuntimeError(f"internal error: formulae built {list(matrix.terms)} from {rhs!r}")
@@ -388,14 +476,10 @@ class GroupingFactor:
             ) -> tuple["GroupingFactor", np.ndarray]:
         """Levels in R's order for ``factor(a:b)``: the first factor varies slowest, only
         combinations that occur; returns the factor and the int32 group index."""
-        label_codes = [_label_codes(frame[c]) for c in columns]
+        label_codes = [_column_label_codes(frame, c) for c in columns]
         per_col = [factor_levels(frame[c], coding.given(c), codes=lc)
                    for c, lc in zip(columns, label_codes)]
-        codes = []
-        for (value_codes, labels), lv in zip(label_codes, per_col):
-            position = {label: k for k, label in enumerate(lv)}
-            lookup = np.array([position.get(label, -1) for label in labels], dtype=np.int64)
-            codes.append(lookup[value_codes] if len(labels) else np.zeros(0, np.int64))
+        codes = [_level_codes(lc, lv) for lc, lv in zip(label_codes, per_col)]
         n_keys = 1
         for lv in per_col:
             n_keys *= len(lv) + 1
@@ -406,15 +490,16 @@ class GroupingFactor:
             for c, lv in zip(codes, per_col):
                 key = key * (len(lv) + 1) + (c + 1)
             distinct, group_index = dense_unique(key, n_keys)
-            combos, rest = [], distinct
+            combos, rest = [], distinct       # per column, its level in each combination
             for lv in reversed(per_col):
-                combos.append(rest % (len(lv) + 1) - 1)
+                combos.append((rest % (len(lv) + 1) - 1).tolist())
                 rest = rest // (len(lv) + 1)
-            combos = list(zip(*reversed(combos)))
+            combos.reverse()
         else:                      # too many combinations for one integer: rows of codes
             rows, group_index = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
-            combos = [tuple(r) for r in rows]
-        levels = tuple(":".join(per_col[j][k] for j, k in enumerate(combo)) for combo in combos)
+            combos = [rows[:, j].tolist() for j in range(len(per_col))]
+        named = [[lv[k] for k in ks] for lv, ks in zip(per_col, combos)]
+        levels = tuple(named[0]) if len(named) == 1 else tuple(":".join(p) for p in zip(*named))
         factor = cls(tuple(columns), levels)
         return factor, group_index.astype(np.int32).reshape(len(frame))
 

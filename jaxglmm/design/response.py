@@ -13,8 +13,8 @@ import pandas as pd
 from ..families import Family
 from ..formula import ParsedFormula
 from .collation import r_sort_key
-from .matrices import FactorCoding, ModelMatrix, _label_codes, evaluate_expr, factor_levels, \
-    format_label, is_numeric
+from .matrices import FactorCoding, ModelMatrix, _column_label_codes, evaluate_expr, \
+    factor_levels, format_label, is_numeric
 
 __all__ = ["response", "level_warnings"]
 
@@ -101,7 +101,7 @@ def level_warnings(fixed: ModelMatrix, frame: pd.DataFrame, coding: FactorCoding
         if absent:
             out.append(f"level(s) {absent} declared for {column!r} never occur in the data: "
                        "left out of the model")
-        codes, labels = _label_codes(series)
+        codes, labels = _column_label_codes(frame, column)
         counts = np.bincount(codes, minlength=len(labels))
         once = sorted((str(labels[k]) for k in np.flatnonzero(counts == 1)), key=r_sort_key)
         if once:
