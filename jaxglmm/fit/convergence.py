@@ -45,11 +45,12 @@ class Verdict:
 
 def judge(status: int, grad: np.ndarray, hessian: np.ndarray, theta: np.ndarray,
           theta_diagonal: np.ndarray, n_iter: int) -> Verdict:
-    """Decide whether a fit converged and say why not in words."""
+    """Decide whether a fit converged and say why not in words.  (Run on every fit: the
+    arrays are small, so ndarray methods, not numpy's slower function wrappers.)"""
     msgs = []
     grad = np.asarray(grad, float)
     H = np.asarray(hessian, float)
-    singular = bool(np.any(np.abs(np.asarray(theta)[theta_diagonal]) < SINGULAR_TOL))
+    singular = bool((np.abs(np.asarray(theta)[theta_diagonal]) < SINGULAR_TOL).any())
     if singular:
         msgs.append("boundary (singular) fit: a random-effect variance is estimated at zero "
                     "or correlations at +/-1; see the varcorr table")
@@ -60,21 +61,21 @@ def judge(status: int, grad: np.ndarray, hessian: np.ndarray, theta: np.ndarray,
     elif status == LINESEARCH:
         msgs.append("line search could not decrease the objective further")
     ok = status not in (NONFINITE, MAXITER)
-    hess_ok = bool(np.all(np.isfinite(H))) and H.size > 0
+    hess_ok = bool(np.isfinite(H).all()) and H.size > 0
     if hess_ok:
-        evals = np.linalg.eigvalsh(H)
-        pd = evals.min() > 1e-10 * max(1.0, abs(evals.max()))
+        evals = np.linalg.eigvalsh(H)       # ascending
+        pd = float(evals[0]) > 1e-10 * max(1.0, abs(float(evals[-1])))
     else:
         pd = False
     if pd:
         scaled = np.linalg.solve(H, grad)
-        gmax = float(np.max(np.abs(scaled))) if scaled.size else 0.0
+        gmax = float(np.abs(scaled).max()) if scaled.size else 0.0
         if gmax > SCALED_GRAD_TOL:
             msgs.append(f"model failed to converge: max |scaled gradient| = {gmax:.3g} "
                         f"(tolerance {SCALED_GRAD_TOL})")
             ok = False
     else:
-        gmax = float(np.max(np.abs(grad))) if grad.size else 0.0
+        gmax = float(np.abs(grad).max()) if grad.size else 0.0
         if gmax > 1e-3:
             msgs.append(f"model failed to converge: max |gradient| = {gmax:.3g}")
             ok = False

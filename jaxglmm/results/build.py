@@ -9,6 +9,7 @@ for both.
 """
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import jax
@@ -23,6 +24,7 @@ from ..core.restructure import canonical_theta
 from ..fit.convergence import Verdict, judge
 from ..fit.likelihood import RawFit, uses_lmm
 from ..methods import get_method
+from .lazy import Deferred
 from .result import FitResult
 from .spec import ModelSpec
 from .varcorr import varcorr_frame
@@ -33,38 +35,51 @@ if TYPE_CHECKING:       # numpyro loads with the drivers, on a Bayesian fit's fi
 
 def likelihood_result(spec: ModelSpec, problem: Problem, method: str, options: dict, raw: RawFit,
                       seconds: float) -> FitResult:
-    """The result of a likelihood fit (host arrays of one dataset)."""
+    """The result of a likelihood fit (arrays of one dataset, on the host or the device:
+    all come over in one transfer).  Its pandas objects are built when first read."""
+    if any(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(raw)):
+        raw = jax.device_get(raw)
     d, s, fam = problem.design, problem.structure, problem.family
     lmm = uses_lmm(problem, get_method(method))
-    theta = canonical_theta(s, np.asarray(raw.theta, float))
+    diagonal = s.theta_diagonal()
+    theta = np.array(raw.theta, float)
+    if (theta[diagonal] < 0).any():         # else it is canonical already
+        # scalar terms only: each entry is its column's diagonal, flipped alone
+        theta = np.where(theta < 0, -theta, theta) if diagonal.all() else \
+            canonical_theta(s, theta)
     if lmm:
         sigma, fparams, fparams_se = float(raw.sigma), {}, {}
     else:
-        fparams = {k: np.asarray(v) for k, v in
-                   fam.natural_params(jnp.asarray(raw.family_params)).items()}
+        fparams = _natural_params(fam, raw.family_params)
         sigma = float(fparams.pop(fam.residual)) if fam.residual in fparams else None
         fparams_se = _family_params_se(fam, raw, s.n_theta + d.n_fixef)
-    names = list(d.fixef_names)
-    vcov = pd.DataFrame(np.asarray(raw.vcov), index=names, columns=names)
-    # An LMM's Lambda is relative to sigma (lme4).  Otherwise Lambda is absolute and a
-    # gaussian family's sigma (non-identity link) is one of the family parameters.
-    vc = varcorr_frame(s, theta, sigma if lmm else None)
-    if not lmm and sigma is not None:
-        vc.loc[len(vc)] = ("Residual", None, None, sigma ** 2, sigma)
-    verdict = judge(int(raw.status), raw.grad, raw.hessian, theta, s.theta_diagonal(),
-                    int(raw.n_iter))
-    b = [np.asarray(x) for x in raw.b]
-    b_sd = [np.sqrt(np.clip(np.diagonal(np.asarray(c), axis1=1, axis2=2), 0, None))
-            for c in raw.b_cov]
+    verdict = judge(int(raw.status), raw.grad, raw.hessian, theta, diagonal, int(raw.n_iter))
     optinfo = {"x": np.asarray(raw.x), "grad": np.asarray(raw.grad),
                "hessian": np.asarray(raw.hessian), "n_iter": np.asarray(raw.n_iter),
                "status": np.asarray(raw.status), "objective0": np.asarray(raw.objective0),
                "u": np.asarray(raw.u), "objective": np.asarray(raw.deviance)}
     return _assemble(spec, problem, method, options, seconds, verdict,
-                     fixef=np.asarray(raw.beta, float), vcov=vcov, varcorr=vc, sigma=sigma,
+                     fixef=np.asarray(raw.beta, float), vcov=np.asarray(raw.vcov),
+                     varcorr=Deferred(_likelihood_varcorr, s, theta, sigma, lmm), sigma=sigma,
                      family_params=fparams, family_params_se=fparams_se,
                      loglik=float(raw.loglik), theta=theta, n_iter=int(raw.n_iter),
-                     b=b, b_sd=b_sd, optinfo=optinfo)
+                     b=[np.asarray(x) for x in raw.b], b_sd=Deferred(_conditional_sds, raw.b_cov),
+                     optinfo=optinfo)
+
+
+def _likelihood_varcorr(s, theta: np.ndarray, sigma: float | None, lmm: bool) -> pd.DataFrame:
+    """An LMM's Lambda is relative to sigma (lme4).  Otherwise Lambda is absolute and a
+    gaussian family's sigma (non-identity link) is one of the family parameters."""
+    vc = varcorr_frame(s, theta, sigma if lmm else None)
+    if not lmm and sigma is not None:
+        vc.loc[len(vc)] = ("Residual", None, None, sigma ** 2, sigma)
+    return vc
+
+
+def _conditional_sds(b_cov) -> list:
+    """Per factor the random effects' conditional SDs (levels, q), from their covariances."""
+    return [np.sqrt(np.clip(np.diagonal(np.asarray(c), axis1=1, axis2=2), 0, None))
+            for c in b_cov]
 
 
 def posterior_result(spec: ModelSpec, problem: Problem, method: str, options: dict,
@@ -76,7 +91,7 @@ def posterior_result(spec: ModelSpec, problem: Problem, method: str, options: di
     s = problem.structure
     names = list(problem.design.fixef_names)
     beta = np.stack([draws[f"b_{n}"].reshape(-1) for n in names], axis=1)
-    vcov = pd.DataFrame(np.atleast_2d(np.cov(beta, rowvar=False)), index=names, columns=names)
+    vcov = np.atleast_2d(np.cov(beta, rowvar=False))
     sigma = float(np.mean(draws["sigma"])) if "sigma" in draws else None
     fparams = {}
     for name in bm.family_param_names:
@@ -88,49 +103,63 @@ def posterior_result(spec: ModelSpec, problem: Problem, method: str, options: di
             prefix = "threshold[" if name == "thresholds" else f"{name}["
             fparams[name] = np.array([np.mean(draws[k]) for k in draws if k.startswith(prefix)])
     b = [x.mean(axis=(0, 1)) for x in b_draws]
-    b_sd = [x.reshape((-1,) + x.shape[2:]).std(0, ddof=1) for x in b_draws]
     verdict = get_method(method).judge(float(np.nanmax(summary["rhat"]))
                                        if np.any(np.isfinite(summary["rhat"])) else np.nan, diag)
     return _assemble(spec, problem, method, options, run.seconds, verdict,
-                     fixef=beta.mean(0), vcov=vcov, varcorr=_posterior_varcorr(bm, draws, sigma),
+                     fixef=beta.mean(0), vcov=vcov,
+                     varcorr=Deferred(_posterior_varcorr, bm, draws, sigma),
                      sigma=sigma, family_params=fparams, family_params_se={}, loglik=None,
-                     theta=np.full(s.n_theta, np.nan), n_iter=0, b=b, b_sd=b_sd, optinfo={},
+                     theta=np.full(s.n_theta, np.nan), n_iter=0, b=b,
+                     b_sd=Deferred(_posterior_sds, b_draws), optinfo={},
                      draws=draws, posterior_summary=summary, priors=tuple(describe(bm.priors)),
                      diagnostics=diag, fixef_se=beta.std(0, ddof=1))
 
 
 def _assemble(spec, problem: Problem, method: str, options: dict, seconds: float,
               verdict: Verdict, *, fixef, vcov, b, b_sd, fixef_se=None, **fields) -> FitResult:
+    """The record from numpy estimates (``vcov`` a matrix; ``b`` per grouping factor its
+    (levels, q) effects, ``b_sd`` a :class:`Deferred` of their SDs), its pandas fields
+    deferred to their first read."""
     names = list(problem.design.fixef_names)
-    if fixef_se is None:
-        fixef_se = np.sqrt(np.diag(vcov.to_numpy()))
-    ranef, b_terms = _ranef_frames(problem, b, b_sd)
+    blocks = _term_blocks(problem)
     return FitResult(problem=problem, spec=spec, method=method,
-                     fixef=pd.Series(fixef, index=names, name="fixef"),
-                     fixef_se=pd.Series(fixef_se, index=names, name="fixef_se"), fixef_vcov=vcov,
-                     df=problem.n_params, ranef=ranef, converged=verdict.converged,
-                     singular=verdict.singular,
+                     fixef=Deferred(pd.Series, fixef, index=names, name="fixef"),
+                     fixef_se=Deferred(_standard_errors, names, vcov, fixef_se),
+                     fixef_vcov=Deferred(pd.DataFrame, vcov, index=names, columns=names),
+                     df=problem.n_params, ranef=Deferred(_ranef_frames, problem, blocks, b, b_sd),
+                     converged=verdict.converged, singular=verdict.singular,
                      messages=tuple(problem.design.messages) + verdict.messages,
-                     seconds=seconds, b=tuple(b_terms), b_factors=tuple(b),
-                     options=dict(options), **fields)
+                     seconds=seconds, b=tuple(b[k][:, cols] for k, cols in blocks),
+                     b_factors=tuple(b), options=dict(options), **fields)
 
 
-def _ranef_frames(problem: Problem, b, b_sd):
-    """Per design term its (levels, q) block of effects, and per group a DataFrame of the
-    effects with their SDs (``<term>_sd``), from per-factor arrays."""
+def _standard_errors(names: list, vcov: np.ndarray, se) -> pd.Series:
+    """The fixed effects' standard errors: ``se``, or those of ``vcov`` where None."""
+    return pd.Series(np.sqrt(np.diag(vcov)) if se is None else se, index=names,
+                     name="fixef_se")
+
+
+def _term_blocks(problem: Problem) -> list:
+    """Per design term, the grouping factor it belongs to and its columns there."""
     by_label = {}
-    for f, bf, sf in zip(problem.structure.factors, b, b_sd):
+    for k, f in enumerate(problem.structure.factors):
         for t in f.terms:
-            by_label[(t.label, t.names)] = (bf[:, t.col0:t.col0 + t.q], sf[:, t.col0:t.col0 + t.q])
-    b_terms, frames = [], {}
-    for t in problem.design.terms:
-        bt, sdt = by_label[(t.label, tuple(t.names))]
-        b_terms.append(bt)
+            by_label[(t.label, t.names)] = (k, slice(t.col0, t.col0 + t.q))
+    return [by_label[(t.label, tuple(t.names))] for t in problem.design.terms]
+
+
+def _ranef_frames(problem: Problem, blocks: list, b, b_sd: Deferred) -> dict:
+    """Per group a DataFrame of the effects with their SDs (``<term>_sd``), from per-factor
+    arrays and the term's blocks of them (:func:`_term_blocks`)."""
+    sd = b_sd()
+    frames = {}
+    for t, (k, cols) in zip(problem.design.terms, blocks):
+        bt, sdt = b[k][:, cols], sd[k][:, cols]
         frame = frames.setdefault(t.group, pd.DataFrame(index=pd.Index(t.levels, name="level")))
-        for k, name in enumerate(t.names):
-            frame[name] = bt[:, k]
-            frame[f"{name}_sd"] = sdt[:, k]
-    return frames, b_terms
+        for j, name in enumerate(t.names):
+            frame[name] = bt[:, j]
+            frame[f"{name}_sd"] = sdt[:, j]
+    return frames
 
 
 def _posterior_varcorr(bm, draws: dict, sigma) -> pd.DataFrame:
@@ -151,14 +180,32 @@ def _posterior_varcorr(bm, draws: dict, sigma) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["group", "var1", "var2", "vcov", "sd_or_cor"])
 
 
+def _posterior_sds(b_draws) -> list:
+    """Per factor the random effects' posterior SDs, from their (chain, draw, ...) draws."""
+    return [x.reshape((-1,) + x.shape[2:]).std(0, ddof=1) for x in b_draws]
+
+
+def _natural_params(fam, phi) -> dict:
+    """The family's natural parameters of ``phi`` (on the host); those of a family without
+    free parameters are a constant of the family, kept."""
+    if np.shape(phi)[0] == 0:
+        return {k: v.copy() for k, v in _fixed_natural_params(fam.natural_params)}
+    return {k: np.asarray(v) for k, v in fam.natural_params(jnp.asarray(phi)).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _fixed_natural_params(natural_params) -> tuple:
+    return tuple((k, np.asarray(v)) for k, v in natural_params(jnp.zeros(0)).items())
+
+
 def _family_params_se(fam, raw: RawFit, start: int) -> dict:
     """Standard errors of the natural family parameters (thresholds, shape, ...): the delta
     method on the inverse Hessian of the deviance in the outer vector (theta, beta, phi), as
     ordinal::clmm and glmmTMB report them.  NaN where that Hessian is not positive definite.
     A residual SD reported as the fit's ``sigma`` gets none here."""
-    phi = jnp.asarray(raw.family_params)
-    if phi.shape[0] == 0:
+    if np.shape(raw.family_params)[0] == 0:
         return {}
+    phi = jnp.asarray(raw.family_params)
     H = np.asarray(raw.hessian, float)
     values = fam.natural_params(phi)
     if not (np.all(np.isfinite(H)) and np.linalg.eigvalsh(H).min() > 0):

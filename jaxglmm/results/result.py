@@ -16,6 +16,7 @@ from ..core.problem import Problem, prediction_arrays
 from ..design import new_design, re_masks, re_terms, used_columns
 from ..fit import cache
 from ..fit.likelihood import COMPILER_OPTIONS
+from .lazy import LazyField, resolved_state
 from .spec import ModelSpec
 from .simulate import simulate_responses
 from .summary import Summary
@@ -25,6 +26,8 @@ from .summary import Summary
 # functions (tests/test_architecture.py holds this list).
 INFERENCE_METHODS = ("bootstrap", "confint", "power", "influence", "cooks_distance",
                      "hatvalues", "leave_one_out", "sensitivity", "coef_table")
+# FitResult's fields built on first read (jaxglmm.results.lazy)
+LAZY_FIELDS = ("fixef", "fixef_se", "fixef_vcov", "varcorr", "ranef")
 
 
 @dataclass(frozen=True)
@@ -55,20 +58,23 @@ class FitResult:
     optinfo: the optimizer's record (as MixedModels.jl's OptSummary): ``x`` (final outer
         parameters), ``objective`` and ``objective0`` (deviance scale, final and initial),
         ``grad`` and ``hessian`` at the optimum, ``n_iter``, ``status``.
+
+    The pandas fields (fixef, fixef_se, fixef_vcov, varcorr, ranef) are built when first
+    read and kept (:mod:`jaxglmm.results.lazy`): a fit pays nothing for those it never reads.
     """
 
     problem: Problem
     spec: ModelSpec
     method: str
-    fixef: pd.Series
-    fixef_se: pd.Series
-    fixef_vcov: pd.DataFrame
-    varcorr: pd.DataFrame
+    fixef: pd.Series = LazyField()
+    fixef_se: pd.Series = LazyField()
+    fixef_vcov: pd.DataFrame = LazyField()
+    varcorr: pd.DataFrame = LazyField()
     sigma: float | None
     family_params: dict
     loglik: float | None
     df: int
-    ranef: dict
+    ranef: dict = LazyField()
     converged: bool
     singular: bool
     messages: tuple
@@ -84,6 +90,9 @@ class FitResult:
     posterior_summary: pd.DataFrame | None = field(repr=False, default=None)
     priors: tuple = ()
     diagnostics: dict = field(repr=False, default_factory=dict)
+
+    def __getstate__(self) -> dict:
+        return resolved_state(self, LAZY_FIELDS)
 
     @functools.cached_property
     def posterior(self):
