@@ -18,6 +18,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The default disk cache (~/.cache/jaxglmm) stays off, in this process and in the CLI
 # subprocesses some tests start; this process uses the session's own cache (pytest_configure).
 os.environ.setdefault("JAXGLMM_NO_CACHE", "1")
+# A reused program is not optimized again in a background thread (jaxglmm.fit.stored): a
+# test's results never depend on whether that finished.  tests/test_cache.py turns it on.
+os.environ.setdefault("JAXGLMM_BACKGROUND_OPTIMIZE", "0")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402

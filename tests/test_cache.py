@@ -1,6 +1,7 @@
 """Freeing compiled programs: jaxglmm.clear_caches, and the guard that frees them before a
 process reaches its memory-mapping cap (where XLA would crash it)."""
 import jax
+import numpy as np
 import pytest
 
 import jaxglmm as jg
@@ -40,20 +41,23 @@ def test_guard_frees_compiled_programs_near_the_mapping_cap(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- on disk
-# A new process that fits sleepstudy and counts, with jax.monitoring, the programs it
-# loaded from the disk cache and those it compiled.
+# A new process that fits sleepstudy and counts, with jax.monitoring, what it traced and
+# compiled, and the fit programs it loaded whole from the disk cache (jaxglmm.fit.stored).
 _SECOND_PROCESS = """
 import jax.monitoring
-counts = {"hits": 0, "misses": 0}
-def listen(event, **kwargs):
-    if event.endswith("cache_hits"):
-        counts["hits"] += 1
-    elif event.endswith("cache_misses"):
-        counts["misses"] += 1
-jax.monitoring.register_event_listener(listen)
+counts = {"traces": 0, "compiles": 0}
+def listen(event, duration, **kwargs):
+    if event.endswith("jaxpr_trace_duration"):
+        counts["traces"] += 1
+    elif event.endswith("backend_compile_duration"):
+        counts["compiles"] += 1
+jax.monitoring.register_event_duration_secs_listener(listen)
 import jaxglmm as jg
-fit = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy")).fit("reml")
-print(repr(fit.loglik), counts["hits"], counts["misses"])
+from jaxglmm.fit import cache
+model = jg.Model("Reaction ~ Days + (Days | Subject)", jg.load_dataset("sleepstudy"))
+made = cache.n_compiled()
+fit = model.fit("reml")
+print(repr(fit.loglik), counts["traces"], counts["compiles"], cache.n_compiled() - made)
 """
 
 
@@ -66,27 +70,56 @@ def _process(folder, *flags):
     out = subprocess.run([sys.executable, *flags, "-c", _SECOND_PROCESS], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    loglik, hits, misses = out.stdout.split()
-    return float(loglik), int(hits), int(misses), out.stderr
+    loglik, traces, compiles, made = out.stdout.split()
+    return float(loglik), int(traces), int(compiles), int(made), out.stderr
 
 
 @pytest.mark.slow
-def test_the_disk_cache_is_on_by_default_and_a_corrupt_entry_is_not_trusted(tmp_path):
-    """Importing jaxglmm turns the disk cache on: a second process loads the fit's programs
-    instead of compiling them.  An entry overwritten with garbage is ignored with JAX's
-    warning, compiled again, and gives the same fit."""
+def test_a_second_process_loads_the_fit_whole_and_a_corrupt_entry_is_not_trusted(tmp_path):
+    """Importing jaxglmm turns the disk cache on.  A second process loads the fit's program
+    as an executable: it traces and compiles nothing for it (jaxglmm.fit.stored).  An entry
+    overwritten with garbage is ignored with a warning, compiled again, and gives the same
+    fit; so is one of JAX's own cache entries."""
     folder = tmp_path / "xla"
-    first, hits0, misses0, _ = _process(folder)
-    assert misses0 > 0 and any(folder.iterdir())
-    second, hits1, misses1, _ = _process(folder)
+    first, traces0, compiles0, made0 = _process(folder)[:4]
+    assert traces0 > 0 and compiles0 > 0 and made0 > 0
+    assert list((folder / "programs").glob("*.exe"))
+    second, traces1, compiles1, made1 = _process(folder)[:4]
     assert second == first
-    assert hits1 > 0 and misses1 < misses0
-    for entry in folder.rglob("*"):
-        if entry.is_file() and entry.name.endswith("-cache"):
-            entry.write_bytes(b"not a compiled program")
-    third, _, _, err = _process(folder, "-W", "always")
-    assert third == first
-    assert "Error reading persistent compilation cache entry" in err
+    assert traces1 == 0 and compiles1 == 0 and made1 == made0     # loaded, not compiled
+    jax_entries = [e for e in folder.rglob("*") if e.is_file() and e.name.endswith("-cache")]
+    for entry in jax_entries + list((folder / "programs").glob("*.exe")):
+        entry.write_bytes(b"not a compiled program")
+    third, traces3, _, _, err = _process(folder, "-W", "always")
+    assert third == first and traces3 > 0
+    assert "ignores an unreadable cached program" in err
+    if jax_entries:
+        assert "Error reading persistent compilation cache entry" in err
+
+
+def test_a_reused_program_is_optimized_in_the_background(monkeypatch):
+    """The second call of a program compiled without XLA's optimizations compiles it again
+    with them, in a thread; the optimized executable replaces the first, gives the same fit,
+    and is the one kept on disk."""
+    from jaxglmm.fit import likelihood, stored
+    monkeypatch.setenv("JAXGLMM_BACKGROUND_OPTIMIZE", "1")
+    data = jg.load_dataset("cbpp")
+    model = jg.Model("incidence ~ period + offset(log(size)) + (1 | herd)", data,
+                     family="poisson")     # a model no other test fits: a fresh program
+    first = model.fit("laplace")
+    program = likelihood._program(likelihood._PADDED[model.problem][0], False, False, 1)
+    entry, = program._entries.values()
+    assert not entry.optimized and entry.calls == 1
+    second = model.fit("laplace")
+    stored.wait()
+    assert entry.optimized and entry.calls == 2
+    third = model.fit("laplace")
+    for fit in (second, third):
+        assert fit.loglik == pytest.approx(first.loglik, rel=1e-10)
+        np.testing.assert_allclose(fit.fixef, first.fixef, rtol=1e-7)
+    digest = entry.path.name.split(".")[0]
+    assert entry.path.name == digest + ".exe"             # compiled fast, then optimized:
+    assert (entry.path.parent / (digest + ".opt.exe")).exists()     # both on disk
 
 
 def test_a_cache_folder_the_user_set_is_left_alone():

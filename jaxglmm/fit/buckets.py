@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from ..core import sparse as sps
@@ -60,16 +60,18 @@ def anonymous(structure: ReStructure) -> ReStructure:
 
 
 def pad_rows(a: ProblemArrays, n: int) -> ProblemArrays:
-    """The arrays padded to ``n`` rows with copies of the first row, of weight zero."""
+    """The arrays padded to ``n`` rows with copies of the first row, of weight zero (padded on
+    the host and sent in one transfer: no program compiles for it)."""
     size = a.y.shape[0]
     if n == size:
         return a
+    host = jax.device_get(a)
     take = np.concatenate([np.arange(size), np.zeros(n - size, np.int64)])
-    rows = lambda v: jnp.asarray(np.asarray(v)[take])            # noqa: E731
-    weights = jnp.asarray(np.concatenate([np.asarray(a.weights), np.zeros(n - size)]))
-    return ProblemArrays(y=rows(a.y), X=rows(a.X), offset=rows(a.offset), weights=weights,
-                         trials=rows(a.trials), index=tuple(rows(i) for i in a.index),
-                         Z=tuple(rows(z) for z in a.Z))
+    rows = lambda v: v[take]            # noqa: E731
+    return jax.device_put(ProblemArrays(
+        y=rows(host.y), X=rows(host.X), offset=rows(host.offset),
+        weights=np.concatenate([host.weights, np.zeros(n - size)]), trials=rows(host.trials),
+        index=tuple(rows(i) for i in host.index), Z=tuple(rows(z) for z in host.Z)))
 
 
 def padded(problem: Problem) -> tuple[Problem, tuple[int, ...] | None]:
@@ -102,9 +104,10 @@ def cut(raw, structure: ReStructure, levels: Sequence[int] | None):
     effects and their covariances; the parameters are not padded)."""
     if levels is None:
         return raw
-    b = tuple(np.asarray(bf)[:g] for bf, g in zip(raw.b, levels))
-    bcov = tuple(np.asarray(c)[:g] for c, g in zip(raw.b_cov, levels))
-    u, pos, flat = [], 0, np.asarray(raw.u)
+    b, bcov, flat = jax.device_get((raw.b, raw.b_cov, raw.u))       # one transfer
+    b = tuple(bf[:g] for bf, g in zip(b, levels))
+    bcov = tuple(c[:g] for c, g in zip(bcov, levels))
+    u, pos = [], 0
     for f, g in zip(structure.factors, levels):
         u.append(flat[..., pos:pos + g * f.q])
         pos += f.n_levels * f.q

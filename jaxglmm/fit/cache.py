@@ -116,6 +116,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
                   or Path.home() / ".cache" / "jaxglmm" / "xla")
     folder.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(folder))
+    _state["programs"] = folder / "programs"      # :mod:`jaxglmm.fit.stored`'s executables
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_CACHED_COMPILE_SECONDS)
     return folder
 
@@ -133,6 +134,23 @@ def default_compilation_cache() -> Path | None:
                       "(set JAXGLMM_CACHE_DIR to a writable folder, or JAXGLMM_NO_CACHE=1)",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def program_folder() -> Path | None:
+    """Where :mod:`jaxglmm.fit.stored` keeps whole executables: the ``programs`` folder of
+    the disk cache jaxglmm turned on, while JAX still uses that cache; else None."""
+    folder = _state.get("programs")
+    if folder is None or jax.config.jax_compilation_cache_dir != str(folder.parent):
+        return None
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def note_loaded() -> None:
+    """Count an executable loaded from disk by :mod:`jaxglmm.fit.stored` as one made
+    (:func:`n_compiled`)."""
+    with _count_lock:
+        _state["compiles"] += 1
 
 
 def clear_caches() -> None:

@@ -21,7 +21,7 @@ from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_profiled_parts
 from ..core.problem import LARGE_N, Problem, ProblemArrays
 from ..design.sparse import (lapack_cholesky_inverse, sparse_lmm_data, sparse_pattern,
                              sparse_theta_start)
-from . import buckets, cache
+from . import buckets, cache, stored
 from .cache import CPU_OPTIONS, program
 from .host import (choose_optimizer, fd_derivatives, fd_points, minimize_host,
                    minimize_host_gradient)
@@ -387,17 +387,19 @@ def jit_options(problem: Problem) -> dict:
 def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool = False):
     s, fam = problem.structure, problem.family
     opts = jit_options(problem)
+
+    def make(key, one):         # a printing program has callbacks: it is never stored
+        return program(key, lambda: cache.jit(one, **opts) if verbose else
+                       stored.Stored(key, cache.jit(one, **opts), opts))
     if lmm:
-        one = lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose)
-        return program(("lmm", s, reml, problem.large, verbose), lambda: cache.jit(one, **opts))
+        return make(("lmm", s, reml, problem.large, verbose),
+                    lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose))
     if n_agq == 1 and uses_sparse_blocks(s):
         # the sparse pattern is an argument (its shapes depend on the data)
-        one = lambda a, p0, pat: fit_glmm(s, fam, a, p0, verbose=verbose, pattern=pat)
-        return program(("glmm_sparse_blocks", s, fam, problem.large, verbose),
-                       lambda: cache.jit(one, **opts))
-    one = lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq, verbose=verbose)
-    return program(("glmm", s, fam, n_agq, problem.large, verbose),
-                   lambda: cache.jit(one, **opts))
+        return make(("glmm_sparse_blocks", s, fam, problem.large, verbose),
+                    lambda a, p0, pat: fit_glmm(s, fam, a, p0, verbose=verbose, pattern=pat))
+    return make(("glmm", s, fam, n_agq, problem.large, verbose),
+                lambda a, p0: fit_glmm(s, fam, a, p0, n_agq=n_agq, verbose=verbose))
 
 
 def run(problem: Problem, method, options: dict, pad: bool = True) -> RawFit:
