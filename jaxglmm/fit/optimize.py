@@ -215,17 +215,20 @@ class StepHalving(OneTrial):
     from a step of 1, and a rejected point halves the step for the next update, 60 times at
     most (a search that fails stalls, as Backtracking's).  Single fits: their loop then
     holds the objective at one call site (:func:`run_then_hessian`), and the steps are
-    Backtracking's (no step bound, so a one-parameter variance is not walked towards zero
-    from lme4's start in half steps: a weighted LMM whose first steps were bounded ended on
-    the stationary point at zero)."""
+    Backtracking's, bounded only by ``MAX_STEP`` (not :class:`OneTrial`'s first step of at
+    most 0.5, so a one-parameter variance is not walked towards zero from lme4's start in
+    half steps: a weighted LMM whose first steps were bounded so ended on the stationary
+    point at zero)."""
 
     max_rejections: int = 60
     failure_stalls = True
 
-    def first_step(self, d):
-        return jnp.ones((), d.dtype)
-
-    next_step = first_step
+    # Each direction is tried from a step of 1, or less where that moves a coordinate more
+    # than MAX_STEP: a binomial GLMM's unscaled first gradient step (300 groups, 3000 rows)
+    # reached x = -200, and its four halvings back cost 1.5 s of a 1.85 s fit in mode searches
+    # far from any mode (scripts/bench_peers.py --grid); bounded, it costs 0.3 s.
+    first_step = OneTrial.next_step
+    next_step = OneTrial.next_step
 
     def shorter(self, c: BfgsState, ft):
         return 0.5 * c.t
@@ -445,8 +448,8 @@ def hessian_result(c: HessianRun, rel_step: float = 1e-4) -> OptResult:
     """The run's result, its Hessian from the run's own finite-difference evaluations (NaN
     where they were not all made); ``n_iter``: the optimizer's updates after the start's
     evaluation, ``n_evals``: its evaluations (the Hessian's not counted).  With ``polish``, the Newton step's point where it was taken:
-    ``H`` positive definite, the point finite and its objective not above the optimizer's
-    (beyond rounding); the Hessian stays the one at the optimizer's stop."""
+    ``H`` positive definite, the point finite, and :func:`_newton_kept`; the Hessian stays
+    the one at the optimizer's stop."""
     o = c.opt
     G = c.hess_g
     H = jnp.where(c.phase >= G.shape[0], _fd_matrix(G, o.x, o.g, rel_step), jnp.nan)
@@ -456,10 +459,21 @@ def hessian_result(c: HessianRun, rel_step: float = 1e-4) -> OptResult:
         xn, fn, gn, auxn = c.newton
         ok = (c.phase > G.shape[0]) & jnp.all(jnp.isfinite(H)) & \
             jnp.all(jnp.isfinite(linalg.chol(H))) & jnp.all(jnp.isfinite(xn)) & \
-            jnp.isfinite(fn) & jnp.all(jnp.isfinite(gn)) & (fn <= f + 1e-12 * (1.0 + jnp.abs(f)))
+            jnp.isfinite(fn) & jnp.all(jnp.isfinite(gn)) & _newton_kept(f, g, fn, gn)
         pick = lambda a, b: jnp.where(ok, a, b)     # noqa: E731
         x, f, g, aux = pick(xn, x), pick(fn, f), pick(gn, g), jax.tree.map(pick, auxn, aux)
     return OptResult(x, f, g, H, aux, jnp.maximum(o.it - 1, 0), o.nev, status, o.x0, o.f0)
+
+
+def _newton_kept(f, g, fn, gn):
+    """Whether the Newton step's point replaces the optimizer's: its objective is not above
+    the optimizer's beyond rounding, or it cut the gradient tenfold and the objective rose
+    by no more than its noise.  (A deviance's rounding noise can reach 1e-12 relative; where
+    the optimizer stopped 1e-6 short in a flat direction, pastes' nested ML deviance, the
+    step that lands on the stationary point can then look 3e-10 worse.)"""
+    scale = 1.0 + jnp.abs(f)
+    return (fn <= f + 1e-12 * scale) | (
+        (jnp.max(jnp.abs(gn)) <= 0.1 * jnp.max(jnp.abs(g))) & (fn <= f + 1e-9 * scale))
 
 
 # ----------------------------------------------------------------------------- drivers
