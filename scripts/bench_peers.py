@@ -4,9 +4,14 @@ first fit in a new process with an empty disk cache, the first fit in a second p
 
     python scripts/bench_peers.py [--repeat 20]
 
+    python scripts/bench_peers.py --grid [--sizes 30,300,3000]
+
 Times exclude ``import``; a peer that is not installed is skipped, and said so.  Benchmark on
-a quiet machine (``uptime``): the ratios are from one run.  (Issue 24's other rows, batches,
-InstEval, the 1e6-row GLMM, import and CLI, are not timed here yet.)
+a quiet machine (``uptime``): the ratios are from one run.  ``--grid`` fits a grid of
+generated designs (families, nesting, crossing, slopes, group counts, skewed group sizes and
+rare events) with both libraries, warm, and prints the distribution of the ratios and the
+slowest designs.  (Issue 24's other rows, batches, InstEval, the 1e6-row GLMM, import and
+CLI, are not timed here yet.)
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+
+import numpy as np
+import pandas as pd
 
 CASES = {
     "sleepstudy REML": dict(data="sleepstudy", formula="Reaction ~ Days + (Days | Subject)",
@@ -75,13 +83,148 @@ def _have(module: str) -> bool:
                           capture_output=True).returncode == 0
 
 
+# ----------------------------------------------------------------------------- the grid
+STRUCTURES = {
+    "1|a": "x + (1 | a)",
+    "x|a": "x + (x | a)",
+    "q3": "x + z + (x + z | a)",
+    "q4": "x + z + w + (x + z + w | a)",
+    "nested": "x + (1 | a) + (1 | a:b)",
+    "crossed": "x + (1 | a) + (1 | b)",
+    "three": "x + (1 | a) + (1 | b) + (1 | c)",
+}
+METHODS = {"gaussian": "reml", "binomial": "laplace", "poisson": "laplace"}
+
+
+def grid_designs(sizes) -> list[dict]:
+    """Every family with every structure at every size, then skewed group sizes and rare
+    events at the middle size."""
+    out = [dict(family=f, structure=k, groups=g, variant="")
+           for g in sizes for f in METHODS for k in STRUCTURES]
+    mid = sizes[len(sizes) // 2]
+    out += [dict(family=f, structure=k, groups=mid, variant="skewed")
+            for f in METHODS for k in ("1|a", "x|a", "crossed")]
+    out += [dict(family=f, structure=k, groups=mid, variant="rare")
+            for f in ("binomial", "poisson") for k in ("1|a", "x|a", "nested")]
+    return out
+
+
+def grid_data(design: dict, seed: int) -> pd.DataFrame:
+    """About ten rows a group (skewed: geometric sizes of the same mean); x, z, w standard
+    normal; random intercepts SD 0.5 and slopes SD 0.3; ``b`` crossed with ``a`` (or three
+    levels within each ``a`` for the nested design), ``c`` a third crossed factor."""
+    rng = np.random.default_rng(seed)
+    g = design["groups"]
+    sizes = (rng.geometric(0.1, g) if design["variant"] == "skewed" else np.full(g, 10))
+    a = np.repeat(np.arange(g), sizes)
+    n = a.size
+    x, z, w = rng.normal(size=(3, n))
+    b = rng.integers(0, 3, n) if design["structure"] == "nested" else \
+        rng.integers(0, max(g // 2, 2), n)
+    c = rng.integers(0, max(g // 3, 2), n)
+    eta = 0.5 + 0.3 * x + 0.2 * z - 0.1 * w
+    eta += rng.normal(0, 0.5, g)[a] + rng.normal(0, 0.3, g)[a] * x
+    eta += rng.normal(0, 0.4, 3 * g)[a * 3 + b] if design["structure"] == "nested" else \
+        rng.normal(0, 0.4, b.max() + 1)[b]
+    eta += rng.normal(0, 0.3, c.max() + 1)[c]
+    if design["variant"] == "rare":
+        eta -= 3.5
+    fam = design["family"]
+    y = (100 + 10 * eta + rng.normal(0, 10, n) if fam == "gaussian" else
+         rng.binomial(1, 1 / (1 + np.exp(-eta))).astype(float) if fam == "binomial" else
+         rng.poisson(np.exp(eta)).astype(float))
+    return pd.DataFrame({"y": y, "x": x, "z": z, "w": w, "a": [f"a{i}" for i in a],
+                         "b": [f"b{i}" for i in b], "c": [f"c{i}" for i in c]})
+
+
+# Each worker reads the designs (a pickle of (design, data) pairs) and prints one JSON line
+# per design: the first fit (compile included) and the median warm fit.
+GRID_WORKER = textwrap.dedent("""
+    import json, pickle, sys, time, warnings
+    warnings.simplefilter("ignore")
+    WHO
+    designs = pickle.load(open(sys.argv[1], "rb"))
+    for design, df in designs:
+        formula = "y ~ " + design["formula"]
+        try:
+            t = time.perf_counter(); fit = one(df, formula, design); first = time.perf_counter() - t
+            warm, spent = [], 0.0
+            while len(warm) < 3 or (spent < 0.5 and len(warm) < 30):
+                t = time.perf_counter(); one(df, formula, design)
+                warm.append(time.perf_counter() - t); spent += warm[-1]
+            out = {"first": first, "warm": sorted(warm)[len(warm) // 2],
+                   "loglik": float(fit.loglik)}
+        except Exception as e:
+            out = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+        print(json.dumps(out), flush=True)
+""")
+GRID_JAXGLMM = GRID_WORKER.replace("WHO", textwrap.dedent("""
+    import jaxglmm as jg
+    def one(df, formula, design):
+        return jg.Model(formula, df, family=design["family"]).fit(design["method"])
+"""))
+GRID_GLMM = GRID_WORKER.replace("WHO", textwrap.dedent("""
+    import glmm
+    def one(df, formula, design):
+        return glmm.fit(df, formula, family=design["family"])
+"""))
+
+
+def _grid_run(script: str, path: str, cache: str) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "JAXGLMM_NO_CACHE"}
+    env["JAXGLMM_CACHE_DIR"] = cache
+    out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+                         env=env, timeout=3600)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return [json.loads(line) for line in out.stdout.strip().splitlines()]
+
+
+def run_grid(sizes, peer: bool) -> None:
+    designs = grid_designs(sizes)
+    pairs = []
+    for k, d in enumerate(designs):
+        d = dict(d, formula=STRUCTURES[d["structure"]], method=METHODS[d["family"]])
+        pairs.append((d, grid_data(d, seed=k)))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "designs.pkl")
+        pd.to_pickle(pairs, path)
+        mine = _grid_run(GRID_JAXGLMM, path, os.path.join(tmp, "cache"))
+        theirs = _grid_run(GRID_GLMM, path, tmp) if peer else [{}] * len(pairs)
+    rows = []
+    print(f"{'design':40s} {'rows':>6s} {'jaxglmm first':>13s} {'warm':>9s} "
+          f"{'glmm warm':>9s} {'ratio':>6s}  logLik difference")
+    for (d, df), m, g in zip(pairs, mine, theirs):
+        name = f"{d['family']} {d['structure']} {d['groups']} {d['variant']}".strip()
+        if "error" in m or "error" in g or not g:
+            print(f"{name:40s} {len(df):6d} {m.get('error', '')} {g.get('error', '')}")
+            continue
+        ratio = m["warm"] / g["warm"]
+        rows.append((ratio, name, m["first"] / g["first"]))
+        print(f"{name:40s} {len(df):6d} {m['first']:12.2f}s {m['warm'] * 1e3:7.2f}ms "
+              f"{g['warm'] * 1e3:7.2f}ms {ratio:6.1f}x  {m['loglik'] - g['loglik']:+.2e}")
+    if rows:
+        warm = np.array([r[0] for r in rows])
+        first = np.array([r[2] for r in rows])
+        q = lambda v: "  ".join(f"{p}% {np.percentile(v, p):.1f}x" for p in (0, 25, 50, 75, 100))
+        print(f"\nwarm fit, jaxglmm / glmm over {len(rows)} designs: {q(warm)}")
+        print(f"first fit in a process (jaxglmm compiles), jaxglmm / glmm: {q(first)}")
+        print("slowest warm ratios: " + "; ".join(f"{n} {r:.1f}x" for r, n, _ in
+                                                  sorted(rows, reverse=True)[:8]))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--grid", action="store_true", help="the grid of designs, warm")
+    parser.add_argument("--sizes", default="30,300,3000", help="the grid's group counts")
     args = parser.parse_args(argv)
     peer = _have("glmm")
     if not peer:
         print("glmm is not installed (pip install '.[bench]'): jaxglmm alone")
+    if args.grid:
+        run_grid([int(v) for v in args.sizes.split(",")], peer)
+        return
     print(f"{'case':18s} {'':8s} {'first, empty cache':>19s} {'second process':>15s} "
           f"{'warm':>9s} {'logLik':>12s}")
     for name, case in CASES.items():
