@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import jaxglmm as jg
+from jaxglmm.core.lazy import Deferred
 from jaxglmm.fit import buckets, cache, likelihood
 from jaxglmm.methods import get_method
 
@@ -53,6 +54,8 @@ def test_a_second_model_in_the_bucket_compiles_no_fit():
     before = cache.n_compiled()
     raw = likelihood.run(model.problem, get_method("reml"), {})
     assert cache.n_compiled() == before
+    # the fit ran the padded host arrays: the problem's own never went to the device
+    assert isinstance(model.problem.__dict__["arrays"], Deferred)
     assert np.asarray(raw.b[0]).shape == (17, 2)
     plain = likelihood.run(model.problem, get_method("reml"), {}, pad=False)
     _close(raw.beta, plain.beta, "beta")

@@ -1,5 +1,5 @@
 """A fit's pandas fields (fixef, fixef_se, fixef_vcov, varcorr, ranef) are built on first
-read (jaxglmm.results.lazy) and kept: built, they are what the eager builder gave (values,
+read (jaxglmm.core.lazy) and kept: built, they are what the eager builder gave (values,
 index, columns), the same object on every read, and a copy, a pickle or
 ``dataclasses.replace`` of the result holds them built."""
 import copy
@@ -12,7 +12,7 @@ import pytest
 
 import jaxglmm as jg
 import jaxglmm.model as model_module
-from jaxglmm.results.lazy import Deferred
+from jaxglmm.core.lazy import Deferred
 from jaxglmm.results.result import LAZY_FIELDS
 from jaxglmm.results.varcorr import varcorr_frame
 

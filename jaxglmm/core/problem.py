@@ -7,6 +7,7 @@ the family, the arrays, the design they came from and the few flags fitters need
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import NamedTuple
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..design import Design
 from ..families import Family
+from .lazy import Deferred, LazyField
 from .restructure import ReStructure, build_structure
 
 # From this many rows on, run time dominates compile time: fits are compiled with XLA's
@@ -40,14 +42,15 @@ class Problem:
 
     structure: the static random-effect structure (hashable; part of compiled programs' keys).
     family: the :class:`~jaxglmm.families.Family` (a value: hashable).
-    arrays: the device arrays.
+    arrays: the device arrays (put on the device when first read: a fit runs its padded
+        host copy, :func:`host_arrays`).
     design: the :class:`~jaxglmm.design.Design` the arrays came from (names, levels, y).
     phi0: the family parameters' unconstrained starting values.
     """
 
     structure: ReStructure
     family: Family
-    arrays: ProblemArrays
+    arrays: ProblemArrays = LazyField()      # a Deferred device_put until first read
     design: Design
     phi0: np.ndarray
 
@@ -61,11 +64,11 @@ class Problem:
         return self.design.nobs >= LARGE_N
 
     @cached_property
-    def starts(self) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """(theta, phi) starting values on the device, made once (a warm refit then
-        transfers nothing)."""
-        return (jnp.asarray(self.structure.theta_init(), jnp.float64),
-                jnp.asarray(self.phi0, jnp.float64))
+    def starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """(theta, phi) starting values (float64 host arrays: a program takes them as they
+        are)."""
+        return (np.asarray(self.structure.theta_init(), np.float64),
+                np.asarray(self.phi0, np.float64))
 
     @property
     def n_phi(self) -> int:
@@ -90,9 +93,25 @@ def make_problem(design: Design, family) -> Problem:
     structure, index, Z = build_structure(design.terms, design.n_channels,
                                           design.fixef_channels)
     trials = design.trials if design.trials is not None else np.ones_like(design.y)
-    arrays = _device_arrays(design, design.y, design.weights, trials, index, Z)
+    host = _host_arrays(design, design.y, design.weights, trials, index, Z)
     phi0 = np.asarray(family.init_params(design.y, design.trials), np.float64)
-    return Problem(structure, family, arrays, design, phi0)
+    problem = Problem(structure, family, Deferred(jax.device_put, host), design, phi0)
+    _HOST[problem] = host
+    return problem
+
+
+# The host copy of a problem's arrays, where make_problem made them: a fit's padded arrays are
+# built from it without a transfer back.  Keyed by the problem object, so a problem made by
+# ``replace`` (other arrays) never sees another's.
+_HOST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def host_arrays(problem: Problem) -> ProblemArrays:
+    """The problem's arrays as NumPy arrays (the copy make_problem kept, else fetched once)."""
+    host = _HOST.get(problem)
+    if host is None:
+        host = _HOST[problem] = jax.device_get(problem.arrays)
+    return host
 
 
 def prediction_arrays(design: Design) -> ProblemArrays:
@@ -111,8 +130,12 @@ def _device_arrays(design: Design, y, weights, trials, index, Z) -> ProblemArray
     """The arrays on the device in one transfer.  (``jnp.asarray`` of a NumPy array without a
     dtype compiles a copy program per new shape in jax 0.10, about 10 ms each; one
     ``device_put`` of the whole tree compiles nothing and costs one call.)"""
+    return jax.device_put(_host_arrays(design, y, weights, trials, index, Z))
+
+
+def _host_arrays(design: Design, y, weights, trials, index, Z) -> ProblemArrays:
     f64 = lambda v: np.asarray(v, np.float64)       # noqa: E731
-    return jax.device_put(ProblemArrays(
+    return ProblemArrays(
         y=f64(y), X=f64(design.X), offset=f64(design.offset), weights=f64(weights),
         trials=f64(trials), index=tuple(np.asarray(i, np.int32) for i in index),
-        Z=tuple(f64(z) for z in Z)))
+        Z=tuple(f64(z) for z in Z))

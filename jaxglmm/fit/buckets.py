@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Sequence
 
-import jax
 import numpy as np
 
 from ..core import sparse as sps
 from ..core.glmm_sparse import uses_sparse_blocks
-from ..core.problem import LARGE_N, Problem, ProblemArrays
+from ..core.problem import LARGE_N, Problem, ProblemArrays, host_arrays
 from ..core.restructure import ReStructure
 
 # Up to these sizes, rows and the first factor's levels round up to a power of two (at most
@@ -60,27 +59,26 @@ def anonymous(structure: ReStructure) -> ReStructure:
 
 
 def pad_rows(a: ProblemArrays, n: int) -> ProblemArrays:
-    """The arrays padded to ``n`` rows with copies of the first row, of weight zero (padded on
-    the host and sent in one transfer: no program compiles for it)."""
+    """Host (NumPy) arrays padded to ``n`` rows with copies of the first row, of weight zero.
+    A program takes them as they are: no transfer or compile of its own."""
     size = a.y.shape[0]
     if n == size:
         return a
-    host = jax.device_get(a)
     take = np.concatenate([np.arange(size), np.zeros(n - size, np.int64)])
     rows = lambda v: v[take]            # noqa: E731
-    return jax.device_put(ProblemArrays(
-        y=rows(host.y), X=rows(host.X), offset=rows(host.offset),
-        weights=np.concatenate([host.weights, np.zeros(n - size)]), trials=rows(host.trials),
-        index=tuple(rows(i) for i in host.index), Z=tuple(rows(z) for z in host.Z)))
+    return ProblemArrays(
+        y=rows(a.y), X=rows(a.X), offset=rows(a.offset),
+        weights=np.concatenate([a.weights, np.zeros(n - size)]), trials=rows(a.trials),
+        index=tuple(rows(i) for i in a.index), Z=tuple(rows(z) for z in a.Z))
 
 
 def padded(problem: Problem) -> tuple[Problem, tuple[int, ...] | None]:
     """The problem a fit program runs: rows and levels rounded up (a small problem: a large
     one compiles in a fraction of its run time and is fitted as it is), names dropped; and
     the problem's own numbers of levels, for :func:`cut`, or None where none was padded."""
-    s = problem.structure
+    s, host = problem.structure, host_arrays(problem)
     levels = tuple(f.n_levels for f in s.factors)
-    n = problem.arrays.y.shape[0]
+    n = host.y.shape[0]
     if problem.large:
         return replace(problem, structure=anonymous(s)), None
     rows = _pow2(n, POW2_ROWS)
@@ -91,10 +89,10 @@ def padded(problem: Problem) -> tuple[Problem, tuple[int, ...] | None]:
     target = with_levels(s, bucket)
     # the padded structure must take the same path (the Schur update's sparse or dense form)
     if (uses_sparse_blocks(target) != uses_sparse_blocks(s)
-            or sps.sparse_schur_pays(target, problem.arrays.X.shape[1] + 1)
-            != sps.sparse_schur_pays(s, problem.arrays.X.shape[1] + 1)):
+            or sps.sparse_schur_pays(target, host.X.shape[1] + 1)
+            != sps.sparse_schur_pays(s, host.X.shape[1] + 1)):
         bucket, target = levels, s
-    arrays = pad_rows(problem.arrays, rows)
+    arrays = pad_rows(host, rows)
     out = replace(problem, structure=anonymous(target), arrays=arrays)
     return out, (levels if bucket != levels else None)
 
@@ -104,10 +102,9 @@ def cut(raw, structure: ReStructure, levels: Sequence[int] | None):
     effects and their covariances; the parameters are not padded)."""
     if levels is None:
         return raw
-    b, bcov, flat = jax.device_get((raw.b, raw.b_cov, raw.u))       # one transfer
-    b = tuple(bf[:g] for bf, g in zip(b, levels))
-    bcov = tuple(c[:g] for c, g in zip(bcov, levels))
-    u, pos = [], 0
+    b = tuple(np.asarray(bf)[:g] for bf, g in zip(raw.b, levels))
+    bcov = tuple(np.asarray(c)[:g] for c, g in zip(raw.b_cov, levels))
+    u, pos, flat = [], 0, np.asarray(raw.u)
     for f, g in zip(structure.factors, levels):
         u.append(flat[..., pos:pos + g * f.q])
         pos += f.n_levels * f.q

@@ -120,7 +120,7 @@ def uses_sparse_lmm(problem: Problem, method) -> bool:
 
 
 def _sparse_pays(problem: Problem) -> bool:
-    return sps.sparse_schur_pays(problem.structure, problem.arrays.X.shape[1] + 1)
+    return sps.sparse_schur_pays(problem.structure, problem.design.n_fixef + 1)
 
 
 def _sparse_lmm_programs(s: rs.ReStructure, reml: bool):
@@ -405,7 +405,7 @@ def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool 
 def run(problem: Problem, method, options: dict, pad: bool = True) -> RawFit:
     """Fit ``method`` (a :class:`jaxglmm.methods.Method`) to the problem's arrays (one
     dataset; many datasets go through the batch engine, :mod:`jaxglmm.fit.batched`).
-    Returns device arrays.  ``pad``: run the program of the problem's shape bucket
+    Returns host (NumPy) arrays.  ``pad``: run the program of the problem's shape bucket
     (:mod:`jaxglmm.fit.buckets`; False: of its own shapes, the same fit)."""
     check_optimizer(problem, method, options.get("optimizer"))
     return _run(problem, uses_lmm(problem, method), method.reml, method.points(options),
@@ -436,4 +436,5 @@ def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
         raw = fn(bucketed.arrays, phi_start, pattern)
     else:
         raw = fn(bucketed.arrays, theta0 if lmm else phi_start)
-    return buckets.cut(raw, bucketed.structure, levels)
+    # one transfer of the whole fit (the result is built on the host)
+    return buckets.cut(jax.device_get(raw), bucketed.structure, levels)

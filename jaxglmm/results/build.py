@@ -24,7 +24,7 @@ from ..core.restructure import canonical_theta
 from ..fit.convergence import Verdict, judge
 from ..fit.likelihood import RawFit, uses_lmm
 from ..methods import get_method
-from .lazy import Deferred
+from ..core.lazy import Deferred
 from .result import FitResult
 from .spec import ModelSpec
 from .varcorr import varcorr_frame

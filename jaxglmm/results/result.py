@@ -16,7 +16,7 @@ from ..core.problem import Problem, prediction_arrays
 from ..design import new_design, re_masks, re_terms, used_columns
 from ..fit import cache
 from ..fit.likelihood import COMPILER_OPTIONS
-from .lazy import LazyField, resolved_state
+from ..core.lazy import LazyField, resolved_state
 from .spec import ModelSpec
 from .simulate import simulate_responses
 from .summary import Summary

@@ -1,6 +1,8 @@
 """Fields of a frozen dataclass built on first access.
 
-A result's pandas objects (its fixed effects, their covariance, the variance components, the
+A problem's device arrays (:class:`~jaxglmm.core.problem.Problem`: a fit runs its padded
+host arrays, so the device copy is made only when something reads it) and a result's
+pandas objects (its fixed effects, their covariance, the variance components, the
 random effects' frames) cost far more to build than the fit that gives them on a warm small
 model, and many fits (refits, bootstraps, a batch's datasets) never read them.  The builder
 passes such a field a :class:`Deferred` (a function with its arguments); the class's
