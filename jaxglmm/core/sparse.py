@@ -27,8 +27,12 @@ from .restructure import ReStructure
 
 # the dense Schur update's flops (an LMM evaluation, a Laplace Newton step) from which the
 # crossed LMM and the Laplace Hessian keep L21 sparse (InstEval: 2972 * 1145^2 = 3.9e9;
-# penicillin: 24 * 8^2)
-SPARSE_MIN_WORK = 1e8
+# penicillin: 24 * 8^2).  Measured warm (scripts/bench_peers.py --grid, XLA-optimized
+# programs): crossed designs of 120 groups (128 * 63^2 = 5e5) fit in 27 ms dense and 21 ms
+# sparse (gaussian), 29 and 39 ms (binomial); of 200 groups (2.6e6), 62 and 17 ms, 80 and
+# 44 ms; of 300 groups, crossed, three-factor and nested gaussian designs 203, 798 and 791 ms
+# dense against 53, 59 and 64 ms sparse (binomial nested 1250 against 449 ms).  It was 1e8.
+SPARSE_MIN_WORK = 1e6
 
 
 def sparse_schur_pays(structure: ReStructure, n_extra: int) -> bool:
