@@ -13,8 +13,10 @@ Times exclude ``import``; a peer that is not installed is skipped, and said so. 
 a quiet machine (``uptime``): the ratios are from one run.  ``--grid`` fits a grid of
 generated designs (families, nesting, crossing, slopes, group counts, skewed group sizes and
 rare events) with both libraries, warm (jaxglmm's after its background optimization of the
-reused program), and prints the distribution of the ratios and the slowest designs.  (Issue 24's other rows, batches, InstEval, the 1e6-row GLMM, import and
-CLI, are not timed here yet.)
+reused program), and prints the distribution of the ratios and the slowest designs.
+``--startup``: ``import jaxglmm`` against ``import jax``, and a whole ``jaxglmm fit`` run
+against glmm's one-liner.  ``--batch 2000``: refit_many against a glmm loop, cold and warm.
+(InstEval and the 1e6-row GLMM are not timed beside glmm here yet.)
 """
 from __future__ import annotations
 
@@ -84,6 +86,102 @@ def _run(script: str, case: dict, repeat: int, cache: str) -> dict:
 def _have(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"],
                           capture_output=True).returncode == 0
+
+
+# ----------------------------------------------------------------------------- start-up
+def _wall(argv, env=None, repeat: int = 3) -> float:
+    """The median wall time of a whole process."""
+    import time
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+        times.append(time.perf_counter() - t)
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+    return sorted(times)[len(times) // 2]
+
+
+def run_startup(peer: bool) -> None:
+    """``import jax`` against ``import jaxglmm``, and a whole YAML run of the CLI (its
+    cache filled by a first run) against glmm's one-liner in a fresh process."""
+    py = sys.executable
+    jax_s = _wall([py, "-c", "import jax"])
+    mine = _wall([py, "-c", "import jaxglmm"])
+    print(f"import jax {jax_s:.2f} s, import jaxglmm {mine:.2f} s ({mine / jax_s:.2f}x jax)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = os.path.join(root, "configs", "sleepstudy.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k != "JAXGLMM_NO_CACHE"}
+        env["JAXGLMM_CACHE_DIR"] = os.path.join(tmp, "cache")
+        exe = os.path.join(os.path.dirname(py), "jaxglmm")      # the console script
+        cli = ([exe] if os.path.exists(exe) else [py, "-m", "jaxglmm.cli"]) + [
+            "fit", config, "--output", os.path.join(tmp, "out"), "--force"]
+        first = _wall(cli, env, repeat=1)
+        again = _wall(cli, env)
+    line = f"jaxglmm fit configs/sleepstudy.yaml: {again:.2f} s ({first:.2f} s the first time)"
+    if peer:
+        csv = os.path.join(root, "jaxglmm", "datasets", "sleepstudy.csv")
+        one = (f"import glmm, pandas; glmm.fit(pandas.read_csv({csv!r}), "
+               "'Reaction ~ Days + (Days | Subject)')")
+        theirs = _wall([py, "-c", one])
+        line += f"; glmm's one-liner {theirs:.2f} s ({again / theirs:.1f}x)"
+    print(line)
+
+
+# 2,000 sleepstudy responses simulated from the REML fit, refitted: from the data to the last
+# fit in a fresh process with an empty cache (cold), then again in the same process (warm)
+BATCH = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import jaxglmm as jg
+    n = int(sys.argv[1])
+    t0 = time.perf_counter()
+    df = jg.load_dataset("sleepstudy")
+    fit = jg.Model("Reaction ~ Days + (Days | Subject)", df).fit("reml")
+    Y = np.asarray(fit.simulate(n, seed=1)).T
+    t1 = time.perf_counter()
+    WHO
+    cold = time.perf_counter() - t0
+    t = time.perf_counter(); again = refit(); warm = time.perf_counter() - t
+    print(json.dumps({"cold": cold, "simulate": t1 - t0, "warm": warm, "check": check}))
+""")
+BATCH_JAXGLMM = BATCH.replace("WHO", textwrap.dedent("""
+    refit = lambda: jg.refit_many(fit, Y)
+    many = refit()
+    check = float(np.asarray(many.fixef)[:, 1].mean())
+"""))
+BATCH_GLMM = BATCH.replace("WHO", textwrap.dedent("""
+    import glmm
+    def refit():
+        return [glmm.fit(df.assign(Reaction=y), "Reaction ~ Days + (Days | Subject)")
+                for y in Y]
+    fits = refit()
+    check = float(np.mean([f.beta[1] for f in fits]))
+"""))
+
+
+def run_batch(n: int, peer: bool) -> None:
+    def go(script):
+        with tempfile.TemporaryDirectory() as cache:
+            env = {k: v for k, v in os.environ.items() if k != "JAXGLMM_NO_CACHE"}
+            env["JAXGLMM_CACHE_DIR"] = cache
+            out = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True,
+                                 text=True, env=env, timeout=3600)
+        if out.returncode:
+            raise RuntimeError(out.stderr[-2000:])
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    mine = go(BATCH_JAXGLMM)
+    line = (f"{n} sleepstudy refits: jaxglmm refit_many cold {mine['cold']:.2f} s (of which "
+            f"the first fit and simulating {mine['simulate']:.2f} s), warm "
+            f"{mine['warm'] / n * 1e3:.3f} ms a fit")
+    if peer:
+        theirs = go(BATCH_GLMM)
+        line += (f"; glmm loop cold {theirs['cold']:.2f} s, warm {theirs['warm'] / n * 1e3:.3f} "
+                 f"ms a fit; cold {mine['cold'] / theirs['cold']:.2f}x, warm "
+                 f"{theirs['warm'] / mine['warm']:.1f}x faster (mean slope "
+                 f"{mine['check']:.4f} and {theirs['check']:.4f})")
+    print(line)
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -228,12 +326,21 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--grid", action="store_true", help="the grid of designs, warm")
     parser.add_argument("--sizes", default="30,300,3000", help="the grid's group counts")
+    parser.add_argument("--startup", action="store_true", help="import and CLI times")
+    parser.add_argument("--batch", type=int, default=0, metavar="N",
+                        help="N sleepstudy refits (refit_many against glmm's loop)")
     args = parser.parse_args(argv)
     peer = _have("glmm")
     if not peer:
         print("glmm is not installed (pip install '.[bench]'): jaxglmm alone")
     if args.grid:
         run_grid([int(v) for v in args.sizes.split(",")], peer)
+        return
+    if args.startup:
+        run_startup(peer)
+        return
+    if args.batch:
+        run_batch(args.batch, peer)
         return
     print(f"{'case':18s} {'':8s} {'first, empty cache':>19s} {'second process':>15s} "
           f"{'warm':>9s} {'warm, 2nd':>10s} {'logLik':>12s}")
