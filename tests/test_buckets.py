@@ -72,3 +72,16 @@ def test_bucket_sizes():
     assert np.all(w[:180] == 1.0) and np.all(w[180:] == 0.0)
     # names are not part of the program: the anonymous structure drops them
     assert bucketed.structure.factors[0].group == "" and problem.structure.factors[0].group
+
+
+def test_arrays_first_read_inside_a_trace_are_concrete():
+    """A problem's device arrays are made when first read; read first inside a traced
+    fit_fn, they are still concrete arrays (not the trace's, kept by the problem)."""
+    import jax
+    model = jg.Model("Reaction ~ Days + (1 | Subject)", jg.load_dataset("sleepstudy"))
+    assert isinstance(model.problem.__dict__["arrays"], Deferred)
+    out = jax.jit(model.fit_fn("reml", case_weights=True))()
+    assert np.isfinite(np.asarray(out.beta)).all()
+    assert isinstance(model.problem.arrays.y, jax.Array)
+    assert not isinstance(model.problem.arrays.y, jax.core.Tracer)
+    np.testing.assert_array_equal(np.asarray(model.arrays.index[0])[:3], [0, 0, 0])

@@ -95,7 +95,7 @@ def make_problem(design: Design, family) -> Problem:
     trials = design.trials if design.trials is not None else np.ones_like(design.y)
     host = _host_arrays(design, design.y, design.weights, trials, index, Z)
     phi0 = np.asarray(family.init_params(design.y, design.trials), np.float64)
-    problem = Problem(structure, family, Deferred(jax.device_put, host), design, phi0)
+    problem = Problem(structure, family, Deferred(_on_device, host), design, phi0)
     _HOST[problem] = host
     return problem
 
@@ -131,6 +131,14 @@ def _device_arrays(design: Design, y, weights, trials, index, Z) -> ProblemArray
     dtype compiles a copy program per new shape in jax 0.10, about 10 ms each; one
     ``device_put`` of the whole tree compiles nothing and costs one call.)"""
     return jax.device_put(_host_arrays(design, y, weights, trials, index, Z))
+
+
+def _on_device(host: ProblemArrays) -> ProblemArrays:
+    """``host`` on the device, as concrete arrays even where first read inside a trace (a
+    ``fit_fn`` under ``jit``): there ``device_put`` would give tracers, and the problem would
+    keep them."""
+    with jax.ensure_compile_time_eval():
+        return jax.device_put(host)
 
 
 def _host_arrays(design: Design, y, weights, trials, index, Z) -> ProblemArrays:
