@@ -123,20 +123,15 @@ def prediction_arrays(design: Design) -> ProblemArrays:
         _, index, Z = build_structure(design.terms)
     ones = np.ones(design.X.shape[0])
     trials = ones if design.trials is None else design.trials
-    return _device_arrays(design, ones, ones, trials, index, Z)
-
-
-def _device_arrays(design: Design, y, weights, trials, index, Z) -> ProblemArrays:
-    """The arrays on the device in one transfer.  (``jnp.asarray`` of a NumPy array without a
-    dtype compiles a copy program per new shape in jax 0.10, about 10 ms each; one
-    ``device_put`` of the whole tree compiles nothing and costs one call.)"""
-    return jax.device_put(_host_arrays(design, y, weights, trials, index, Z))
+    return _on_device(_host_arrays(design, ones, ones, trials, index, Z))
 
 
 def _on_device(host: ProblemArrays) -> ProblemArrays:
-    """``host`` on the device, as concrete arrays even where first read inside a trace (a
-    ``fit_fn`` under ``jit``): there ``device_put`` would give tracers, and the problem would
-    keep them."""
+    """``host`` on the device in one transfer, as concrete arrays even where first read
+    inside a trace (a ``fit_fn`` under ``jit``: there ``device_put`` would give tracers, and
+    the problem would keep them).  (``jnp.asarray`` of a NumPy array without a dtype
+    compiles a copy program per new shape in jax 0.10, about 10 ms each; one ``device_put``
+    of the whole tree compiles nothing.)"""
     with jax.ensure_compile_time_eval():
         return jax.device_put(host)
 
