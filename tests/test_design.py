@@ -74,7 +74,7 @@ def wide():
 
 def test_redundant_terms_added_once(wide):
     d = build_design("y ~ a*b + a*c", wide)
-    assert d.fixef_names == ("Intercept", "a", "b", "a:b", "c", "a:c")
+    assert d.fixef_names == ("Intercept", "a", "b", "c", "a:b", "a:c")   # R's order
     np.testing.assert_allclose(X_of(d)["a:c"], wide.a * wide.c)
 
 
@@ -421,8 +421,8 @@ def test_seed_formula_on_classroom():
     assert isinstance(d, Design)
     assert d.fixef_names == (
         "Intercept", "student_age_s", "student_female", "student_re_black", "teacher_re_black",
-        "student_re_black:teacher_re_black", "class_prop_black",
-        "student_re_black:class_prop_black")
+        "class_prop_black", "student_re_black:teacher_re_black",
+        "student_re_black:class_prop_black")         # R's order: by degree
     np.testing.assert_allclose(X_of(d)["student_re_black:class_prop_black"],
                                data.student_re_black * data.class_prop_black)
     (t,) = d.terms

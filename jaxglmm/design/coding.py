@@ -9,15 +9,16 @@ level codes); what is left is to combine them into columns the way formulae 0.9'
   ``formulae.contrasts.pick_contrasts`` and ``Model._get_encoding_groups``): the factors of
   an all-factor term are weighed against the intercept and the earlier all-factor terms, a
   factor in a term with numbers against the earlier terms with the same numbers.  With an
-  intercept this is R's rule (``a + a:b`` codes ``a`` by contrasts and ``b`` in full within
-  ``a:b``); without one the first factor is coded in full;
+  intercept this is R's rule (``a + a:b`` codes ``a`` by contrasts, and within ``a:b``
+  ``a`` in full and ``b`` by contrasts); without one the first factor is coded in full;
 * a term's columns are the products of its atoms' columns, the first atom varying slowest,
   named ``x``, ``g[b]``, ``x:g[b]``; an ``Intercept`` column comes first.
 
 Where formulae would code a term as more than one block (it adds terms of its own, as for
-``a:b`` with an intercept and neither main effect, which :func:`~.matrices._cross_check`
-then refuses), or would fail, and for factors with one level, :func:`plan_columns` returns
-None and the caller asks formulae, so those formulas behave as before.
+``a:b`` with an intercept and neither main effect), the term is coded by R's rule instead
+(:func:`r_codings`: ``model.matrix``'s columns, the aliased ones then dropped as lme4 drops
+them).  For factors with one level :func:`plan_columns` returns None and the caller asks
+formulae.
 
 Kept instead of formulae's ``design_matrices`` for speed: sleepstudy's two model matrices
 (``Days`` and ``(Days | Subject)``) took 2.3-2.6 ms through formulae and take 0.05-0.09 ms
@@ -32,7 +33,7 @@ from itertools import combinations, product
 
 import numpy as np
 
-__all__ = ["ColumnPlan", "formulae_codings", "plan_columns", "build_columns"]
+__all__ = ["ColumnPlan", "formulae_codings", "r_codings", "plan_columns", "build_columns"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def formulae_codings(terms, intercept: bool, is_factor) -> list[dict] | None:
     Examples
     --------
     >>> formulae_codings([(0,), (0, 1)], True, [True, True])      # a + a:b
-    [{0: False}, {0: False, 1: True}]
+    [{0: False}, {1: False, 0: True}]
     >>> formulae_codings([(0, 1)], True, [True, True]) is None    # a:b: formulae adds b
     True
     """
@@ -117,6 +118,39 @@ def formulae_codings(terms, intercept: bool, is_factor) -> list[dict] | None:
     return [codings.get(term, {}) for term in terms]
 
 
+def r_codings(terms, intercept: bool, is_factor) -> list[dict]:
+    """Per term, ``{factor atom: coded in full}`` by R's rule (``TermCode`` in R's
+    ``model.c``, Chambers and Hastie 1992, p. 38): a factor is coded by contrasts where the
+    term without it is empty or lies within an earlier term, and in full otherwise;
+    without an intercept, the first factor of the first term that has one is coded in full.
+
+    For the formulas formulae codes by adding terms of its own (``a:b`` with an intercept and
+    neither main effect, ``a:b + a:c``, ``a + b + a:b:c``): R codes them in one block each,
+    and the aliased columns that leaves are dropped as lme4 drops them (the design's rank
+    check).
+
+    Examples
+    --------
+    >>> r_codings([(0, 1)], True, [True, True])                    # a:b: both in full
+    [{0: True, 1: True}]
+    >>> r_codings([(0, 1), (0, 2)], True, [True] * 3)              # a:b + a:c
+    [{0: True, 1: True}, {0: True, 2: False}]
+    """
+    out, earlier, first_full = [], [], not intercept
+    for term in terms:
+        coding = {}
+        for i in term:
+            if not is_factor[i]:
+                continue
+            rest = set(term) - {i}
+            coding[i] = bool(rest) and not any(rest <= set(t) for t in earlier)
+            if first_full:
+                coding[i], first_full = True, False
+        out.append(coding)
+        earlier.append(term)
+    return out
+
+
 @lru_cache(maxsize=256)
 def plan_columns(terms: tuple[tuple[int, ...], ...], intercept: bool, levels: tuple,
                  placeholders: tuple[str, ...]) -> ColumnPlan | None:
@@ -132,9 +166,10 @@ def plan_columns(terms: tuple[tuple[int, ...], ...], intercept: bool, levels: tu
     """
     if any(lv is not None and len(lv) < 2 for lv in levels):
         return None
-    codings = formulae_codings(terms, intercept, [lv is not None for lv in levels])
-    if codings is None:
-        return None
+    is_factor = [lv is not None for lv in levels]
+    codings = formulae_codings(terms, intercept, is_factor)
+    if codings is None:     # formulae would add terms of its own: R's rule, as model.matrix
+        codings = r_codings(terms, intercept, is_factor)
     plan_terms, labels = [], ["Intercept"] if intercept else []
     for term, coding in zip(terms, codings):
         atoms, parts = [], []

@@ -530,8 +530,9 @@ def parse_formula(formula: str) -> ParsedFormula:
     Returns
     -------
     ParsedFormula
-        Response, intercept flag, fixed terms in order of first appearance (``a*b`` gives
-        ``a``, ``b``, ``a:b``; a repeated term is kept once), offsets and random terms
+        Response, intercept flag, fixed terms in R's order: by degree, then in order of
+        first appearance (``a*b + c`` gives ``a``, ``b``, ``c``, ``a:b``; a repeated term is
+        kept once), offsets and random terms
         (``||`` and ``/`` already expanded, as lme4 expands them).
 
     Raises
@@ -568,6 +569,9 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise parser.error(f"unexpected {rest.text!r}", rest)
     expansion = _Expander(formula).expand(node)
     intercept = True if expansion.intercept is None else expansion.intercept
-    return ParsedFormula(formula, response, intercept, tuple(expansion.terms),
+    # R's order (terms.formula): by degree, then as they first appear, so that ``a:b + a``
+    # codes ``a`` first and ``a:b`` against it, as model.matrix does
+    fixed = tuple(sorted(expansion.terms, key=len))
+    return ParsedFormula(formula, response, intercept, fixed,
                          tuple(expansion.offsets), tuple(expansion.random),
                          _mentioned(tokens))
