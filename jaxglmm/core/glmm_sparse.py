@@ -33,8 +33,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import blocked, linalg, sparse as sps
+from . import blocked, linalg, nested, sparse as sps
 from . import restructure as rs
+from .nested import NestedPattern
 from .ops import segment_sum, take_levels
 from .problem import ProblemArrays
 
@@ -77,7 +78,8 @@ class SparseLaplace:
         self.canonical = fast is not None
         self.kernel, self.constant = fast if fast is not None else family.loglik_parts()
         # crossed designs whose dense Schur update is large: L21 kept sparse, on the pattern
-        # of jaxglmm.design.sparse.sparse_pattern (built on the host), its values at each step
+        # of jaxglmm.design.sparse.sparse_pattern (built on the host), its values at each
+        # step; nested ones (a core.nested.NestedPattern): the nested factor
         self.pattern = pattern
 
     def unpack(self, x):
@@ -120,6 +122,9 @@ class SparseLaplace:
         return jnp.concatenate(parts) - u
 
     def system(self, lams, w):
+        if isinstance(self.pattern, NestedPattern):
+            return nested.nested_factor(self.s, lams, nested.nested_system(
+                self.s, self.pattern.parent, self.a.index, self.a.Z, w))
         if self.pattern is not None:
             sp, row_pair = self.pattern
             return sps.sparse_factor(self.s, lams, sps.sparse_values(
@@ -127,11 +132,36 @@ class SparseLaplace:
         return blocked.factor(*blocked.scaled_system(self.s, lams, blocked.cross_products(
             self.s, self.a.index, self.a.Z, w)))
 
+    def logdet(self, ch):
+        """log|Lambda'Z'WZ Lambda + I| from :meth:`system`'s factor."""
+        if isinstance(self.pattern, NestedPattern):
+            return nested.logdet_z(ch)
+        return blocked.logdet_z(ch, self.s.p2)
+
+    def conditional_cov(self, x, u):
+        """Per-level conditional covariances of b at the mode ``u`` (lme4's condVar, as
+        :meth:`jaxglmm.core.laplace.GlmmModel.conditional_cov`), through this model's factor:
+        no dense Schur update of a large trailing block."""
+        theta, beta, phi = self.unpack(x)
+        lams = rs.lambdas(self.s, theta)
+        _, _, w = self.row_terms(self.eta(beta, rs.random_effects(self.s, lams, u)), phi,
+                                 "fisher")
+        ch = self.system(lams, w)
+        if isinstance(self.pattern, NestedPattern):
+            ucov = nested.conditional_covariances(ch, self.pattern.parent)
+        elif self.pattern is not None:
+            ucov = sps.sparse_conditional_covariances(ch, self.pattern[0], self.s, lams)
+        else:
+            ucov = blocked.conditional_covariances(ch, self.s)
+        return [jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
+
     def solve(self, ch, g):
         f0 = self.s.factors[0]
         n1 = f0.n_levels * f0.q
         r1 = g[:n1].reshape(f0.n_levels, f0.q)
-        if self.pattern is not None:
+        if isinstance(self.pattern, NestedPattern):
+            x1, x2 = nested.solve(ch, self.pattern.parent, r1, g[n1:])
+        elif self.pattern is not None:
             x1, x2 = sps.sparse_solve(ch, self.pattern[0], r1, g[n1:])
         else:
             x1, x2 = blocked.solve(ch, r1, g[n1:])
@@ -183,7 +213,7 @@ class SparseLaplace:
         ll, d1, (w_lap, w_obs) = self.row_terms(
             self.eta(beta, rs.random_effects(self.s, lams, u)), phi, "both")
         ch = self.system(lams, w_lap)
-        F = jnp.sum(ll) - 0.5 * jnp.dot(u, u) - 0.5 * blocked.logdet_z(ch, self.s.p2)
+        F = jnp.sum(ll) - 0.5 * jnp.dot(u, u) - 0.5 * self.logdet(ch)
         sg = jax.lax.stop_gradient
         ch_obs = (jax.tree.map(sg, ch) if self.canonical      # the same matrix
                   else self.system(sg(lams), sg(w_obs)))

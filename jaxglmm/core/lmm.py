@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ..design.sparse import SparseLmmData
-from . import blocked, linalg, sparse as sps
+from . import blocked, linalg, nested, sparse as sps
 from . import restructure as rs
 from .ops import segment_sum
 from .problem import ProblemArrays
@@ -69,11 +69,16 @@ class LmmData(NamedTuple):
 
 
 def lmm_data(structure: rs.ReStructure, a: ProblemArrays) -> LmmData:
-    # rows of weight zero carry no information (lme4 drops them): not counted in n
+    return LmmData(cross_products(structure, a), *_row_counts(a))
+
+
+def _row_counts(a: ProblemArrays):
+    """The number of rows with positive weight and the sum of their log weights (rows of
+    weight zero carry no information, and lme4 drops them)."""
     positive = a.weights > 0
     n = jnp.sum(positive).astype(a.y.dtype)
     sum_log_w = jnp.sum(jnp.where(positive, jnp.log(jnp.where(positive, a.weights, 1.0)), 0.0))
-    return LmmData(cross_products(structure, a), n, sum_log_w)
+    return n, sum_log_w
 
 
 def refit_data(structure: rs.ReStructure, a: ProblemArrays, Y: jnp.ndarray) -> LmmData:
@@ -152,6 +157,27 @@ def conditional_u(structure: rs.ReStructure, d: LmmData, theta, beta, sigma, eps
                                         jnp.concatenate([x2, beta])) + sigma * e1
     x1 = linalg.solve_upper_t(ch.L11, rhs1[..., None])[..., 0]
     return jnp.concatenate([x1.reshape(-1), x2])
+
+
+# ----------------------------------------------------------------------------- nested
+def nested_lmm_data(structure: rs.ReStructure, a: ProblemArrays, parent) -> LmmData:
+    """:func:`lmm_data` of a nested design (:mod:`.nested`): its ``cp`` is the
+    :class:`~.nested.NestedSystem` of ``[Z | X y]``."""
+    extra = jnp.concatenate([a.X, (a.y - a.offset)[:, None]], axis=1)
+    ns = nested.nested_system(structure, parent, a.index, a.Z, a.weights, extra)
+    return LmmData(ns, *_row_counts(a))
+
+
+def nested_profiled_parts(structure: rs.ReStructure, d: LmmData, theta, p: int, reml: bool,
+                          full: bool):
+    """:func:`profiled_parts` through the nested factor (the same deviance and estimates)."""
+    ch = nested.nested_factor(structure, rs.lambdas(structure, theta), d.cp)
+    dev, LX, sigma2 = _deviance(nested.logdet_z(ch), ch.L3, 0, p, d.n, reml, d.sum_log_w)
+    if not full:
+        return dev
+    u, beta = nested.back_substitute(ch, d.cp.parent, p)
+    LXinv = linalg.solve_lower(LX, jnp.eye(p))
+    return LmmParts(dev, beta, jnp.sqrt(sigma2), u, sigma2 * LXinv.T @ LXinv, ch)
 
 
 # ----------------------------------------------------------------------------- sparse crossed

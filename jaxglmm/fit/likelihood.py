@@ -14,11 +14,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..core import blocked, linalg, lmm, restructure as rs, sparse as sps
+from ..core import blocked, linalg, lmm, nested, restructure as rs, sparse as sps
 from ..core.glmm_sparse import SparseLaplace, uses_sparse_blocks
 from ..core.laplace import GlmmModel, Layout, glm_start
 from ..core.lmm import LmmData, lmm_data, profiled_parts, sparse_profiled_parts
-from ..core.problem import LARGE_N, Problem, ProblemArrays
+from ..core.nested import NestedPattern
+from ..core.problem import LARGE_N, Problem, ProblemArrays, host_arrays
 from ..design.sparse import (lapack_cholesky_inverse, sparse_lmm_data, sparse_pattern,
                              sparse_theta_start)
 from . import buckets, cache, stored
@@ -77,8 +78,14 @@ def lmm_objective(structure: rs.ReStructure, d: LmmData, p: int, reml: bool):
 def lmm_finish(structure: rs.ReStructure, d: LmmData, p: int, reml: bool, opt) -> RawFit:
     """The fit at the optimizer's theta: beta, sigma, the random effects and their covariances."""
     parts = profiled_parts(structure, d.cp, opt.x, d.n, p, reml, d.sum_log_w, full=True)
+    return lmm_result(structure, parts, blocked.conditional_covariances(parts.chol, structure),
+                      opt)
+
+
+def lmm_result(structure: rs.ReStructure, parts: lmm.LmmParts, ucov, opt) -> RawFit:
+    """The fit from the estimates at the optimum (``parts``) and the conditional covariances
+    of u per level (``ucov``, sigma = 1)."""
     lams = rs.lambdas(structure, opt.x)
-    ucov = blocked.conditional_covariances(parts.chol, structure)
     s2 = jnp.square(parts.sigma)
     b = rs.random_effects(structure, lams, parts.u)
     bcov = [s2 * jnp.einsum("qr,grs,ts->gqt", lam, v, lam) for lam, v in zip(lams, ucov)]
@@ -102,6 +109,23 @@ def fit_lmm(structure: rs.ReStructure, a: ProblemArrays, reml: bool, theta0: jnp
     return lmm_finish(structure, d, p, reml, opt)
 
 
+def fit_lmm_nested(structure: rs.ReStructure, a: ProblemArrays, parent, reml: bool,
+                   theta0: jnp.ndarray, maxiter: int = 500, verbose: bool = False) -> RawFit:
+    """:func:`fit_lmm` for a nested design (:mod:`jaxglmm.core.nested`: the second factor's
+    block of the factor stays block-diagonal); ``parent``: each first-factor level's level of
+    the second factor (:func:`jaxglmm.core.nested.nested_parent`).  Pure and jittable."""
+    p = a.X.shape[1]
+    d = lmm.nested_lmm_data(structure, a, parent)
+
+    def objective(th):
+        return lmm.nested_profiled_parts(structure, d, th, p, reml, full=False)
+    if verbose:
+        objective = _printing(objective, "reml" if reml else "ml")
+    opt = minimize(objective, theta0, maxiter=maxiter, polish=True)
+    parts = lmm.nested_profiled_parts(structure, d, opt.x, p, reml, full=True)
+    return lmm_result(structure, parts, nested.conditional_covariances(parts.chol, parent), opt)
+
+
 # The sparse crossed LMM path (MixedModels.jl's blocks, L21 sparse; design.sparse's
 # SparseSystem, core.sparse's factor): taken where the dense Schur update of the trailing
 # block passes core.sparse.SPARSE_MIN_WORK.
@@ -113,10 +137,28 @@ _SPARSE_PATTERN: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _PADDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+# each nested problem's parent map (core.nested.nested_parent; None: not nested), while the
+# problem lives
+_NESTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def uses_sparse_lmm(problem: Problem, method) -> bool:
     """Whether an LMM fit takes the sparse crossed path (two or more grouping factors and a
-    trailing block large enough that the dense update dominates)."""
-    return uses_lmm(problem, method) and _sparse_pays(problem)
+    trailing block large enough that the dense update dominates, not nested)."""
+    return uses_lmm(problem, method) and _sparse_pays(problem) and nested_parent(problem) is None
+
+
+def nested_parent(problem: Problem):
+    """The problem's nesting (:func:`jaxglmm.core.nested.nested_parent`) where its dense
+    trailing block would be large (:func:`_sparse_pays`), else None: such designs take the
+    nested factor (LMM and Laplace)."""
+    if problem not in _NESTED:
+        parent = None
+        if _sparse_pays(problem) or uses_sparse_blocks(problem.structure):
+            a = host_arrays(problem)
+            parent = nested.nested_parent(problem.structure, a.index, a.weights)
+        _NESTED[problem] = parent
+    return _NESTED[problem]
 
 
 def _sparse_pays(problem: Problem) -> bool:
@@ -278,10 +320,12 @@ def glmm_start(model: GlmmModel, phi0: jnp.ndarray) -> jnp.ndarray:
     return jnp.concatenate([jnp.asarray(s.theta_init()), beta0, phi0])
 
 
-def glmm_finish(model: GlmmModel, opt) -> RawFit:
+def glmm_finish(model: GlmmModel, opt, conditional_cov=None) -> RawFit:
+    """The fit at the optimum; ``conditional_cov``: ``(x, u) -> `` the per-level
+    covariances of b (default: the model's own, through the dense blocked factor)."""
     theta, beta, phi = model.layout.unpack(opt.x)
     u = opt.aux
-    bcov = model.conditional_cov(opt.x, u)
+    bcov = (conditional_cov or model.conditional_cov)(opt.x, u)
     lams = rs.lambdas(model.s, theta)
     return RawFit(theta=theta, beta=beta, sigma=jnp.asarray(jnp.nan, opt.x.dtype),
                   family_params=phi, u=u, b=tuple(rs.random_effects(model.s, lams, u)),
@@ -341,7 +385,7 @@ def fit_glmm_sparse(structure: rs.ReStructure, family, a: ProblemArrays, phi0: j
     state = run_then_hessian(sl.value_and_grad, start, ONE_TRIAL, maxiter + 2 * k,
                              maxiter=maxiter, damped=True)
     model = GlmmModel(structure, family, a, phi0.shape[0])
-    return glmm_finish(model, hessian_result(state))
+    return glmm_finish(model, hessian_result(state), sl.conditional_cov)
 
 
 def fixef_vcov(hessian, layout: Layout):
@@ -384,6 +428,17 @@ def jit_options(problem: Problem) -> dict:
     return {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
 
 
+def _nested_lmm_program(problem: Problem, reml: bool, verbose: bool):
+    """The compiled nested LMM fit, ``(arrays, parent, theta0) -> RawFit``."""
+    s = problem.structure
+    opts = jit_options(problem)
+    key = ("lmm_nested", s, reml, problem.large, verbose)
+    one = lambda a, parent, t0: fit_lmm_nested(s, a, parent, reml, t0,  # noqa: E731
+                                               verbose=verbose)
+    return program(key, lambda: cache.jit(one, **opts) if verbose else
+                   stored.Stored(key, cache.jit(one, **opts), opts))
+
+
 def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool = False):
     s, fam = problem.structure, problem.family
     opts = jit_options(problem)
@@ -421,7 +476,12 @@ def run_ml(problem: Problem) -> RawFit:
 def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
          optimizer: str | None = None, pad: bool = True) -> RawFit:
     if lmm and _sparse_pays(problem):
-        return fit_lmm_sparse(problem, reml, verbose=verbose, optimizer=optimizer)
+        parent = nested_parent(problem)
+        if parent is None:
+            return fit_lmm_sparse(problem, reml, verbose=verbose, optimizer=optimizer)
+        fn = _nested_lmm_program(problem, reml, verbose)
+        return jax.device_get(fn(problem.arrays, jax.device_put(parent),
+                                 jax.device_put(problem.starts[0])))
     bucketed, levels = _PADDED.get(problem, (None, None)) if pad else (problem, None)
     if bucketed is None:       # once per problem: a warm refit transfers nothing
         bucketed, levels = _PADDED[problem] = buckets.padded(problem)
@@ -430,7 +490,9 @@ def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
     if not lmm and n_agq == 1 and uses_sparse_blocks(bucketed.structure):
         pattern = _SPARSE_PATTERN.get(problem) if pad else None
         if pattern is None:     # once per dataset, as the sparse LMM's system
-            pattern = sparse_pattern(bucketed.structure, bucketed.arrays)
+            parent = nested_parent(bucketed)
+            pattern = (sparse_pattern(bucketed.structure, bucketed.arrays) if parent is None
+                       else NestedPattern(jax.device_put(parent)))
             if pad:
                 _SPARSE_PATTERN[problem] = pattern
         raw = fn(bucketed.arrays, phi_start, pattern)
