@@ -288,8 +288,10 @@ def _grid_run(script: str, path: str, cache: str) -> list[dict]:
     return [json.loads(line) for line in out.stdout.strip().splitlines()]
 
 
-def run_grid(sizes, peer: bool) -> None:
+def run_grid(sizes, peer: bool, only: str = "") -> None:
     designs = grid_designs(sizes)
+    if only:            # some structures only (--only nested,crossed)
+        designs = [d for d in designs if d["structure"] in only.split(",")]
     pairs = []
     for k, d in enumerate(designs):
         d = dict(d, formula=STRUCTURES[d["structure"]], method=METHODS[d["family"]])
@@ -326,6 +328,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--grid", action="store_true", help="the grid of designs, warm")
     parser.add_argument("--sizes", default="30,300,3000", help="the grid's group counts")
+    parser.add_argument("--only", default="", help="the grid's structures to run (e.g. nested)")
     parser.add_argument("--startup", action="store_true", help="import and CLI times")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="N sleepstudy refits (refit_many against glmm's loop)")
@@ -334,7 +337,7 @@ def main(argv=None) -> None:
     if not peer:
         print("glmm is not installed (pip install '.[bench]'): jaxglmm alone")
     if args.grid:
-        run_grid([int(v) for v in args.sizes.split(",")], peer)
+        run_grid([int(v) for v in args.sizes.split(",")], peer, args.only)
         return
     if args.startup:
         run_startup(peer)
