@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Sequence
 
 import jax
-import pandas as pd
+from ._lazy import pandas as pd
 import yaml
 
 from . import __version__

@@ -16,7 +16,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from ._lazy import pandas as pd
 
 from .core.predictor import joint_log_density
 from .core.problem import Problem, ProblemArrays, make_problem

@@ -4,6 +4,8 @@ module imports jaxglmm code inside a function (the way cycles used to be dodged)
 conveniences that call jaxglmm.inference, and no
 module grows past 600 lines."""
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,14 @@ def test_no_private_jax_api():
              for n, line in enumerate(p.read_text().splitlines(), 1)
              if "jax._src" in line or "_cache_size" in line]
     assert not found, f"private JAX APIs used: {found}"
+
+
+def test_import_loads_no_heavy_dependency():
+    # import jaxglmm costs about what import jax costs (issue 24: 1.13x, from 1.45x):
+    # pandas, scipy, numpyro, optax, arviz and formulae load when first used
+    code = ("import sys, jaxglmm; print(sorted(m for m in ('pandas', 'scipy', 'numpyro', "
+            "'optax', 'arviz', 'formulae', 'matplotlib', 'dask', 'yaml', 'pydantic') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -10,7 +10,7 @@ Every function takes draws of one quantity, shaped (chain, draw).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtri
+from .._lazy import scipy_special
 
 
 def _split_chains(x: np.ndarray) -> np.ndarray:
@@ -28,7 +28,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
     """Normal scores of the pooled ranks (Blom's offset 3/8)."""
-    return ndtri((_average_ranks(x) - 0.375) / (x.size + 0.25))
+    return scipy_special.ndtri((_average_ranks(x) - 0.375) / (x.size + 0.25))
 
 
 def _autocov(x: np.ndarray) -> np.ndarray:

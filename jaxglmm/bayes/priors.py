@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 import numpy as np
-from scipy import special
+from .._lazy import scipy_special as special
 
 # name: (number of arguments, log-density kernel(x, *args) with the terms that depend on x,
 # log normaliser(*args) on the host).  The kernel runs inside compiled samplers with the

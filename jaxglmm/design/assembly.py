@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..families import Family
 from . import channels

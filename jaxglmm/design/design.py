@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..families import Family, get_family
 from ..formula import FormulaError, ParsedFormula, PyExpr, parse_formula

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..families import FAMILIES, Family, get_family
 from ..formula import parse_formula

@@ -11,7 +11,7 @@ calls, warm), of cbpp from 5.1 ms to 0.5-0.6 ms.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 __all__ = ["DataColumns", "complete_rows", "is_numeric", "numeric_values"]
 

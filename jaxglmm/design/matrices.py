@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..formula.terms import Atom, PyExpr, Term, column_name, term_key
 from .coding import ColumnPlan, build_columns, plan_columns

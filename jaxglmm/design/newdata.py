@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from .assembly import assemble
 from .design import Design

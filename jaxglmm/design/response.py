@@ -8,7 +8,7 @@ categorical response in level order.  Used by :func:`jaxglmm.design.build_design
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..families import Family
 from ..formula import ParsedFormula

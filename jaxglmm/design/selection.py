@@ -6,7 +6,7 @@ the chosen terms into a 0/1 mask over each grouping factor's columns.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..formula import parse_formula, term_key
 from .design import Design

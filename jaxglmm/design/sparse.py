@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.linalg import lapack
+from .._lazy import scipy_lapack as lapack
 
 
 class SparseSystem(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..methods import get_method
 from ..model import fit_problem

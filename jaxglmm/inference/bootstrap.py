@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..many.batch import prepare_refits, refit_many
 from ..methods import get_method

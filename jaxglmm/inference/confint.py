@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from .bootstrap import bootstrap
 from .params import of_fit, select

@@ -16,7 +16,7 @@ import weakref
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core import blocked, linalg, restructure as rs, sparse as sps
 from ..core.lmm import lmm_data, refit_data

@@ -25,7 +25,7 @@ import weakref
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.laplace import GlmmModel
 from ..core.predictor import spherical_predictor

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..methods import get_method
 

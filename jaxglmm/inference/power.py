@@ -11,38 +11,24 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+from .._lazy import pandas as pd
 
 from ..formula.parser import parse_formula
 from ..many import refit_many
 from ..methods import get_method
 from ..model import Model
 from .ddf import satterthwaite_many
+from .power_curve import power_curve_class
+
+if TYPE_CHECKING:
+    from .power_curve import PowerCurve
 
 TESTS = ("lrt", "wald", "satterthwaite")
 WEIGHT = "_power_weight_"
-
-
-class PowerCurve(pd.DataFrame):
-    """The power table (size, power, lower, upper, nsim); ``.plot()`` draws the curve."""
-
-    @property
-    def _constructor(self):
-        return PowerCurve
-
-    def plot(self, ax=None, **kwargs):
-        """The power curve with its confidence band (matplotlib, ``jaxglmm[plots]``)."""
-        import matplotlib.pyplot as plt
-        if ax is None:
-            _, ax = plt.subplots()
-        x = self["size"].to_numpy(float)
-        ax.plot(x, self["power"], marker="o", **kwargs)
-        ax.fill_between(x, self["lower"], self["upper"], alpha=0.2)
-        ax.set_xlabel(self.attrs.get("along") or "observations")
-        ax.set_ylabel("power")
-        ax.set_ylim(0, 1)
-        return ax.figure
 
 
 def power(fit, term: str, effect: float | None = None, along: str | None = None, sizes=None,
@@ -131,7 +117,7 @@ def power(fit, term: str, effect: float | None = None, along: str | None = None,
         lo, hi = _clopper_pearson(hits, used)
         rows.append({"size": size, "power": hits / used if used else np.nan, "lower": lo,
                      "upper": hi, "nsim": used})
-    out = PowerCurve(pd.DataFrame(rows, columns=["size", "power", "lower", "upper", "nsim"]))
+    out = power_curve_class()(pd.DataFrame(rows, columns=["size", "power", "lower", "upper", "nsim"]))
     out.attrs.update({"term": term, "test": test, "alpha": alpha, "along": along,
                       "tested": dropped, "seconds": time.perf_counter() - start})
     return out

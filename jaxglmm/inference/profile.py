@@ -29,7 +29,7 @@ from __future__ import annotations
 import warnings
 
 import jax
-import pandas as pd
+from .._lazy import pandas as pd
 import jax.numpy as jnp
 import numpy as np
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 
-import pandas as pd
+from .._lazy import pandas as pd
 
 __all__ = ["load_dataset", "list_datasets", "read_table"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.problem import ProblemArrays
 from ..families import Family, get_family

@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..fit.likelihood import RawFit
 from .chunk import Bucket, ChunkFits, bucket_structure

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.problem import Problem, ProblemArrays
 from ..fit.batched import fit_batch, slot_size

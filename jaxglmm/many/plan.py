@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.restructure import ReStructure
 from ..design import identifiability_problem, re_term_sizes, single_level_problem
@@ -54,7 +54,10 @@ def memory_chunk_size(nobs: int, n_fixef: int, structure: ReStructure,
     f0 = structure.factors[0]
     per = 8 * (4 * nobs * cols + 2 * (f0.n_levels * f0.q * (f0.q + m) + m * m))
     return int(max(64, min(MAX_CHUNK, CHUNK_MEMORY // per)))
-_READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
+
+
+# the data files a batch reads, by suffix (pandas' readers, looked up when a file is read)
+_READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"}
 
 
 # ----------------------------------------------------------------------------- sources
@@ -62,7 +65,7 @@ def _read(path: str) -> pd.DataFrame:
     suffix = Path(path).suffix.lower()
     if suffix not in _READERS:
         raise ValueError(f"cannot read {path}: fit_many reads .csv and .parquet files")
-    return _READERS[suffix](path)
+    return getattr(pd, _READERS[suffix])(path)
 
 
 def _files(source: str) -> list[str]:

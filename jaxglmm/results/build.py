@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..bayes.posterior import named_draws, summarize
 from ..bayes.priors import describe

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.predictor import fixed_predictor, random_predictor
 from ..core.problem import Problem, prediction_arrays

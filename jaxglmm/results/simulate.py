@@ -10,7 +10,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.predictor import random_predictor
 from ..core.problem import prediction_arrays

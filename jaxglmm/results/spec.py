@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-import pandas as pd
+from .._lazy import pandas as pd
 
 
 @dataclass(frozen=True, eq=False)

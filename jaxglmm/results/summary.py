@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-from scipy.special import ndtr
+from .._lazy import pandas as pd
+from .._lazy import scipy_special
 
 from ..methods import get_method
 
@@ -76,7 +76,7 @@ class Summary(_Rendered):
             coef["t value"] = z
         else:
             coef["z value"] = z
-            coef["Pr(>|z|)"] = 2 * ndtr(-np.abs(z.to_numpy()))     # host: no compile
+            coef["Pr(>|z|)"] = 2 * scipy_special.ndtr(-np.abs(z.to_numpy()))     # host: no compile
         groups = pd.Series({t.group: t.n_levels for t in design.terms})
         note = None
         if design.response_levels is not None and fit.problem.family.response == "binary":

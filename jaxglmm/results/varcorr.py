@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+from .._lazy import pandas as pd
 
 from ..core.restructure import ReStructure, term_covariances
 
