@@ -223,9 +223,10 @@ class Stored:
 def _load(path: Path):
     """The executable stored at ``path``, or None (with a warning) where it cannot be read."""
     try:
-        payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+        payload, in_tree, out_tree, lapack = pickle.loads(path.read_bytes())
         from jax.experimental.serialize_executable import deserialize_and_load
-        _lapack_ready()
+        if lapack:
+            _lapack_ready()
         exe = deserialize_and_load(payload, in_tree, out_tree,
                                    execution_devices=jax.devices()[:1])
     except Exception as e:      # any failure to read: never trusted, compiled again
@@ -240,7 +241,9 @@ def _load(path: Path):
 def _lapack_ready() -> None:
     """jaxlib's CPU LAPACK kernels read their function pointers (from scipy's LAPACK) when
     JAX first lowers a LAPACK call; a loaded program that calls one in a process that has
-    lowered none crashes.  This is jaxlib's own set-up call, which lowering makes."""
+    lowered none crashes.  This is jaxlib's own set-up call, which lowering makes.  It
+    imports scipy.linalg (0.11-0.15 s in a new process), so it is made only for programs
+    that call LAPACK (the entry's flag: sleepstudy's REML fit calls none)."""
     if jax.default_backend() == "cpu":
         from jaxlib import lapack
         lapack.prepare_lapack_call("potrf_ffi", np.float64)
@@ -249,7 +252,8 @@ def _lapack_ready() -> None:
 def _write(path: Path, compiled) -> None:
     from jax.experimental.serialize_executable import serialize
     try:
-        data = pickle.dumps(serialize(compiled))
+        lapack = "lapack_" in compiled.as_text()     # a LAPACK kernel's custom call
+        data = pickle.dumps(serialize(compiled) + (lapack,))
     except Exception:       # a program JAX cannot serialize (host callbacks) is not stored
         return
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
