@@ -16,7 +16,7 @@ rare events) with both libraries, warm (jaxglmm's after its background optimizat
 reused program), and prints the distribution of the ratios and the slowest designs.
 ``--startup``: ``import jaxglmm`` against ``import jax``, and a whole ``jaxglmm fit`` run
 against glmm's one-liner.  ``--batch 2000``: refit_many against a glmm loop, cold and warm.
-(InstEval and the 1e6-row GLMM are not timed beside glmm here yet.)
+``--large``: InstEval and the 1e6-row bernoulli GLMM, first and warm fits.
 """
 from __future__ import annotations
 
@@ -50,9 +50,10 @@ TIMING = textwrap.dedent("""
 
 JAXGLMM = textwrap.dedent("""
     import json, sys, time
+    import pandas as pd
     import jaxglmm as jg
     case, repeat = json.loads(sys.argv[1]), int(sys.argv[2])
-    df = jg.load_dataset(case["data"])
+    df = pd.read_pickle(case["path"]) if "path" in case else jg.load_dataset(case["data"])
     def one():
         return jg.Model(case["formula"], df, family=case["family"]).fit(case["method"])
 """) + TIMING
@@ -60,17 +61,55 @@ JAXGLMM = textwrap.dedent("""
 GLMM = textwrap.dedent("""
     import json, sys, time
     import glmm
+    import pandas as pd
     import jaxglmm as jg
     case, repeat = json.loads(sys.argv[1]), int(sys.argv[2])
-    df = jg.load_dataset(case["data"])
-    if case["family"] == "binomial":
+    df = pd.read_pickle(case["path"]) if "path" in case else jg.load_dataset(case["data"])
+    if case["family"] == "binomial" and "data" in case:
         df = df.assign(y=df["incidence"] / df["size"])
         formula, kw = "y ~ period + (1 | herd)", {"weights": df["size"].to_numpy(float)}
+    elif case["family"] == "binomial":
+        formula, kw = case["formula"], {}
     else:
         formula, kw = case["formula"], {"reml": case["method"] == "reml"}
     def one():
         return glmm.fit(df, formula, family=case["family"], **kw)
 """) + TIMING
+
+
+# --large: InstEval's shape (scripts/bench_scale.py's generated data, or lme4's own exported by
+# scripts/bench_scale_lme4.R: --insteval CSV) and the 1e6-row bernoulli GLMM of
+# scripts/bench_bigglmm.py, each a first fit and warm refits in fresh processes
+LARGE = {
+    "InstEval ML": dict(formula="y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept)",
+                        family="gaussian", method="ml"),
+    "bernoulli 1e6 rows": dict(formula="y ~ x + (1 | g)", family="binomial",
+                               method="laplace"),
+}
+
+
+def run_large(peer: bool, insteval_csv: str | None, repeat: int) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_bigglmm import simulate
+    from bench_scale import insteval_data
+    frames = {"InstEval ML": insteval_data(insteval_csv),
+              "bernoulli 1e6 rows": simulate(1_000_000, 1000)}
+    print(f"{'case':20s} {'':8s} {'first':>9s} {'warm':>9s} {'logLik':>14s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, case in LARGE.items():
+            path = os.path.join(tmp, "data.pkl")
+            frames[name].to_pickle(path)
+            case = dict(case, path=path)
+            rows = [("jaxglmm", _run(JAXGLMM, case, repeat, os.path.join(tmp, name)))]
+            if peer:
+                rows.append(("glmm", _run(GLMM, case, repeat, tmp)))
+            for who, r in rows:
+                print(f"{name:20s} {who:8s} {r['first']:8.2f}s {r['warm']:8.2f}s "
+                      f"{r['loglik']:14.4f}")
+            if peer:
+                (_, m), (_, g) = rows
+                print(f"{'':20s} {'ratio':8s} {m['first'] / g['first']:8.2f}x "
+                      f"{m['warm'] / g['warm']:8.2f}x {m['loglik'] - g['loglik']:+14.2e}")
 
 
 def _run(script: str, case: dict, repeat: int, cache: str) -> dict:
@@ -330,6 +369,10 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="30,300,3000", help="the grid's group counts")
     parser.add_argument("--only", default="", help="the grid's structures to run (e.g. nested)")
     parser.add_argument("--startup", action="store_true", help="import and CLI times")
+    parser.add_argument("--large", action="store_true",
+                        help="InstEval and the 1e6-row bernoulli GLMM, first and warm")
+    parser.add_argument("--insteval", default=None, metavar="CSV",
+                        help="lme4's InstEval (scripts/bench_scale_lme4.R exports it)")
     parser.add_argument("--batch", type=int, default=0, metavar="N",
                         help="N sleepstudy refits (refit_many against glmm's loop)")
     args = parser.parse_args(argv)
@@ -341,6 +384,9 @@ def main(argv=None) -> None:
         return
     if args.startup:
         run_startup(peer)
+        return
+    if args.large:
+        run_large(peer, args.insteval, min(args.repeat, 3))
         return
     if args.batch:
         run_batch(args.batch, peer)
