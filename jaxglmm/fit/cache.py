@@ -15,6 +15,7 @@ import gc
 import math
 import os
 import re
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -53,6 +54,78 @@ def jit(fn: Callable, nested: bool = False, **options):
     return jax.jit(fn, **options)
 
 
+_LAPACK = {"ready": False}
+
+
+def lapack_ready() -> None:
+    """Set up jaxlib's CPU LAPACK kernels (once per process), before a program that calls
+    one is lowered or a loaded one runs (a loaded program that calls one in a process that
+    has set up none crashes).
+
+    jaxlib takes the kernels' function pointers from scipy's Cython LAPACK and BLAS
+    modules, which it imports through ``scipy.linalg``: 0.11-0.15 s in a new process (the
+    package's ``__init__`` imports most of scipy.linalg, and numpy.f2py with it).  The two
+    extension modules alone load in 8 ms, so they are loaded here from their files in
+    scipy's own folder, and jaxlib then finds them in ``sys.modules`` (a later ``import
+    scipy.linalg`` takes them from there too).  Anything unexpected leaves it to jaxlib."""
+    if _LAPACK["ready"] or jax.default_backend() != "cpu":
+        return
+    _LAPACK["ready"] = True
+    if "scipy.linalg" not in sys.modules:
+        try:
+            _load_cython_lapack()
+        except Exception:       # noqa: BLE001 - jaxlib imports them itself below
+            pass
+    import numpy as np
+    from jaxlib import lapack
+    lapack.prepare_lapack_call("potrf_ffi", np.float64)
+
+
+_CYTHON = ("cython_blas", "cython_lapack")         # LAPACK's module uses BLAS's
+
+
+def _load_cython_lapack() -> None:
+    import importlib.util
+    spec = importlib.util.find_spec("scipy")
+    folder = Path(spec.origin).parent / "linalg"
+    for name in _CYTHON:
+        full = f"scipy.linalg.{name}"
+        if full in sys.modules:
+            continue
+        path = next(folder.glob(f"{name}.*.so"), None) or next(folder.glob(f"{name}.*.pyd"))
+        module_spec = importlib.util.spec_from_file_location(full, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[full] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[full]
+            raise
+    sys.meta_path.insert(0, _AttachToScipyLinalg())
+
+
+class _AttachToScipyLinalg:
+    """When ``scipy.linalg`` is imported later, its submodules loaded above become its
+    attributes, as an ordinary import of them would have made them (``import
+    scipy.linalg.cython_lapack`` then finds them in ``sys.modules`` and sets nothing)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "scipy.linalg":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            for child in _CYTHON:
+                if f"{name}.{child}" in sys.modules:
+                    setattr(module, child, sys.modules[f"{name}.{child}"])
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 def program(key: tuple, build: Callable[[], Any]):
     """The program for ``key``, built by ``build()`` on first use and kept until
     :func:`clear_caches`.
@@ -66,6 +139,8 @@ def program(key: tuple, build: Callable[[], Any]):
         return _PROGRAMS[key]
     except KeyError:
         made = _PROGRAMS[key] = build()
+        if not getattr(made, "sets_up_lapack", False):
+            lapack_ready()      # before it is lowered: the cheap set-up above
         return made
 
 

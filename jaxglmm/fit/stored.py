@@ -132,6 +132,10 @@ class Stored:
     and in the disk cache's ``programs`` folder (when the cache is on).  Call it as the
     jitted function."""
 
+    # LAPACK is set up (cache.lapack_ready) before a compile, and before a loaded program
+    # that calls it runs: a loaded program that calls none never imports scipy
+    sets_up_lapack = True
+
     def __init__(self, key: tuple, jitted, options: dict | None = None):
         self.jitted, self._entries = jitted, {}
         compiler = dict((options or {}).get("compiler_options") or {})
@@ -176,6 +180,7 @@ class Stored:
                 if exe is not None:
                     return _Entry(exe, optimized, path, loaded=True)
         path = self._path(signature, not self._fast)
+        cache.lapack_ready()
         if path is None:
             return _Entry(self.jitted.lower(*args).compile(), not self._fast)
         # compiled afresh, past JAX's own disk cache: an executable JAX loaded from there
@@ -225,8 +230,8 @@ def _load(path: Path):
     try:
         payload, in_tree, out_tree, lapack = pickle.loads(path.read_bytes())
         from jax.experimental.serialize_executable import deserialize_and_load
-        if lapack:
-            _lapack_ready()
+        if lapack:      # set up only for programs that call LAPACK (sleepstudy's: none)
+            cache.lapack_ready()
         exe = deserialize_and_load(payload, in_tree, out_tree,
                                    execution_devices=jax.devices()[:1])
     except Exception as e:      # any failure to read: never trusted, compiled again
@@ -236,17 +241,6 @@ def _load(path: Path):
         return None
     cache.note_loaded()
     return exe
-
-
-def _lapack_ready() -> None:
-    """jaxlib's CPU LAPACK kernels read their function pointers (from scipy's LAPACK) when
-    JAX first lowers a LAPACK call; a loaded program that calls one in a process that has
-    lowered none crashes.  This is jaxlib's own set-up call, which lowering makes.  It
-    imports scipy.linalg (0.11-0.15 s in a new process), so it is made only for programs
-    that call LAPACK (the entry's flag: sleepstudy's REML fit calls none)."""
-    if jax.default_backend() == "cpu":
-        from jaxlib import lapack
-        lapack.prepare_lapack_call("potrf_ffi", np.float64)
 
 
 def _write(path: Path, compiled) -> None:
