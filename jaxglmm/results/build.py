@@ -195,7 +195,9 @@ def _natural_params(fam, phi) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _fixed_natural_params(natural_params) -> tuple:
-    return tuple((k, np.asarray(v)) for k, v in natural_params(jnp.zeros(0)).items())
+    # a NumPy argument: an eager jnp.zeros compiles two small programs, 90 ms in a new process
+    # (cbpp's first fit in a second process: 0.2 s, of which this was 0.09)
+    return tuple((k, np.asarray(v)) for k, v in natural_params(np.zeros(0)).items())
 
 
 def _family_params_se(fam, raw: RawFit, start: int) -> dict:
