@@ -340,7 +340,10 @@ def glmm_finish(model: GlmmModel, opt, conditional_cov=None) -> RawFit:
 # 300, 1,000 and 3,000 rows (30, 100 and 300 groups) took 2.5, 6.3 and 13.4 ms there against
 # 11.3, 17.4 and 70.9 ms on GlmmModel's path, and compiled in 1.1-1.4 s against 1.7-2.3 s
 # (glmm: 1.6 and 9.1 ms at 300 and 3,000 rows); below it (cbpp, 56 rows: 6.1 ms against
-# 4.8 ms) the general path is as fast or faster.  It was LARGE_N (20,000).
+# 4.8 ms) the general path is as fast or faster.  Families without parameters only (binomial,
+# poisson): with a shape or a zero-inflation parameter the many-rows path, which ends
+# without a Newton step, stopped 4e-5 to 2e-4 (relative) from the general path's optimum in
+# tests/test_offset_weights.py; those fits take it from LARGE_N rows, as before.
 SPARSE_LAPLACE_ROWS = 200
 
 
@@ -350,14 +353,16 @@ def fit_glmm(structure: rs.ReStructure, family, a: ProblemArrays, phi0: jnp.ndar
     """Fit by Laplace (``n_agq == 1``) or adaptive Gauss-Hermite quadrature.  Pure, jittable.
 
     ``sparse``: the many-rows Laplace path (:mod:`jaxglmm.core.glmm_sparse`: one pass over
-    the rows per Newton step, two for the gradient); by default from ``SPARSE_LAPLACE_ROWS`` rows on and
+    the rows per Newton step, two for the gradient); by default from ``SPARSE_LAPLACE_ROWS`` rows on
+    (families without parameters; ``LARGE_N`` otherwise) and
     for crossed or nested designs (several grouping factors), for models with one linear
     predictor.  ``verbose``: print the deviance at each outer evaluation.  ``pattern``: the
     sparse pattern of a large crossed design (:func:`core.glmm_sparse.sparse_pattern`; L21
     kept sparse on the many-rows path)."""
     if sparse is None:
-        sparse = (a.y.shape[0] >= SPARSE_LAPLACE_ROWS or len(structure.factors) > 1
-                  or pattern is not None)
+        rows = a.y.shape[0]
+        sparse = (rows >= LARGE_N or (rows >= SPARSE_LAPLACE_ROWS and phi0.shape[0] == 0)
+                  or len(structure.factors) > 1 or pattern is not None)
     if sparse and n_agq == 1 and structure.n_channels == 1:
         return fit_glmm_sparse(structure, family, a, phi0, maxiter=maxiter, verbose=verbose,
                                pattern=pattern)
