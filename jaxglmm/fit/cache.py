@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 _MAP_FRACTION = 0.6
 _state = {"pressure": False, "limit": None, "compiles": 0}
@@ -76,8 +77,7 @@ def lapack_ready() -> None:
             _load_cython_lapack()
         except Exception:       # noqa: BLE001 - jaxlib imports them itself below
             pass
-    import numpy as np
-    from jaxlib import lapack
+    from jaxlib import lapack       # jaxlib's own module (not jaxglmm's): loaded here only
     lapack.prepare_lapack_call("potrf_ffi", np.float64)
 
 

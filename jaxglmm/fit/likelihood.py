@@ -157,7 +157,8 @@ def nested_parent(problem: Problem):
         if _sparse_pays(problem) or uses_sparse_blocks(problem.structure):
             a = host_arrays(problem)
             parent = nested.nested_parent(problem.structure, a.index, a.weights)
-        _NESTED[problem] = parent
+        # on the device once: a warm refit transfers nothing
+        _NESTED[problem] = None if parent is None else jax.device_put(parent)
     return _NESTED[problem]
 
 
@@ -433,7 +434,7 @@ def check_optimizer(problem: Problem, method, name: str | None) -> str:
         return sparse_lmm_optimizer(problem, name)
     return choose_optimizer(name, ("bfgs",), "bfgs", "this model's likelihood fit "
                             "(the sparse crossed LMM's host optimizers need several "
-                            "grouping factors and a large trailing block)")
+                            "grouping factors, not nested, and a large trailing block)")
 
 
 def jit_options(problem: Problem) -> dict:
@@ -443,24 +444,20 @@ def jit_options(problem: Problem) -> dict:
     return {} if problem.large else {"compiler_options": COMPILER_OPTIONS}
 
 
-def _nested_lmm_program(problem: Problem, reml: bool, verbose: bool):
-    """The compiled nested LMM fit, ``(arrays, parent, theta0) -> RawFit``."""
-    s = problem.structure
-    opts = jit_options(problem)
-    key = ("lmm_nested", s, reml, problem.large, verbose)
-    one = lambda a, parent, t0: fit_lmm_nested(s, a, parent, reml, t0,  # noqa: E731
-                                               verbose=verbose)
-    return program(key, lambda: cache.jit(one, **opts) if verbose else
-                   stored.Stored(key, cache.jit(one, **opts), opts))
-
-
-def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool = False):
+def _program(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool = False,
+             nested_lmm: bool = False):
+    """The compiled single fit: ``(arrays, start[, pattern]) -> RawFit``; ``nested_lmm``:
+    the nested LMM's, ``(arrays, parent, theta0) -> RawFit``."""
     s, fam = problem.structure, problem.family
     opts = jit_options(problem)
 
     def make(key, one):         # a printing program has callbacks: it is never stored
         return program(key, lambda: cache.jit(one, **opts) if verbose else
                        stored.Stored(key, cache.jit(one, **opts), opts))
+    if nested_lmm:
+        return make(("lmm_nested", s, reml, problem.large, verbose),
+                    lambda a, parent, t0: fit_lmm_nested(s, a, parent, reml, t0,
+                                                         verbose=verbose))
     if lmm:
         return make(("lmm", s, reml, problem.large, verbose),
                     lambda a, t0: fit_lmm(s, a, reml, t0, verbose=verbose))
@@ -494,9 +491,8 @@ def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
         parent = nested_parent(problem)
         if parent is None:
             return fit_lmm_sparse(problem, reml, verbose=verbose, optimizer=optimizer)
-        fn = _nested_lmm_program(problem, reml, verbose)
-        return jax.device_get(fn(problem.arrays, jax.device_put(parent),
-                                 jax.device_put(problem.starts[0])))
+        fn = _program(problem, True, reml, 1, verbose, nested_lmm=True)
+        return jax.device_get(fn(problem.arrays, parent, problem.starts[0]))
     bucketed, levels = _PADDED.get(problem, (None, None)) if pad else (problem, None)
     if bucketed is None:       # once per problem: a warm refit transfers nothing
         bucketed, levels = _PADDED[problem] = buckets.padded(problem)
@@ -507,7 +503,7 @@ def _run(problem: Problem, lmm: bool, reml: bool, n_agq: int, verbose: bool,
         if pattern is None:     # once per dataset, as the sparse LMM's system
             parent = nested_parent(bucketed)
             pattern = (sparse_pattern(bucketed.structure, bucketed.arrays) if parent is None
-                       else NestedPattern(jax.device_put(parent)))
+                       else NestedPattern(parent))
             if pad:
                 _SPARSE_PATTERN[problem] = pattern
         raw = fn(bucketed.arrays, phi_start, pattern)
